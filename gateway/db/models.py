@@ -1,0 +1,159 @@
+"""The Postgres schema (SQLAlchemy 2 declarative). Alembic migrations in `migrations/` create it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSONB, list[str]: JSONB, datetime: DateTime(timezone=True)}
+
+
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    objective: Mapped[str] = mapped_column(Text, default="")
+    task_type: Mapped[str] = mapped_column(String(64), default="")
+    owner: Mapped[str] = mapped_column(String(128), default="")
+    dataset_name: Mapped[str] = mapped_column(String(256), default="")
+    training_yaml_name: Mapped[str] = mapped_column(String(256), default="")
+    tags: Mapped[list[str]] = mapped_column(JSONB, default=list)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    runs_started: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    pool: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    """The run's command as published (the `spec` of the `Job`)."""
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    progress_detail: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    latest_metrics: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    runner_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    failure_cause: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    resume_of: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    resume_checkpoint_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    gateway_seq: Mapped[int] = mapped_column(Integer, default=0)
+    """Last seq the gateway used for this run's attempt-0 events."""
+    owner_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    priority: Mapped[int] = mapped_column(Integer, default=50)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    claimed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (Index("ix_runs_project_created", "project_id", "created_at"),)
+
+
+class EventRecord(Base):
+    """Every run event, once. `position` is the monotonic id SSE clients resume from."""
+
+    __tablename__ = "events"
+
+    position: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(32))
+    run_id: Mapped[str] = mapped_column(String(32))
+    project_id: Mapped[str] = mapped_column(String(32))
+    attempt: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(48))
+    ts: Mapped[datetime] = mapped_column()
+    body: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    """The event exactly as it was on the wire."""
+
+    __table_args__ = (
+        UniqueConstraint("run_id", "attempt", "seq", name="uq_events_run_attempt_seq"),
+        Index("ix_events_run_position", "run_id", "position"),
+        Index("ix_events_project_position", "project_id", "position"),
+        Index("ix_events_run_type_position", "run_id", "type", "position"),
+    )
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    uri: Mapped[str] = mapped_column(Text)
+    step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    resumable: Mapped[bool] = mapped_column(Boolean, default=True)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    created_at: Mapped[datetime] = mapped_column()
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True, nullable=True)
+    project_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    name: Mapped[str] = mapped_column(String(512))
+    kind: Mapped[str] = mapped_column(String(32), default="file")
+    uri: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    media_type: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    owner_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    created_at: Mapped[datetime] = mapped_column()
+
+
+class IdempotencyKey(Base):
+    """First response to a POST with an `Idempotency-Key`, returned again for a repeat of it."""
+
+    __tablename__ = "idempotency_keys"
+
+    scope: Mapped[str] = mapped_column(String(512), primary_key=True)
+    """Method, path and caller the key was used with."""
+    key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """None while the first request is still being handled."""
+    body: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())

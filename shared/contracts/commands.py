@@ -1,0 +1,70 @@
+"""Jobs: what the gateway puts on the work-queue stream for a runner pool to claim.
+
+A `Job` wraps one run's `RunSpec`, a tagged union on `kind`. Each later capability adds a spec with its own
+tag (`yolo.train`, `yolo.val`, ...); runners that do not know a kind fail the run with cause
+`infrastructure` instead of guessing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+from shared.contracts.common import utcnow
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class RunSpecBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
+    """Base of every run kind. Subclasses set an explicit `tag` so renaming a class never changes the wire."""
+
+
+class ContainerSpec(RunSpecBase, kw_only=True, tag="container"):
+    """Run a shell command as a training job.
+
+    backend `local`: bash in a working directory on the runner's host (only when the runner enables it).
+    backend `docker`: `docker exec` into one of the runner's configured container targets.
+    """
+
+    start_command: Annotated[str, msgspec.Meta(min_length=1, max_length=16_384)]
+    backend: Literal["local", "docker"] = "local"
+    target: str | None = None
+    """Name of a container target the runner knows (backend `docker`)."""
+    workdir: str | None = None
+    """Working directory, relative to the runner's configured root (local) or the target's workdir (docker)."""
+    env: dict[str, str] = {}
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+
+
+RunSpec = ContainerSpec
+"""Union of every run kind; extended by the YOLO and container issues."""
+
+
+class ResumeFrom(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a resumed run starts: a checkpoint recorded by an earlier run."""
+
+    source_run_id: str
+    checkpoint_id: str
+    uri: str
+    """Location of the checkpoint: a path on the runner's host, or an artifact-store URI."""
+    step: int | None = None
+    epoch: int | None = None
+
+
+class Job(msgspec.Struct, frozen=True, kw_only=True):
+    """The message on `subjects.job(pool)`. Its `Nats-Msg-Id` is the run id, so a retried publish is dropped."""
+
+    v: int = 1
+    run_id: str
+    project_id: str
+    pool: str
+    spec: RunSpec
+    resume: ResumeFrom | None = None
+    owner_id: str | None = None
+    priority: int = 50
+    created_at: datetime = msgspec.field(default_factory=utcnow)
+
+
+job_decoder = msgspec.json.Decoder(Job)

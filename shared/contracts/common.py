@@ -1,0 +1,49 @@
+"""Small shared vocabulary: run states and failure causes."""
+
+from __future__ import annotations
+
+import enum
+import re
+import uuid
+from datetime import UTC, datetime
+
+
+class RunStatus(enum.StrEnum):
+    QUEUED = "queued"
+    CLAIMED = "claimed"
+    RUNNING = "running"
+    CANCELING = "canceling"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+    @property
+    def active(self) -> bool:
+        return not self.terminal
+
+
+TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED})
+
+
+class FailureCause(enum.StrEnum):
+    """Who is to blame for a failed run: the job itself (user) or the platform (infrastructure)."""
+
+    USER = "user"
+    INFRASTRUCTURE = "infrastructure"
+
+
+TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+"""What may appear as one token of a NATS subject (ids, pool names, runner ids)."""
+
+
+def new_id() -> str:
+    """A random id that is also a valid NATS subject token."""
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,117 @@
+"""Settings, read from `TRAINFORGE_*` environment variables.
+
+Build them once in `main()` (`Settings.from_env()`) and pass them down; nothing reads the environment at
+import time. Each field `foo_bar` is set by `TRAINFORGE_FOO_BAR`; lists are comma-separated.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+ENV_PREFIX = "TRAINFORGE_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    # -- where things live ---------------------------------------------------------------------------
+    state_dir: Path = Path(".trainforge")
+    """State folder: embedded NATS and Postgres data, artifacts, logs."""
+    nats_url: str | None = None
+    """External NATS server. Unset: `up` starts an embedded one; gateway/runner use nats://127.0.0.1:4222."""
+    database_url: str | None = None
+    """External Postgres (postgresql+asyncpg://...). Unset: `up` starts an embedded one."""
+    bus_prefix: str = "tf"
+    """Prefix of every stream, subject and bucket name."""
+
+    # -- gateway ---------------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    events_max_age_days: float = 30.0
+    """Retention of the events stream in NATS (Postgres keeps the projection for good)."""
+    events_max_bytes: int = -1
+    sse_keepalive_s: float = 15.0
+    idempotency_ttl_h: float = 24.0
+    page_size_max: int = 200
+
+    # -- jobs ------------------------------------------------------------------------------------------
+    job_ack_wait_s: float = 30.0
+    """How long a claimed job may go without a heartbeat before JetStream hands it to another runner."""
+    job_max_deliver: int = 5
+    """Attempts per run before it fails with cause `infrastructure`."""
+
+    # -- runner ----------------------------------------------------------------------------------------
+    runner_pool: str = "cpu"
+    runner_device: str = "cpu"
+    runner_id: str | None = None
+    runner_slots: int = 1
+    runner_local_backend: bool = False
+    """Allow `container` runs with backend `local` (bash on this host). Off unless the operator enables it."""
+    runner_workdir_root: Path | None = None
+    """Root of local-backend working directories. Unset: <state_dir>/work."""
+    runner_heartbeat_s: float = 5.0
+    shutdown_grace_s: float = 10.0
+    """On SIGTERM a runner lets its job run this long before canceling it."""
+    shutdown_action: str = "cancel"
+    """What a stopping runner does with a job still running after the grace period: cancel | requeue."""
+    cancel_grace_s: float = 5.0
+    """Between SIGTERM and SIGKILL when a job's processes are stopped."""
+
+    # -- logs ------------------------------------------------------------------------------------------
+    log_level: str = "INFO"
+
+    @classmethod
+    def env_names(cls) -> dict[str, str]:
+        """Field name -> environment variable name, for every setting."""
+        return {name: ENV_PREFIX + name.upper() for name in cls.__struct_fields__}
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if env is None else env
+        raw: dict[str, Any] = {}
+        for name, var in cls.env_names().items():
+            if var in env and env[var] != "":
+                raw[name] = env[var]
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_mapping(raw)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> Settings:
+        info = {f.name: f.type for f in msgspec.inspect.type_info(cls).fields}  # type: ignore[union-attr]
+        values: dict[str, Any] = {}
+        for name, value in raw.items():
+            if name not in info:
+                raise SettingsError(f"unknown setting {name!r}")
+            if isinstance(value, str) and isinstance(info[name], msgspec.inspect.ListType):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            values[name] = value
+        try:
+            return msgspec.convert(values, cls, strict=False, dec_hook=_dec_hook)
+        except msgspec.ValidationError as exc:
+            raise SettingsError(f"{exc} (environment variables {ENV_PREFIX}*)") from exc
+
+    # -- derived paths ---------------------------------------------------------------------------------
+    @property
+    def work_root(self) -> Path:
+        return (self.runner_workdir_root or self.state_dir / "work").resolve()
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return (self.state_dir / "artifacts").resolve()
+
+    @property
+    def effective_nats_url(self) -> str:
+        return self.nats_url or "nats://127.0.0.1:4222"
+
+
+def _dec_hook(tp: type, obj: Any) -> Any:
+    if tp is Path and isinstance(obj, str | Path):
+        return Path(obj).expanduser()
+    raise NotImplementedError

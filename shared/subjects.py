@@ -1,0 +1,81 @@
+"""Every stream, subject, consumer and bucket name, in one place.
+
+All names hang off a prefix (setting `TRAINFORGE_BUS_PREFIX`, default `tf`) so that several deployments
+(or test runs) can share one NATS server. Subjects carry a version token (`v1`): a breaking change to a
+message is a new tag or a `.v2` subject, never a silent change of `v1`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.contracts.common import TOKEN_RE
+
+
+def _token(value: str, what: str) -> str:
+    if not TOKEN_RE.match(value):
+        raise ValueError(f"invalid {what} {value!r}: letters, digits, '-' and '_' only, at most 64")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Subjects:
+    prefix: str = "tf"
+
+    # -- jobs: a work-queue stream, one subject (and one durable consumer) per runner pool -------------
+    @property
+    def jobs_stream(self) -> str:
+        return f"{self.prefix.upper()}_JOBS"
+
+    def job(self, pool: str) -> str:
+        return f"{self.prefix}.jobs.v1.{_token(pool, 'pool')}"
+
+    @property
+    def jobs_all(self) -> str:
+        return f"{self.prefix}.jobs.v1.*"
+
+    def pool_consumer(self, pool: str) -> str:
+        return f"pool-{_token(pool, 'pool')}"
+
+    # -- events: a limits stream; one subject per run and event type ---------------------------------
+    @property
+    def events_stream(self) -> str:
+        return f"{self.prefix.upper()}_EVENTS"
+
+    def run_event(self, project_id: str, run_id: str, event_type: str) -> str:
+        return f"{self.prefix}.events.v1.{project_id}.{run_id}.{event_type}"
+
+    def run_events(self, project_id: str, run_id: str) -> str:
+        return f"{self.prefix}.events.v1.{project_id}.{run_id}.>"
+
+    @property
+    def events_all(self) -> str:
+        return f"{self.prefix}.events.v1.>"
+
+    @property
+    def projector_consumer(self) -> str:
+        return "projector"
+
+    # -- runners: heartbeats, the latest one per runner kept ------------------------------------------
+    @property
+    def runners_stream(self) -> str:
+        return f"{self.prefix.upper()}_RUNNERS"
+
+    def runner_heartbeat(self, runner_id: str) -> str:
+        return f"{self.prefix}.runners.v1.{_token(runner_id, 'runner id')}.heartbeat"
+
+    @property
+    def runner_heartbeats_all(self) -> str:
+        return f"{self.prefix}.runners.v1.*.heartbeat"
+
+    # -- control: cancel (core NATS for speed, plus a KV record so a runner claiming later sees it) ---
+    def cancel(self, run_id: str) -> str:
+        return f"{self.prefix}.control.v1.cancel.{run_id}"
+
+    @property
+    def cancel_all(self) -> str:
+        return f"{self.prefix}.control.v1.cancel.*"
+
+    @property
+    def cancel_bucket(self) -> str:
+        return f"{self.prefix}_cancels"

@@ -1,0 +1,1 @@
+"""The `trainforge` command: the embedded stack (`up`) and one subcommand per part."""
