@@ -21,6 +21,8 @@ from shared.subjects import Subjects
 log = logging.getLogger(__name__)
 
 DUPLICATE_WINDOW_S = 120.0
+JOBS_DUPLICATE_WINDOW_S = 24 * 3600.0
+"""Jobs are few and must never run twice: a re-published job is dropped for a day."""
 
 
 async def connect(
@@ -77,7 +79,7 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
             subjects=[names.jobs_all],
             retention=js_api.RetentionPolicy.WORK_QUEUE,
             storage=js_api.StorageType.FILE,
-            duplicate_window=DUPLICATE_WINDOW_S,
+            duplicate_window=JOBS_DUPLICATE_WINDOW_S,
             description="Trainforge jobs, one subject per runner pool",
         ),
     )

@@ -1,0 +1,91 @@
+"""The Litestar application: `create_app(settings)`.
+
+The lifespan connects NATS (declaring the JetStream topology) and the database, starts the projector (events
+→ Postgres) and the event hub (Postgres → SSE clients), and stops them in reverse order on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar, Router
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+
+from gateway.controllers.health import HealthController
+from gateway.db.session import create_engine, create_sessionmaker
+from gateway.errors import problem_details_plugin
+from gateway.state import GatewayState
+from shared.bus import connect, ensure_topology
+from shared.settings import Settings
+from shared.subjects import Subjects
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+
+
+def api_controllers() -> list[type]:
+    """Controllers mounted under /api/v1. One per resource."""
+    return []
+
+
+def create_app(settings: Settings) -> Litestar:
+    if not settings.database_url:
+        raise ValueError("the gateway needs TRAINFORGE_DATABASE_URL")
+
+    state_holder: dict[str, GatewayState] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        engine = create_engine(settings.database_url)  # type: ignore[arg-type]
+        nc = await connect(settings.effective_nats_url, name="trainforge-gateway")
+        js = nc.jetstream()
+        await ensure_topology(js, settings)
+        gw = GatewayState(settings=settings, engine=engine, sessionmaker=create_sessionmaker(engine), nc=nc, js=js,
+                          subjects=Subjects(settings.bus_prefix))
+        state_holder["gw"] = gw
+        app.state.gw = gw
+        started: list[object] = []
+        try:
+            for name, factory in background_services():
+                service = factory(gw)
+                await service.start()  # type: ignore[attr-defined]
+                gw.extras[name] = service
+                started.append(service)
+            log.info("gateway ready on http://%s:%s (OpenAPI at /schema)", settings.host, settings.port)
+            yield
+        finally:
+            for service in reversed(started):
+                try:
+                    await service.stop()  # type: ignore[attr-defined]
+                except Exception:  # noqa: BLE001 - keep stopping the rest
+                    log.exception("stopping %s failed", service)
+            await nc.drain()
+            await engine.dispose()
+
+    def provide_state() -> GatewayState:
+        return state_holder["gw"]
+
+    return Litestar(
+        route_handlers=[HealthController, Router(path=API_PREFIX, route_handlers=api_controllers())],
+        lifespan=[lifespan],
+        dependencies={"gw": Provide(provide_state, sync_to_thread=False)},
+        plugins=[problem_details_plugin()],
+        openapi_config=OpenAPIConfig(
+            title="Trainforge",
+            version="0.1.0",
+            description="Train, validate, export and serve YOLO models; drive LLM fine-tuning runs.",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+        ),
+        debug=False,
+    )
+
+
+def background_services() -> list[tuple[str, object]]:
+    """(name, factory(gw)) of the long-lived services the lifespan starts, in start order."""
+    return []

@@ -1,0 +1,24 @@
+"""What the gateway holds while it runs, built by the lifespan and handed to controllers via DI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from shared.settings import Settings
+from shared.subjects import Subjects
+
+
+@dataclass
+class GatewayState:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    nc: NATS
+    js: JetStreamContext
+    subjects: Subjects
+    extras: dict[str, object] = field(default_factory=dict)
+    """Long-lived helpers started by the lifespan (projector, event hub), by name."""
