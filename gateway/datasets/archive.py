@@ -104,7 +104,7 @@ def _zip_member(info: zipfile.ZipInfo) -> _Member:
         return _Member(name=info.filename, kind="symlink", ref=info)
     if info.is_dir():
         return _Member(name=info.filename, kind="dir")
-    if mode and not stat.S_ISREG(mode):
+    if stat.S_IFMT(mode) and not stat.S_ISREG(mode):
         raise ArchiveError(f"archive member {info.filename!r} is a special file; only files and folders are allowed")
     return _Member(name=info.filename, kind="file", size=info.file_size, ref=info)
 

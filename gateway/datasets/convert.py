@@ -7,8 +7,6 @@ converted here. YOLO label files are used as they are; classification folders ne
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import posixpath
 import xml.etree.ElementTree as ET
@@ -277,9 +275,8 @@ def _from_coco(match: FormatMatch, scratch: Path) -> Converted:
             json.dump({"images": [{k: v for k, v in i.items() if k != "_key"} for i in images],
                        "annotations": annotations, "categories": [{"id": i + 1, "name": c} for i, c in enumerate(names)]},
                       fh)
-        with contextlib.redirect_stderr(io.StringIO()):  # its progress bar
-            convert_coco(str(folder / "json"), str(folder / "out"), use_segments=task is Task.SEGMENT,
-                         use_keypoints=task is Task.POSE, cls91to80=False)
+        convert_coco(str(folder / "json"), str(folder / "out"), use_segments=task is Task.SEGMENT,
+                     use_keypoints=task is Task.POSE, cls91to80=False)
         for img in images:
             label = (folder / "out" / "labels" / "part" / img["file_name"]).with_suffix(".txt")
             samples.append(Sample(key=img["_key"], image=root / img["_key"], name=img["file_name"], split=split,
