@@ -43,7 +43,7 @@ class PreparedDataset(msgspec.Struct, frozen=True, kw_only=True):
     root: str
     """The prepared folder (`list_images` and `load_prepared` take it)."""
     source: str
-    """The folder the dataset was read from."""
+    """The folder the dataset was read from (a lone top-level folder of an upload is stepped into)."""
     splits: dict[str, int]
     """Images per split."""
     split_by: Literal["source", "ratios"]
@@ -102,7 +102,7 @@ def _prepare(source: Path, out: Path, ratios: SplitRatios, seed: int) -> Prepare
         classes=report.classes,
         data=str(data),
         root=str(out),
-        source=str(source),
+        source=str(match.root),
         splits=splits,
         split_by=split_by,
         ratios=ratios,
