@@ -64,11 +64,12 @@ def convert(match: FormatMatch, scratch: Path) -> Converted:
     return _from_classify(match)
 
 
-def _label_of(image: Path) -> Path | None:
+def _label_of(image: Path, root: Path) -> Path | None:
+    """The YOLO label file Ultralytics pairs with `image`, if it exists inside `root`."""
     from ultralytics.data.utils import img2label_paths
 
     label = Path(img2label_paths([str(image)])[0])
-    return label if label.is_file() else None
+    return label if label.is_file() and label.resolve().is_relative_to(root.resolve()) else None
 
 
 # -- YOLO ------------------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ def _yolo_entry(root: Path, base: Path, split: str, entry: str, problems: list[P
     if target.is_dir():
         prefix = "" if rel_target == "." else rel_target + "/"
         return [
-            Sample(key=f, image=root / f, name=f[len(prefix):], split=split, label=_label_of(root / f))
+            Sample(key=f, image=root / f, name=f[len(prefix):], split=split, label=_label_of(root / f, root))
             for f in list_files(root, "" if rel_target == "." else rel_target)
             if is_image(f)
         ]
@@ -154,7 +155,7 @@ def _yolo_entry(root: Path, base: Path, split: str, entry: str, problems: list[P
                                     "not exist", path=entry, split=split))
             continue
         key = real.relative_to(real_root).as_posix()
-        samples.append(Sample(key=key, image=image, name=key, split=split, label=_label_of(image)))
+        samples.append(Sample(key=key, image=image, name=key, split=split, label=_label_of(image, root)))
     return samples
 
 
@@ -172,7 +173,7 @@ def _from_yolo_layout(match: FormatMatch) -> Converted:
             split, name = split_name(parts[0]), "/".join(parts[2:])
         else:
             continue
-        samples.append(Sample(key=f, image=root / f, name=name, split=split, label=_label_of(root / f)))
+        samples.append(Sample(key=f, image=root / f, name=name, split=split, label=_label_of(root / f, root)))
     if not any(s.split == "val" for s in samples):
         for s in samples:
             s.split = None
@@ -226,7 +227,7 @@ def _from_coco(match: FormatMatch, scratch: Path) -> Converted:
     samples: list[Sample] = []
     problems: list[Problem] = []
     for n, (rel, coco) in enumerate(coco_files):
-        split = _coco_split(rel, len(coco_files))
+        split = _coco_split(rel)
         cat_index = {c.get("id"): names.index(str(c.get("name"))) for c in coco.categories}
         images: list[dict] = []
         taken: set[str] = set()
@@ -299,7 +300,7 @@ def _valid_bbox(bbox: object) -> bool:
             and bbox[2] > 0 and bbox[3] > 0)
 
 
-def _coco_split(rel: str, n_files: int) -> str | None:
+def _coco_split(rel: str) -> str | None:
     path = PurePosixPath(rel)
     tokens = path.stem.replace(".", "_").replace("-", "_").split("_")
     for candidate in [*tokens, *reversed(path.parent.parts)]:

@@ -28,7 +28,3 @@ def confine(path: str | Path, roots: Sequence[Path]) -> Path:
         raise PathNotAllowed(f"{raw!r} is not an existing folder")
     return real
 
-
-def is_inside(path: Path, root: Path) -> bool:
-    """Whether `path`, with its symlinks resolved, lies inside the (resolved) folder `root`."""
-    return path.resolve().is_relative_to(root.resolve())
