@@ -64,6 +64,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     cancel_grace_s: float = 5.0
     """Between SIGTERM and SIGKILL when a job's processes are stopped."""
 
+    # -- datasets --------------------------------------------------------------------------------------
+    data_roots: list[Path] = []
+    """Server-side folders clients may register datasets from (by path). Empty: uploads only."""
+    max_upload_mb: int = 2048
+    """Largest dataset archive accepted; its extracted content may be at most 4x this size."""
+    max_upload_files: int = 200_000
+    """Most members a dataset archive may hold."""
+
     # -- logs ------------------------------------------------------------------------------------------
     log_level: str = "INFO"
 
@@ -105,6 +113,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     @property
     def artifacts_dir(self) -> Path:
         return (self.state_dir / "artifacts").resolve()
+
+    @property
+    def datasets_dir(self) -> Path:
+        """Where uploaded and prepared datasets live, one folder per dataset."""
+        return (self.state_dir / "datasets").resolve()
 
     @property
     def effective_nats_url(self) -> str:

@@ -157,3 +157,37 @@ class IdempotencyKey(Base):
     """None while the first request is still being handled."""
     body: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Dataset(Base):
+    """A registered dataset: where it came from, where its prepared copy lives, and its inspection."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256))
+    owner_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    format: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    """yolo | coco | voc | classify; None until prepared."""
+    task: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    source: Mapped[str] = mapped_column(String(8))
+    """path | upload."""
+    source_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """The server-side folder a `path` dataset was registered from."""
+    root_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """The prepared folder (`gateway.datasets.list_images` takes it)."""
+    data_yaml: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """What training gets as `data=`: the data YAML, or the classification root."""
+    classes: Mapped[list[str]] = mapped_column(JSONB, default=list)
+    stats: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    """The inspection report."""
+    status: Mapped[str] = mapped_column(String(16), default="preparing")
+    """preparing | ready | failed."""
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        # NULLS NOT DISTINCT: one name per owner, and also one per name among datasets without owner.
+        UniqueConstraint("owner_id", "name", name="uq_datasets_owner_name", postgresql_nulls_not_distinct=True),
+    )
