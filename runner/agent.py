@@ -1,0 +1,502 @@
+"""The runner agent: claims jobs of one pool, runs each on this runner's device, reports and acknowledges.
+
+One pull consumer per pool is shared by all its runners; a runner fetches a job only when one of its slots is
+free. Per job: run.claimed, run.started, the executor's own events, then the terminal event, and only then the
+ack. While the job runs, `msg.in_progress()` keeps JetStream from handing it to another runner; a runner that
+dies stops sending it, so the job is delivered again (the next attempt) once `ack_wait` has passed.
+
+Stopping (`stop()`, SIGTERM): stop fetching, wait `shutdown_grace_s` for running jobs, cancel what is left
+(or give it back, `shutdown_action = "requeue"`), publish their final events, drain the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass
+
+import anyio.to_thread
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from shared.bus import connect, ensure_pool_consumer, ensure_topology
+from shared.contracts import FailureCause, Job, ResumeFrom, RunCheckpoint, RunnerHeartbeat, event_decoder, job_decoder
+from shared.contracts.common import TOKEN_RE
+from shared.contracts.events import TERMINAL_EVENT_TYPES, DeviceInfo
+from shared.settings import Settings
+from shared.subjects import Subjects
+from runner.control import CancelListener
+from runner.devices import DeviceError, describe_device, parse_device
+from runner.executors.base import Canceled, Completed, Executor, Failed, Outcome, RunContext
+from runner.executors.registry import ExecutorRegistry, ExecutorUnavailable, spec_kind
+from runner.publisher import PUBLISH_TIMEOUT_S, RETRYABLE, PublishError, RunPublisher
+
+log = logging.getLogger(__name__)
+
+FETCH_TIMEOUT_S = 1.0
+"""A fetch waits this long for a job; a stopping runner finishes the fetch in flight (so no job is stranded)."""
+EXECUTOR_STOP_SLACK_S = 5.0
+"""After a cancel, an executor gets cancel_grace_s plus this long to return before its task is cancelled."""
+ACK_DEADLINE_S = 10.0
+SHUTDOWN_REASON = "runner shutdown"
+
+
+class RunnerError(RuntimeError):
+    """The runner stopped because one of its parts failed."""
+
+
+def default_runner_id(pool: str, device: str) -> str:
+    """`<hostname>-<pool>-<device>-<pid>`, made a valid subject token (at most 64 characters, pid kept)."""
+    raw = f"{socket.gethostname()}-{pool}-{device.replace(':', '')}-{os.getpid()}"
+    token = re.sub(r"[^A-Za-z0-9_-]", "-", raw)[-64:].lstrip("-_")
+    return token if TOKEN_RE.match(token) else f"runner-{os.getpid()}"
+
+
+@dataclass
+class ActiveJob:
+    msg: Msg
+    ctx: RunContext
+    publisher: RunPublisher
+    shutdown: bool = False
+    """Canceled because the runner stops (not because someone asked)."""
+
+    @property
+    def job(self) -> Job:
+        return self.ctx.job
+
+
+class RunnerAgent:
+    """Runs the jobs of `pool` on `device`, at most `slots` at a time. `await run()` until `stop()`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: str,
+        device: str = "cpu",
+        slots: int = 1,
+        runner_id: str | None = None,
+        *,
+        registry: ExecutorRegistry | None = None,
+    ) -> None:
+        self.subjects = Subjects(settings.bus_prefix)
+        self.subjects.job(pool)  # validates the pool name
+        parse_device(device)
+        if slots < 1:
+            raise ValueError(f"slots must be at least 1, got {slots}")
+        self.runner_id = runner_id or default_runner_id(pool, device)
+        self.subjects.runner_heartbeat(self.runner_id)  # validates the runner id
+        if settings.shutdown_action not in ("cancel", "requeue"):
+            raise ValueError(f"shutdown_action must be cancel or requeue, got {settings.shutdown_action!r}")
+        self.settings = settings
+        self.pool = pool
+        self.device = device
+        self.slots = slots
+        self.host = socket.gethostname()
+        self.registry = registry or ExecutorRegistry(settings)
+        self._nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self._control: CancelListener | None = None
+        self._device_info: DeviceInfo | None = None
+        self._heartbeat_seq = 0
+        self._stop_requested = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._running = False
+        self._canceling_all = False
+        self._stopped = False
+        self._jobs: set[asyncio.Task[None]] = set()
+        self._active: dict[str, ActiveJob] = {}
+        self._finishing: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        if self._stopped:
+            return "stopped"
+        if self._stop_requested.is_set():
+            return "draining"
+        return "busy" if self._active else "idle"
+
+    @property
+    def active_runs(self) -> list[str]:
+        return sorted(self._active)
+
+    def request_stop(self) -> None:
+        """Begin a graceful stop (safe from a signal handler); a second call skips the grace period."""
+        if self._stop_requested.is_set():
+            self._hurry.set()
+        self._stop_requested.set()
+
+    async def stop(self) -> None:
+        """Stop gracefully and wait until the runner has drained."""
+        self.request_stop()
+        if self._running:
+            await self._finished.wait()
+
+    async def run(self) -> None:
+        """Connect, claim and run jobs until stopped. Raises `RunnerError` if a part of the runner failed."""
+        if self._running or self._finished.is_set():
+            raise RuntimeError("a RunnerAgent runs once")
+        self._running = True
+        try:
+            await self._run()
+        finally:
+            self._running = False
+            self._finished.set()
+
+    async def _run(self) -> None:
+        self._device_info = await anyio.to_thread.run_sync(describe_device, self.device)
+        self._nc = await connect(self.settings.effective_nats_url, name=f"trainforge-runner {self.runner_id}")
+        sub: JetStreamContext.PullSubscription | None = None
+        try:
+            self._js = self._nc.jetstream()
+            await ensure_topology(self._js, self.settings)
+            durable = await ensure_pool_consumer(self._js, self.settings, self.pool)
+            sub = await self._js.pull_subscribe_bind(durable=durable, stream=self.subjects.jobs_stream)
+            self._control = CancelListener(self._nc, self._js, self.subjects, self._on_cancel)
+            await self._control.start()
+            log.info(
+                "runner %s: pool %s, device %s, %d slot(s), kinds %s",
+                self.runner_id, self.pool, self.device, self.slots, ", ".join(self.registry.kinds()) or "none",
+            )
+            await self._serve(sub)
+        finally:
+            for task in self._jobs:  # only left when we are cancelled ourselves: stop their processes
+                task.cancel()
+            await asyncio.gather(*self._jobs, *self._finishing, return_exceptions=True)
+            # Our own subscriptions first: a drain waits for their queues, which a fetch that found a stale
+            # status message leaves unfinished (nats-py), so draining them would take its full timeout.
+            for close in (sub.unsubscribe if sub else None, self._control.close if self._control else None):
+                if close is not None:
+                    with contextlib.suppress(nats.errors.Error):
+                        await close()
+            try:
+                await self._nc.drain()
+            except Exception as exc:  # noqa: BLE001 - closing anyway
+                log.warning("nats: drain failed (%r); closing", exc)
+                await self._nc.close()
+
+    async def _serve(self, sub: JetStreamContext.PullSubscription) -> None:
+        assert self._control is not None
+        stop_waiter = asyncio.create_task(self._stop_requested.wait())
+        fetching = asyncio.create_task(self._fetch_loop(sub, stop_waiter), name="fetch loop")
+        helpers = [
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._control.listen(), name="cancel listener"),
+        ]
+        await asyncio.wait([stop_waiter, fetching, *helpers], return_when=asyncio.FIRST_COMPLETED)
+        failure: RunnerError | None = None
+        for task in [fetching, *helpers]:
+            if task.done():
+                exc = task.exception() if not task.cancelled() else asyncio.CancelledError()
+                failure = RunnerError(f"runner {self.runner_id}: {task.get_name()} stopped: {exc!r}")
+                log.critical("%s; stopping the runner", failure, exc_info=exc)
+        self._stop_requested.set()
+        await self._publish_heartbeat()
+        await asyncio.gather(fetching, return_exceptions=True)
+        await self._drain_jobs()
+        for task in helpers:
+            task.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+        self._stopped = True
+        await self._publish_heartbeat()
+        log.info("runner %s stopped", self.runner_id)
+        if failure is not None:
+            raise failure
+
+    async def _drain_jobs(self) -> None:
+        if self._jobs and not self._hurry.is_set():
+            log.info("runner %s: letting %d job(s) finish (up to %g s)", self.runner_id, len(self._jobs),
+                     self.settings.shutdown_grace_s)
+            deadline = time.monotonic() + self.settings.shutdown_grace_s
+            hurry = asyncio.create_task(self._hurry.wait())
+            while self._jobs and not hurry.done() and (left := deadline - time.monotonic()) > 0:
+                await asyncio.wait([*self._jobs, hurry], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            hurry.cancel()
+        if self._jobs:
+            self._canceling_all = True
+            for active in self._active.values():
+                self._cancel_for_shutdown(active)
+            log.warning("runner %s: stopping %d job(s) still running (%s)", self.runner_id, len(self._jobs),
+                        self.settings.shutdown_action)
+            await asyncio.wait(self._jobs)
+        if self._finishing:
+            await asyncio.wait(self._finishing)
+
+    def _cancel_for_shutdown(self, active: ActiveJob) -> None:
+        active.shutdown = True
+        active.ctx.cancel_requested.set()
+
+    # -- claiming jobs ---------------------------------------------------------------------------------
+    async def _fetch_loop(self, sub: JetStreamContext.PullSubscription, stop_waiter: asyncio.Task[bool]) -> None:
+        while not self._stop_requested.is_set():
+            while len(self._jobs) >= self.slots and not self._stop_requested.is_set():
+                await asyncio.wait([*self._jobs, stop_waiter], return_when=asyncio.FIRST_COMPLETED)
+            if self._stop_requested.is_set():
+                return
+            try:
+                msgs = await sub.fetch(1, timeout=FETCH_TIMEOUT_S)
+            except nats.errors.TimeoutError:
+                continue
+            except nats.errors.Error as exc:  # e.g. while reconnecting: wait a little, never busy-loop
+                log.warning("runner %s: fetch failed (%r)", self.runner_id, exc)
+                await asyncio.wait([stop_waiter], timeout=1.0)
+                continue
+            for msg in msgs:
+                if self._stop_requested.is_set():  # arrived while stopping: give it straight back
+                    await msg.nak()
+                    continue
+                task = asyncio.create_task(self._handle(msg), name=f"job {msg.metadata.sequence.stream}")
+                self._jobs.add(task)
+                task.add_done_callback(self._job_done)
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._jobs.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("runner %s: job task crashed", self.runner_id, exc_info=task.exception())
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            job = job_decoder.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.error(
+                "runner %s: undecodable job (stream seq %s on %s): %s; terminating it, it will not be retried",
+                self.runner_id, msg.metadata.sequence.stream, msg.subject, exc,
+            )
+            await msg.term()
+            return
+        if job.run_id in self._active:  # delivered again while we still run it (missed heartbeats)
+            log.warning("run %s delivered again while running here; ignoring the duplicate", job.run_id)
+            return
+        attempt = msg.metadata.num_delivered
+        assert self._js is not None
+        publisher = RunPublisher(self._js, self.subjects, job, attempt=attempt, runner_id=self.runner_id)
+        ctx = RunContext(
+            job=job,
+            attempt=attempt,
+            runner_id=self.runner_id,
+            device=self.device,
+            settings=self.settings,
+            emit=publisher,
+            workdir=self.settings.work_root / job.run_id,
+        )
+        publisher.on_checkpoint = lambda checkpoint_id: setattr(ctx, "last_checkpoint_id", checkpoint_id)
+        active = ActiveJob(msg=msg, ctx=ctx, publisher=publisher)
+        self._active[job.run_id] = active
+        if self._canceling_all:
+            self._cancel_for_shutdown(active)
+        try:
+            outcome = await self._attempt(active)
+            if outcome is not None:
+                await self._finish(active, outcome)
+        finally:
+            del self._active[job.run_id]
+
+    async def _attempt(self, active: ActiveJob) -> Outcome | None:
+        """Run one attempt; the outcome to report, or None when there is nothing to report."""
+        job, ctx, publisher = active.job, active.ctx, active.publisher
+        log.info("run %s attempt %d: claimed (kind %s)", job.run_id, ctx.attempt, spec_kind(job.spec))
+        try:
+            if await self._already_ended(job):
+                log.warning("run %s already ended (an ack was lost); acknowledging the redelivery", job.run_id)
+                await self._ack(active)
+                return None
+            if ctx.cancel_requested.is_set() or await self._cancel_recorded(job.run_id):
+                return Canceled(reason="requested")
+            await publisher.claimed(host=self.host, device=self.device)
+            try:
+                executor = await self.registry.executor_for(job.spec)
+            except ExecutorUnavailable as exc:
+                return Failed(FailureCause.INFRASTRUCTURE, "ExecutorUnavailable", str(exc))
+            ctx.resume = await self._resume_point(job)
+            await publisher.started(resumed_from=ctx.resume.checkpoint_id if ctx.resume else None)
+            return await self._execute(active, executor)
+        except PublishError as exc:
+            return Failed(FailureCause.INFRASTRUCTURE, "PublishError", str(exc))
+        except Exception as exc:  # noqa: BLE001 - an executor or platform bug must end the run, not the runner
+            log.exception("run %s attempt %d: unexpected error", job.run_id, ctx.attempt)
+            return Failed(FailureCause.INFRASTRUCTURE, type(exc).__name__, str(exc) or repr(exc))
+
+    async def _execute(self, active: ActiveJob, executor: Executor) -> Outcome:
+        """Run the executor; heartbeat the job meanwhile; make sure a cancel ends it."""
+        ctx = active.ctx
+        task = asyncio.create_task(executor.run(ctx), name=f"executor {ctx.run_id}")
+        interval = self.settings.job_ack_wait_s / 3
+        canceled_at: float | None = None
+        try:
+            while True:
+                done, _ = await asyncio.wait([task], timeout=interval)
+                if done:
+                    return task.result()
+                await self._in_progress(active.msg)
+                if not ctx.cancel_requested.is_set() and await self._cancel_recorded(ctx.run_id):
+                    log.info("run %s: cancel found in the bucket", ctx.run_id)
+                    ctx.cancel_requested.set()
+                if ctx.cancel_requested.is_set():
+                    canceled_at = canceled_at or time.monotonic()
+                    if time.monotonic() - canceled_at > self.settings.cancel_grace_s + EXECUTOR_STOP_SLACK_S:
+                        log.error("run %s: the executor ignored the cancel; cancelling its task", ctx.run_id)
+                        task.cancel()
+                        await asyncio.wait([task], timeout=EXECUTOR_STOP_SLACK_S)
+                        return Canceled()
+        finally:
+            if not task.done():  # we are cancelled ourselves (never ack then): the executor stops its processes
+                task.cancel()
+                await asyncio.wait([task], timeout=self.settings.cancel_grace_s + EXECUTOR_STOP_SLACK_S)
+
+    async def _finish(self, active: ActiveJob, outcome: Outcome) -> None:
+        """Publish the final event and acknowledge, shielded from cancellation."""
+        task = asyncio.create_task(self._report(active, outcome), name=f"finish {active.job.run_id}")
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+        await asyncio.shield(task)
+
+    async def _report(self, active: ActiveJob, outcome: Outcome) -> None:
+        publisher, ctx = active.publisher, active.ctx
+        try:
+            try:
+                await publisher.close()
+            except PublishError as exc:
+                log.error("run %s: last log lines lost: %s", ctx.run_id, exc)
+            if isinstance(outcome, Canceled) and active.shutdown:
+                if await self._report_shutdown(active):
+                    return
+            elif isinstance(outcome, Completed):
+                await publisher.completed(exit_code=outcome.exit_code, result=outcome.result)
+            elif isinstance(outcome, Failed):
+                await publisher.failed(
+                    cause=outcome.cause, error_type=outcome.error_type, message=outcome.message,
+                    exit_code=outcome.exit_code,
+                )
+            else:
+                await publisher.canceled(
+                    reason=outcome.reason, checkpoint_id=outcome.checkpoint_id or ctx.last_checkpoint_id
+                )
+        except PublishError as exc:
+            log.critical(
+                "run %s attempt %d: the final event could not be published (%s); leaving the job "
+                "unacknowledged so that it is delivered again", ctx.run_id, ctx.attempt, exc,
+            )
+            return
+        log.info("run %s attempt %d: %s", ctx.run_id, ctx.attempt, type(outcome).__name__.lower())
+        await self._ack(active)
+
+    async def _report_shutdown(self, active: ActiveJob) -> bool:
+        """The final event of a job stopped by the runner's shutdown; True when the job was given back."""
+        publisher, ctx = active.publisher, active.ctx
+        if self.settings.shutdown_action == "requeue":
+            if ctx.attempt < self.settings.job_max_deliver:
+                await publisher.requeued(reason=SHUTDOWN_REASON)
+                await active.msg.nak()
+                log.info("run %s attempt %d: given back for the next attempt", ctx.run_id, ctx.attempt)
+                return True
+            await publisher.failed(
+                cause=FailureCause.INFRASTRUCTURE,
+                error_type="RunnerShutdown",
+                message=f"the runner stopped during the last allowed attempt ({ctx.attempt} of "
+                f"{self.settings.job_max_deliver})",
+            )
+            return False
+        await publisher.canceled(reason=SHUTDOWN_REASON, checkpoint_id=ctx.last_checkpoint_id)
+        return False
+
+    # -- talking to JetStream --------------------------------------------------------------------------
+    async def _ack(self, active: ActiveJob) -> None:
+        """Acknowledge and wait for the server to confirm (a lost ack would run the job again)."""
+        deadline = time.monotonic() + ACK_DEADLINE_S
+        while True:
+            try:
+                await active.msg.ack_sync(timeout=2.0)
+                return
+            except RETRYABLE as exc:
+                if time.monotonic() >= deadline:
+                    log.error("run %s: ack not confirmed (%r); a redelivery will find it ended", active.job.run_id, exc)
+                    return
+                await asyncio.sleep(0.5)
+
+    async def _in_progress(self, msg: Msg) -> None:
+        try:
+            await msg.in_progress()
+        except nats.errors.Error as exc:
+            log.warning("runner %s: job heartbeat failed (%r)", self.runner_id, exc)
+
+    async def _cancel_recorded(self, run_id: str) -> bool:
+        assert self._control is not None
+        try:
+            return await self._control.is_cancel_requested(run_id)
+        except RETRYABLE as exc:
+            log.warning("run %s: cannot read the cancel bucket now (%r)", run_id, exc)
+            return False
+
+    async def _already_ended(self, job: Job) -> bool:
+        """Whether a terminal event of the run is in the stream already (this delivery's ack was lost)."""
+        assert self._js is not None
+        for event_type in sorted(TERMINAL_EVENT_TYPES):
+            subject = self.subjects.run_event(job.project_id, job.run_id, event_type)
+            try:
+                await self._js.get_last_msg(self.subjects.events_stream, subject)
+            except NotFoundError:
+                continue
+            return True
+        return False
+
+    async def _resume_point(self, job: Job) -> ResumeFrom | None:
+        """The newest resumable checkpoint an earlier attempt recorded, else the job's own resume source."""
+        assert self._js is not None
+        subject = self.subjects.run_event(job.project_id, job.run_id, "run.checkpoint")
+        try:
+            raw = await self._js.get_last_msg(self.subjects.events_stream, subject)
+        except NotFoundError:
+            return job.resume
+        event = event_decoder.decode(raw.data or b"")
+        if isinstance(event, RunCheckpoint) and event.resumable:
+            return ResumeFrom(
+                source_run_id=job.run_id, checkpoint_id=event.checkpoint_id, uri=event.uri,
+                step=event.step, epoch=event.epoch,
+            )
+        return job.resume
+
+    def _on_cancel(self, run_id: str) -> None:
+        if active := self._active.get(run_id):
+            log.info("run %s: cancel requested", run_id)
+            active.ctx.cancel_requested.set()
+
+    # -- runner heartbeats -----------------------------------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await self._publish_heartbeat()
+            await asyncio.sleep(self.settings.runner_heartbeat_s)
+
+    async def _publish_heartbeat(self) -> None:
+        assert self._js is not None
+        try:
+            self._device_info = await anyio.to_thread.run_sync(describe_device, self.device)
+        except DeviceError as exc:
+            log.warning("runner %s: %s", self.runner_id, exc)
+        self._heartbeat_seq += 1
+        beat = RunnerHeartbeat(
+            runner_id=self.runner_id,
+            seq=self._heartbeat_seq,
+            host=self.host,
+            pool=self.pool,
+            devices=[self._device_info] if self._device_info else [],
+            slots=self.slots,
+            active_runs=self.active_runs,
+            state=self.state,  # type: ignore[arg-type]
+            kinds=self.registry.kinds(),
+        )
+        try:
+            await self._js.publish(
+                self.subjects.runner_heartbeat(self.runner_id), msgspec.json.encode(beat), timeout=PUBLISH_TIMEOUT_S
+            )
+        except RETRYABLE as exc:
+            log.warning("runner %s: heartbeat not published (%r)", self.runner_id, exc)

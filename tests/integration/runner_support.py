@@ -1,0 +1,145 @@
+"""Helpers for the runner tests: publish jobs like the gateway does, watch a run's events, run agents."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from runner.agent import RunnerAgent
+from shared.contracts import ContainerSpec, Event, Job, event_decoder
+from shared.settings import Settings
+from shared.subjects import Subjects
+
+POOL = "cpu"
+
+
+def container_job(command: str, *, project_id: str = "p1", **spec: Any) -> Job:
+    return Job(
+        run_id=uuid.uuid4().hex,
+        project_id=project_id,
+        pool=POOL,
+        spec=ContainerSpec(start_command=command, **spec),
+    )
+
+
+async def publish_job(js: JetStreamContext, settings: Settings, job: Job) -> None:
+    names = Subjects(settings.bus_prefix)
+    await js.publish(names.job(job.pool), msgspec.json.encode(job), headers={"Nats-Msg-Id": job.run_id})
+
+
+async def request_cancel(nc: NATS, js: JetStreamContext, settings: Settings, run_id: str) -> None:
+    """What the gateway does: record the cancel in the bucket, then tell the runners."""
+    names = Subjects(settings.bus_prefix)
+    kv = await js.key_value(names.cancel_bucket)
+    await kv.put(run_id, b"1")
+    await nc.publish(names.cancel(run_id), b"")
+
+
+class RunEvents:
+    """The events of one run, read from the events stream with an ordered consumer."""
+
+    def __init__(self, js: JetStreamContext, settings: Settings, job: Job) -> None:
+        self._js = js
+        self._subject = Subjects(settings.bus_prefix).run_events(job.project_id, job.run_id)
+        self.events: list[Event] = []
+        self._sub: Any = None
+
+    async def __aenter__(self) -> RunEvents:
+        self._sub = await self._js.subscribe(self._subject, ordered_consumer=True)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._sub.unsubscribe()
+
+    async def wait_for(self, match: Callable[[Event], bool], timeout: float = 10.0) -> Event:
+        """The first event (already seen or next) that matches."""
+        for event in self.events:
+            if match(event):
+                return event
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await self._sub.next_msg(timeout=None)
+                event = event_decoder.decode(msg.data)
+                self.events.append(event)
+                if match(event):
+                    return event
+
+    async def wait_for_type(self, *types: str, attempt: int | None = None, timeout: float = 10.0) -> Event:
+        return await self.wait_for(
+            lambda e: e.type in types and (attempt is None or e.attempt == attempt), timeout=timeout
+        )
+
+    def of_attempt(self, attempt: int) -> list[Event]:
+        return [e for e in self.events if e.attempt == attempt]
+
+    def types(self, attempt: int | None = None) -> list[str]:
+        return [e.type for e in self.events if attempt is None or e.attempt == attempt]
+
+    def log_lines(self, stream: str = "stdout", attempt: int | None = None) -> list[str]:
+        return [
+            line.text
+            for e in self.events
+            if e.type == "run.log" and (attempt is None or e.attempt == attempt)
+            for line in e.lines  # type: ignore[attr-defined]
+            if line.stream == stream
+        ]
+
+
+@contextlib.asynccontextmanager
+async def running_agent(settings: Settings, **kwargs: Any) -> AsyncIterator[RunnerAgent]:
+    """An agent running in this event loop; stopped gracefully at the end."""
+    kwargs.setdefault("runner_id", f"test-{uuid.uuid4().hex[:8]}")
+    agent = RunnerAgent(settings, POOL, **kwargs)
+    task = asyncio.create_task(agent.run())
+    try:
+        yield agent
+    finally:
+        await agent.stop()
+        await task
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as TRAINFORGE_* variables, for a runner in a child process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINFORGE_")}
+    for name, var in Settings.env_names().items():
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, list):
+            value = ",".join(map(str, value))
+        env[var] = str(value)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
+    return env
+
+
+def start_runner_process(settings: Settings, runner_id: str, log_path: Path) -> subprocess.Popen[bytes]:
+    code = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')\n"
+        "from runner.main import main\n"
+        "from shared.settings import Settings\n"
+        f"sys.exit(main(Settings.from_env(), pool={POOL!r}, device='cpu', slots=1, runner_id={runner_id!r}))\n"
+    )
+    log_file = open(log_path, "ab")  # noqa: SIM115 - closed with the process by the caller's cleanup
+    return subprocess.Popen(
+        [sys.executable, "-c", code], env=settings_env(settings), stdout=log_file, stderr=subprocess.STDOUT
+    )
+
+
+def live_group_members(pgid: int) -> list[int]:
+    from runner.executors.local import group_members
+
+    return group_members(pgid)
