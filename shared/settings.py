@@ -64,6 +64,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     cancel_grace_s: float = 5.0
     """Between SIGTERM and SIGKILL when a job's processes are stopped."""
 
+    # -- artifacts and models --------------------------------------------------------------------------
+    artifact_store: str = "local"
+    """Where runs store checkpoints, weights and plots: `local` (<state_dir>/artifacts) or `nats` (a JetStream
+    object store, so runners on other hosts can fetch them)."""
+    pretrained_dir: Path | None = None
+    """Folder of pretrained YOLO weights (`<name>.pt`). A model name without a file there is built untrained
+    from Ultralytics' `<name>.yaml`; nothing is ever downloaded."""
+
     # -- logs ------------------------------------------------------------------------------------------
     log_level: str = "INFO"
 
