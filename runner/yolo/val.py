@@ -36,23 +36,23 @@ def run_val(spec: YoloValSpec, model: ModelSource, data: str, device: str, folde
         args["conf"] = spec.conf
     with LogForwarder(bridge):
         metrics = yolo.val(**args)
-    result = summarize_metrics(metrics)
-    bridge.metrics({k: v for k, v in result["metrics"].items()})
-    publish_run_folder(Path(metrics.save_dir), bridge)
+    result = summarize_metrics(metrics, yolo.task)
+    bridge.metrics(result["metrics"])
+    publish_run_folder(folder, bridge)
     return Completed(result=result)
 
 
-def summarize_metrics(metrics: Any) -> dict[str, Any]:
+def summarize_metrics(metrics: Any, task: str) -> dict[str, Any]:
     """Ultralytics' validation metrics as plain JSON: detection-like (boxes) or classification."""
     raw = {k: float(v) for k, v in metrics.results_dict.items()}
     result: dict[str, Any] = {
-        "task": metrics.task,
+        "task": task,
         "metrics": raw,
         "speed_ms": {k: round(float(v), 3) for k, v in metrics.speed.items()},
         "fitness": float(metrics.fitness),
     }
     box = getattr(metrics, "box", None)
-    if box is not None and metrics.task != "classify":
+    if box is not None and task != "classify":
         names = metrics.names
         f1 = box.f1 if len(box.f1) else [0.0]
         result |= {
@@ -73,6 +73,6 @@ def summarize_metrics(metrics: Any) -> dict[str, Any]:
                 for i, c in enumerate(box.ap_class_index)
             ],
         }
-    elif metrics.task == "classify":
+    elif task == "classify":
         result |= {"top1": float(metrics.top1), "top5": float(metrics.top5)}
     return result
