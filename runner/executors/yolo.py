@@ -18,7 +18,7 @@ from runner.executors.base import Canceled, ExecutorError, Failed, Outcome, RunC
 from runner.yolo.bridge import JobBridge, JobStopped
 from runner.yolo.inputs import InputResolver
 from runner.yolo.offline import prepare_ultralytics
-from shared.artifacts import ArtifactStore, LocalArtifactStore
+from shared.artifacts import ArtifactStore, artifact_store
 from shared.contracts import FailureCause
 from shared.contracts.yolo import (
     YoloExportSpec,
@@ -37,8 +37,10 @@ class YoloExecutor:
     kinds: ClassVar[tuple[str, ...]] = ("yolo.train", "yolo.val", "yolo.export", "yolo.predict")
 
     def __init__(self, settings: Settings, store: ArtifactStore | None = None) -> None:
+        """`store`: where outputs go and inputs come from; default the store `settings.artifact_store` names
+        (`local` needs nothing; for `nats` pass `artifact_store(settings, js)`)."""
         self.settings = settings
-        self.store = store or LocalArtifactStore(settings.artifacts_dir)
+        self.store = store or artifact_store(settings)
 
     async def run(self, ctx: RunContext) -> Outcome:
         try:

@@ -24,6 +24,7 @@ from shared.artifacts import ArtifactStore, media_type
 T = TypeVar("T")
 
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+UNSAFE_KEY_CHARS = re.compile(r"[^-_=.A-Za-z0-9/]")
 PROGRESS_INTERVAL_S = 0.25
 """At most ~4 progress events per second."""
 
@@ -67,7 +68,9 @@ class JobBridge:
 
     # -- files ---------------------------------------------------------------------------------------------
     def key(self, *parts: str) -> str:
-        return "/".join(("runs", self.ctx.run_id, f"attempt-{self.ctx.attempt}", *parts))
+        """The store key of a file of this run attempt (characters outside the key alphabet become `_`)."""
+        name = UNSAFE_KEY_CHARS.sub("_", "/".join(parts)).strip("/").replace("..", "_")
+        return "/".join(("runs", self.ctx.run_id, f"attempt-{self.ctx.attempt}", name))
 
     def store_file(self, key: str, path: Path) -> str:
         return self.call(self.store.put_file, key, path)

@@ -3,7 +3,8 @@
 What each step stops (measured, see FACTS.md "Ultralytics offline"):
 - `YOLO_OFFLINE=1`: DNS probes at import, analytics, update checks, Sentry.
 - `YOLO_AUTOINSTALL=0`: run-time `pip install` of missing export/runtime packages.
-- `YOLO_CONFIG_DIR`, `MPLCONFIGDIR` under the state folder: nothing is written to `~/.config` or `~/.cache`.
+- `YOLO_CONFIG_DIR`, `MPLCONFIGDIR` (and `XDG_CACHE_HOME` when unset) under the state folder: nothing is
+  written to `~/.config` or `~/.cache`.
 - A TTF named `Arial.ttf` / `Arial.Unicode.ttf` in the config folder: the plotting code's font download.
 - `settings.update({"sync": False})`: no telemetry even if the settings file says otherwise.
 
@@ -68,6 +69,7 @@ def _set_environment(state_dir: Path) -> Path:
     mpl_dir.mkdir(parents=True, exist_ok=True)
     os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
     os.environ["MPLCONFIGDIR"] = str(mpl_dir)
+    os.environ.setdefault("XDG_CACHE_HOME", str((state_dir / "cache").resolve()))  # onnxruntime writes a device id
     return config_dir
 
 

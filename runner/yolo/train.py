@@ -96,13 +96,11 @@ def run_train(spec: YoloTrainSpec, inputs: TrainInputs, bridge: JobBridge) -> Ou
     for event, callback in _callbacks(state, bridge).items():
         model.add_callback(event, callback)
     bridge.raise_if_canceled()
-    trainer = None
     try:
         with LogForwarder(bridge):
             model.train(**args)
     except JobStopped:
-        trainer = model.trainer
-        _close_loaders(trainer)
+        _close_loaders(model.trainer)
         return Canceled(checkpoint_id=state.checkpoint_id)
     trainer = model.trainer
     publish_run_folder(inputs.save_dir, bridge)

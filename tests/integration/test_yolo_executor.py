@@ -238,11 +238,38 @@ async def test_predict_on_bus_and_zidane_returns_boxes_and_annotated_images(
     assert emitted(ctx, "progress")
 
 
+async def test_cancelling_the_executor_task_stops_training_before_it_returns(
+    yolo_settings: Settings, detect_data: Path, tmp_path: Path
+) -> None:
+    import asyncio
+
+    spec = YoloTrainSpec(model="yolov8n", data=str(detect_data), epochs=20, batch=8, imgsz=128, device="cpu")
+    ctx = make_context(yolo_settings, spec, workdir=tmp_path / "work")
+    first_progress = asyncio.Event()
+    ctx.emit.on_record = lambda record: record.type == "progress" and first_progress.set()  # type: ignore[attr-defined]
+    task = asyncio.create_task(YoloExecutor(yolo_settings).run(ctx))
+    await asyncio.wait_for(first_progress.wait(), 60)
+    started = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.monotonic() - started < 5.0
+    count = len(ctx.emit.records)  # type: ignore[attr-defined]
+    await asyncio.sleep(0.5)
+    assert len(ctx.emit.records) == count  # type: ignore[attr-defined]  # nothing runs on after the task ended
+    assert max(m["epoch"] for m in emitted(ctx, "metrics")) < 20
+
+
 async def test_no_yolo_job_attempted_a_network_connection(
     network_guard: list[tuple[str, str]], yolo_settings: Settings, detect_data: Path, detect_weights: str, tmp_path: Path
 ) -> None:
     """Runs last in this module: every job above ran under the recorder, plus a val/export/predict here."""
-    await run(yolo_settings, YoloValSpec(model=detect_weights, data=str(detect_data), imgsz=128, conf=0.25), tmp_path / "v")
-    await run(yolo_settings, YoloExportSpec(model=detect_weights, format="onnx", imgsz=128), tmp_path / "e")
-    await run(yolo_settings, YoloPredictSpec(model=detect_weights, sources=[str(_bus_jpg())], imgsz=128), tmp_path / "p")
+    specs = [
+        YoloValSpec(model=detect_weights, data=str(detect_data), imgsz=128, conf=0.25),
+        YoloExportSpec(model=detect_weights, format="onnx", imgsz=128),
+        YoloPredictSpec(model=detect_weights, sources=[str(_bus_jpg())], imgsz=128),
+    ]
+    for i, spec in enumerate(specs):
+        _, outcome = await run(yolo_settings, spec, tmp_path / str(i))
+        assert isinstance(outcome, Completed), outcome
     assert network_guard == []
