@@ -171,6 +171,20 @@ async def test_cancel_mid_training_ends_canceled_with_resumable_checkpoint_and_r
     assert [int(float(row.split(",")[0])) for row in rows] == list(range(1, epochs + 1))
 
 
+async def test_resuming_a_checkpoint_of_the_last_epoch_completes_without_training(
+    yolo_settings: Settings, detect_run, tmp_path: Path
+) -> None:
+    ctx, _ = detect_run
+    last = emitted(ctx, "checkpoint")[-1]
+    resume = ResumeFrom(source_run_id=ctx.run_id, checkpoint_id=last["checkpoint_id"], uri=last["uri"], epoch=2)
+    rctx, outcome = await run(yolo_settings, ctx.job.spec, tmp_path, resume=resume, attempt=2)
+
+    assert isinstance(outcome, Completed), outcome
+    assert outcome.result["epochs_completed"] == 2 and outcome.result["checkpoint_id"] == last["checkpoint_id"]
+    assert not emitted(rctx, "progress") and not emitted(rctx, "metrics")
+    assert {"weights/last.pt", "results.csv"} <= {a["name"] for a in emitted(rctx, "artifact")}
+
+
 async def test_validation_reports_precision_recall_map_f1_per_class_speed_and_plots(
     yolo_settings: Settings, detect_data: Path, detect_weights: str, tmp_path: Path
 ) -> None:
