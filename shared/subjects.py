@@ -79,3 +79,8 @@ class Subjects:
     @property
     def cancel_bucket(self) -> str:
         return f"{self.prefix}_cancels"
+
+    # -- artifacts: a JetStream object store (setting `artifact_store = nats`) ------------------------
+    @property
+    def artifacts_bucket(self) -> str:
+        return f"{self.prefix}_artifacts"

@@ -38,7 +38,9 @@ class ContainerSpec(RunSpecBase, kw_only=True, tag="container"):
     timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
 
 
-RunSpec = ContainerSpec
+from shared.contracts.yolo import YoloExportSpec, YoloPredictSpec, YoloTrainSpec, YoloValSpec  # noqa: E402
+
+RunSpec = ContainerSpec | YoloTrainSpec | YoloValSpec | YoloExportSpec | YoloPredictSpec
 """Union of every run kind; extended by the YOLO and container issues."""
 
 

@@ -1,0 +1,22 @@
+"""Publishing an Ultralytics output folder as run artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runner.yolo.bridge import JobBridge
+
+KINDS = {".pt": "weights", ".csv": "metrics", ".yaml": "config", ".png": "plot", ".jpg": "image", ".json": "data"}
+
+
+def artifact_kind(path: Path) -> str:
+    return KINDS.get(path.suffix.lower(), "file")
+
+
+def publish_run_folder(folder: Path, bridge: JobBridge) -> list[str]:
+    """Store every file of an Ultralytics run folder (results, plots, args, weights) as an artifact."""
+    uris = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        name = path.relative_to(folder).as_posix()
+        uris.append(bridge.artifact(path, name=name, kind=artifact_kind(path)))
+    return uris
