@@ -71,6 +71,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Largest dataset archive accepted; its extracted content may be at most 4x this size."""
     max_upload_files: int = 200_000
     """Most members a dataset archive may hold."""
+
     # -- artifacts and models --------------------------------------------------------------------------
     artifact_store: str = "local"
     """Where runs store checkpoints, weights and plots: `local` (<state_dir>/artifacts) or `nats` (a JetStream

@@ -38,8 +38,13 @@ def _container_executor(spec: RunSpec) -> str:
 
 
 def executor_table() -> dict[str, ExecutorRef]:
+    yolo = "runner.executors.yolo:YoloExecutor"
     return {
         "container": _container_executor,
+        "yolo.train": yolo,
+        "yolo.val": yolo,
+        "yolo.export": yolo,
+        "yolo.predict": yolo,
     }
 
 
