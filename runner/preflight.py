@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from runner.executors.base import ExecutorError
 from runner.targets import ContainerTarget, Targets
 from shared.contracts.preflight import MissingItem, PreflightReply, PreflightRequest, preflight_request_decoder
 from shared.settings import Settings
@@ -23,7 +24,7 @@ from shared.subjects import Subjects
 log = logging.getLogger(__name__)
 
 
-class OutsideRoot(ValueError):
+class OutsideRoot(ExecutorError):
     """A file name points outside the target's host root."""
 
 

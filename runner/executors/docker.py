@@ -52,7 +52,7 @@ from runner.executors.docker_argv import (
 )
 from runner.gpu_sampler import cuda_indices, sample_gpus
 from runner.logparse import Progress, parse_line
-from runner.preflight import OutsideRoot, check_files, resolve_under
+from runner.preflight import check_files, resolve_under
 from runner.targets import ContainerTarget, Targets, load_targets
 from shared.contracts import ContainerSpec, FailureCause
 from shared.contracts.common import TOKEN_RE
@@ -95,7 +95,7 @@ class DockerExecutor:
         try:
             plan = plan_attempt(ctx, spec, target)
             missing = await check_files(target, spec.dataset_name, spec.training_yaml_name)
-        except (ExecutorError, OutsideRoot) as exc:
+        except ExecutorError as exc:
             return Failed(FailureCause.USER, "InvalidRun", str(exc))
         if missing:
             message = PreflightReply(ok=False, missing=missing).message(target.name)
