@@ -54,9 +54,8 @@ class CheckpointWatcher:
         return await anyio.to_thread.run_sync(self._scan, final)
 
     def _scan(self, final: bool) -> list[CheckpointFound]:
-        candidates = sorted(
-            ((step, name) for name, step in list_checkpoints(self.output_dir).items() if name not in self._known),
-        )
+        listed = list_checkpoints(self.output_dir)
+        candidates = sorted((step, name) for name, step in listed.items() if name not in self._known)
         newest_step = max((step for step, _ in candidates), default=None)
         found = []
         for step, name in candidates:

@@ -7,15 +7,12 @@ samples and no error.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 from typing import Any
 
 import anyio
 
 from runner.executors.base import Emitter
-
-log = logging.getLogger(__name__)
 
 _CUDA_RE = re.compile(r"^(?:cuda|gpu)?:?(\d+(?:,\d+)*)$")
 
@@ -72,7 +69,7 @@ class _Nvml:
 
 
 async def sample_gpus(indices: list[int], every_s: float, emit: Emitter) -> None:
-    """Emit GPU metrics every `every_s` seconds until cancelled; returns at once when there is nothing to watch."""
+    """Emit GPU metrics every `every_s` seconds until cancelled; returns at once with nothing to watch."""
     if not indices:
         return
     nvml = _Nvml(indices)

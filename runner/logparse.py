@@ -27,12 +27,13 @@ from typing import Any
 MAX_DICT_CHARS = 8192
 """Longer `{...}` lines are not read as dicts (bounds the work `literal_eval` does on one line)."""
 
-_KEY_VALUE_RE = re.compile(
-    r"(?<![\w./-])(?P<key>[A-Za-z_][\w./-]*)\s*=\s*(?P<value>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?![\w.])"
-)
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_KEY_VALUE_RE = re.compile(rf"(?<![\w./-])(?P<key>[A-Za-z_][\w./-]*)\s*=\s*(?P<value>{_NUMBER})(?![\w.])")
 _ENV_KEY_RE = re.compile(r"^[A-Z0-9_]+$")
 _TQDM_RE = re.compile(r"(?:^|\s|:)\d{1,3}%\|[^|]*\|\s*(?P<step>\d+)/(?P<total>\d+)\b")
-_STEP_RE = re.compile(r"\b(?:global[ _])?(?:step|iter|iteration)s?\s*[:=]?\s*\[?(?P<step>\d+)\s*/\s*(?P<total>\d+)", re.I)
+_STEP_RE = re.compile(
+    r"\b(?:global[ _])?(?:step|iter|iteration)s?\s*[:=]?\s*\[?(?P<step>\d+)\s*/\s*(?P<total>\d+)", re.I
+)
 _EPOCH_RE = re.compile(r"\bepoch\s*[:=]?\s*\[?(?P<epoch>\d+)\s*/\s*(?P<epochs>\d+)", re.I)
 _NON_FINITE_RE = re.compile(r"(?<=[:\[,(\s])-?(?:nan|inf)(?=\s*[,}\])])")
 

@@ -6,7 +6,6 @@ docker executor when it claims a run (for runs queued while no runner answered).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import anyio
@@ -17,11 +16,14 @@ from nats.aio.subscription import Subscription
 
 from runner.executors.base import ExecutorError
 from runner.targets import ContainerTarget, Targets
-from shared.contracts.preflight import MissingItem, PreflightReply, PreflightRequest, preflight_request_decoder
+from shared.contracts.preflight import (
+    MissingItem,
+    PreflightReply,
+    PreflightRequest,
+    preflight_request_decoder,
+)
 from shared.settings import Settings
 from shared.subjects import Subjects
-
-log = logging.getLogger(__name__)
 
 
 class OutsideRoot(ExecutorError):
@@ -39,18 +41,20 @@ def resolve_under(root: Path, name: str) -> Path:
     return base / name
 
 
-def _check(target: ContainerTarget, dataset_name: str | None, training_yaml_name: str | None) -> list[MissingItem]:
+def _check(target: ContainerTarget, dataset_name: str | None, yaml_name: str | None) -> list[MissingItem]:
     missing = []
     if dataset_name:
         if not resolve_under(target.host_root, dataset_name).exists():
             missing.append(MissingItem(what="dataset", name=dataset_name))
-    if training_yaml_name:
-        if not resolve_under(target.host_root, training_yaml_name).is_file():
-            missing.append(MissingItem(what="training_yaml", name=training_yaml_name))
+    if yaml_name:
+        if not resolve_under(target.host_root, yaml_name).is_file():
+            missing.append(MissingItem(what="training_yaml", name=yaml_name))
     return missing
 
 
-async def check_files(target: ContainerTarget, dataset_name: str | None, training_yaml_name: str | None) -> list[MissingItem]:
+async def check_files(
+    target: ContainerTarget, dataset_name: str | None, training_yaml_name: str | None
+) -> list[MissingItem]:
     """The items missing under the target's host root. Raises `OutsideRoot` for a name outside it."""
     return await anyio.to_thread.run_sync(_check, target, dataset_name, training_yaml_name)
 

@@ -36,7 +36,7 @@ class ContainerTarget(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     workdir: str
     """Absolute working directory inside the container; a run's `workdir` is taken relative to it."""
     host_root: Path
-    """Host folder holding the datasets and training YAMLs (and usually the outputs); mounted in the container."""
+    """Host folder of the datasets and training YAMLs (and usually the outputs); mounted in the container."""
     container_root: str | None = None
     """Where `host_root` is mounted inside the container. Unset: the same path as on the host."""
     output_dir: str | None = None

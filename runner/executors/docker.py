@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import logging
 import posixpath
 import re
 import shlex
@@ -36,7 +35,12 @@ from typing import ClassVar
 import anyio
 import msgspec
 
-from runner.checkpoints_watch import CheckpointWatcher, find_tensorboard_files, keep_artifact, list_checkpoints
+from runner.checkpoints_watch import (
+    CheckpointWatcher,
+    find_tensorboard_files,
+    keep_artifact,
+    list_checkpoints,
+)
 from runner.executors.base import Canceled, Completed, ExecutorError, Failed, Outcome, RunContext
 from runner.executors.docker_argv import (
     EXIT_MARK,
@@ -59,11 +63,9 @@ from shared.contracts.common import TOKEN_RE
 from shared.contracts.preflight import PreflightReply
 from shared.settings import Settings
 
-log = logging.getLogger(__name__)
-
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TOKEN_SUBST_RE = re.compile(r"\{(resume_from|output_dir|dataset|training_yaml)\}")
-"""Tokens of a start command, each replaced (in one pass) by its shell-quoted value; see docs/containers.md."""
+"""Tokens of a start command, each replaced in one pass by its shell-quoted value (docs/containers.md)."""
 MAX_LOG_LINE = 4000
 PROGRESS_EVERY_S = 0.5
 CR_LOG_EVERY_S = 1.0
@@ -87,7 +89,8 @@ class DockerExecutor:
     async def run(self, ctx: RunContext) -> Outcome:
         spec = ctx.job.spec
         if not isinstance(spec, ContainerSpec) or spec.backend != "docker":
-            return Failed(FailureCause.INFRASTRUCTURE, "UnsupportedSpec", "the docker executor runs container runs with backend 'docker'")
+            message = "the docker executor runs container runs with backend 'docker'"
+            return Failed(FailureCause.INFRASTRUCTURE, "UnsupportedSpec", message)
         try:
             target = self.targets.get(spec.target)
         except KeyError as exc:
@@ -100,6 +103,8 @@ class DockerExecutor:
         if missing:
             message = PreflightReply(ok=False, missing=missing).message(target.name)
             return Failed(FailureCause.USER, "MissingFiles", message)
+        if ctx.cancel_requested.is_set():
+            return Canceled(checkpoint_id=ctx.last_checkpoint_id)
         return await _Attempt(ctx, target, plan).run()
 
 
@@ -127,13 +132,14 @@ def plan_attempt(ctx: RunContext, spec: ContainerSpec, target: ContainerTarget) 
         raise ExecutorError("the start command contains a NUL character")
     workdir = _container_workdir(target.workdir, spec.workdir)
     output_dir = target.host_output_dir(ctx.run_id)
+    root = target.host_root
+    dataset = resolve_under(root, spec.dataset_name) if spec.dataset_name else None
+    training_yaml = resolve_under(root, spec.training_yaml_name) if spec.training_yaml_name else None
     values: dict[str, str | None] = {
         "resume_from": _resume_path(ctx, target),
         "output_dir": target.to_container(output_dir) if output_dir else None,
-        "dataset": target.to_container(resolve_under(target.host_root, spec.dataset_name)) if spec.dataset_name else None,
-        "training_yaml": (
-            target.to_container(resolve_under(target.host_root, spec.training_yaml_name)) if spec.training_yaml_name else None
-        ),
+        "dataset": target.to_container(dataset) if dataset else None,
+        "training_yaml": target.to_container(training_yaml) if training_yaml else None,
     }
     command = TOKEN_SUBST_RE.sub(lambda m: shlex.quote(values[m[1]] or ""), spec.start_command)
     env = {**target.env, **spec.env}
@@ -163,7 +169,7 @@ def plan_attempt(ctx: RunContext, spec: ContainerSpec, target: ContainerTarget) 
         env=env,
         command=command,
         host_output_dir=output_dir,
-        host_training_yaml=resolve_under(target.host_root, spec.training_yaml_name) if spec.training_yaml_name else None,
+        host_training_yaml=training_yaml,
         gpus=gpus,
         timeout_s=spec.timeout_s,
     )
@@ -279,31 +285,29 @@ class _Attempt:
         if previous is not None:
             pgid, folder = previous
             if self.settings.runner_reattach == "reattach":
-                await emit.log(f"re-attaching to process group {pgid} of an earlier attempt ({folder})", "system")
+                message = f"re-attaching to process group {pgid} of an earlier attempt ({folder})"
+                await emit.log(message, "system")
                 offset = self.state.offset if self.state.follow_dir == folder else 0
                 self.state.follow_dir, self.state.offset = folder, offset
                 self.pgid = pgid
                 return follow_argv(self.target, AttemptFiles(folder), offset)
             await emit.log(f"ending process group {pgid} left by an earlier attempt ({folder})", "system")
             if not await self._stop_group(pgid):
-                return Failed(
-                    FailureCause.INFRASTRUCTURE,
-                    "StaleProcess",
-                    f"process group {pgid} of an earlier attempt is still running in {self.target.container!r} after SIGKILL",
-                )
+                where = f"in {self.target.container!r}"
+                message = f"process group {pgid} of an earlier attempt is still running {where} after SIGKILL"
+                return Failed(FailureCause.INFRASTRUCTURE, "StaleProcess", message)
         if self.state.baseline is None and self.plan.host_output_dir is not None:
-            self.state.baseline = sorted(await anyio.to_thread.run_sync(list_checkpoints, self.plan.host_output_dir))
+            existing = await anyio.to_thread.run_sync(list_checkpoints, self.plan.host_output_dir)
+            self.state.baseline = sorted(existing)
         self.state.follow_dir, self.state.offset = self.plan.files.dir, 0
         await self._save_state()
         if self.plan.host_training_yaml is not None:
             await self._artifact(self.plan.host_training_yaml, self.plan.host_training_yaml.name, "config")
-        await emit.log(
-            f"docker exec into {self.target.container!r} (target {self.target.name!r}), in {self.plan.workdir}: "
-            f"{self.plan.command}",
-            "system",
-        )
+        plan = self.plan
+        where = f"{self.target.container!r} (target {self.target.name!r}), in {plan.workdir}"
+        await emit.log(f"docker exec into {where}: {plan.command}", "system")
         return start_argv(
-            self.target, env=self.plan.env, workdir=self.plan.workdir, files=self.plan.files, command=self.plan.command
+            self.target, env=plan.env, workdir=plan.workdir, files=plan.files, command=plan.command
         )
 
     async def _find_previous(self) -> tuple[int, str] | None:
@@ -317,13 +321,14 @@ class _Attempt:
     # -- while it runs -----------------------------------------------------------------------------------
     async def _supervise(self, argv: list[str]) -> Outcome:
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-            )
+            proc = await _spawn(argv)
         except OSError as exc:
             return Failed(FailureCause.INFRASTRUCTURE, "DockerUnavailable", self._no_docker(exc))
         assert proc.stdout is not None and proc.stderr is not None
-        readers = [asyncio.create_task(self._read_stdout(proc.stdout)), asyncio.create_task(self._read_stderr(proc.stderr))]
+        readers = [
+            asyncio.create_task(self._read_stdout(proc.stdout)),
+            asyncio.create_task(self._read_stderr(proc.stderr)),
+        ]
         helpers = [asyncio.create_task(sample_gpus(self.plan.gpus, self.target.gpu_sample_s, self.ctx.emit))]
         watcher = None
         if self.plan.host_output_dir is not None:
@@ -338,7 +343,8 @@ class _Attempt:
                 stopped = await self._stop_command()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(proc.wait(), KILL_CONFIRM_S + 5)
-            await asyncio.wait_for(asyncio.gather(*readers), 10)
+            with contextlib.suppress(TimeoutError):  # output still held open by a stray process
+                await asyncio.wait_for(asyncio.gather(*readers), 10)
         finally:
             for task in helpers:
                 task.cancel()
@@ -361,7 +367,9 @@ class _Attempt:
         exited = asyncio.create_task(proc.wait())
         canceled = asyncio.create_task(self.ctx.cancel_requested.wait())
         try:
-            done, _ = await asyncio.wait({exited, canceled}, timeout=self.plan.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {exited, canceled}, timeout=self.plan.timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             canceled.cancel()
             exited.cancel()
@@ -392,7 +400,8 @@ class _Attempt:
         await self._signal(pgid, "TERM")
         if await self._gone_within(pgid, self.settings.cancel_grace_s):
             return True
-        await self.ctx.emit.log(f"process group {pgid} still running after {self.settings.cancel_grace_s}s: SIGKILL", "system")
+        grace = self.settings.cancel_grace_s
+        await self.ctx.emit.log(f"process group {pgid} still running after {grace:g}s: SIGKILL", "system")
         await self._signal(pgid, "KILL")
         return await self._gone_within(pgid, KILL_CONFIRM_S)
 
@@ -462,9 +471,8 @@ class _Attempt:
         if progress is None or progress.fraction is None:
             return
         self.progress_at = time.monotonic()
-        await self.ctx.emit.progress(
-            progress.fraction, step=progress.step, total=progress.total, epoch=progress.epoch, epochs=progress.epochs
-        )
+        p = progress
+        await self.ctx.emit.progress(p.fraction, step=p.step, total=p.total, epoch=p.epoch, epochs=p.epochs)
 
     async def _read_stderr(self, stream: asyncio.StreamReader) -> None:
         while raw := await stream.readline():
@@ -492,7 +500,8 @@ class _Attempt:
                 size_bytes=found.size_bytes,
                 meta={"container_path": self.target.to_container(found.path)},
             )
-            self.state.checkpoints[found.path.name] = _Checkpoint(id=checkpoint_id, step=found.step, uri=str(found.path))
+            recorded = _Checkpoint(id=checkpoint_id, step=found.step, uri=str(found.path))
+            self.state.checkpoints[found.path.name] = recorded
             await self._save_state()
 
     @property
@@ -518,16 +527,18 @@ class _Attempt:
     def _outcome(self, stop_reason: str | None, stopped: bool, client_status: int | None) -> Outcome:
         latest = self.latest_checkpoint
         if stop_reason == "canceled":
-            reason = "requested" if stopped else "requested; the process group was still present after SIGKILL"
+            reason = "requested" if stopped else "requested; the process group was still there after SIGKILL"
             return Canceled(reason=reason, checkpoint_id=latest.id if latest else self.ctx.last_checkpoint_id)
         if stop_reason == "timeout":
-            return Failed(FailureCause.USER, "Timeout", f"the command ran longer than {self.plan.timeout_s:g}s and was stopped")
+            message = f"the command ran longer than {self.plan.timeout_s:g}s and was stopped"
+            return Failed(FailureCause.USER, "Timeout", message)
         if self.exit_status is None:
             detail = "; ".join(self.stderr_tail) or f"docker exec ended with status {client_status}"
             return Failed(FailureCause.INFRASTRUCTURE, "DockerExecFailed", detail, exit_code=client_status)
         if self.exit_status != 0:
             last = " | ".join(self.stdout_tail)
-            message = f"the command exited with status {self.exit_status}" + (f"; last output: {last}" if last else "")
+            message = f"the command exited with status {self.exit_status}"
+            message += f"; last output: {last}" if last else ""
             return Failed(FailureCause.USER, "CommandFailed", message, exit_code=self.exit_status)
         return Completed(
             exit_code=0,
@@ -537,9 +548,7 @@ class _Attempt:
     # -- plumbing ----------------------------------------------------------------------------------------
     async def _docker(self, argv: list[str]) -> tuple[int, str, str]:
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-            )
+            proc = await _spawn(argv)
         except OSError as exc:
             raise DockerUnavailable(self._no_docker(exc)) from exc
         try:
@@ -547,7 +556,8 @@ class _Attempt:
         except TimeoutError:
             proc.kill()
             await proc.wait()
-            raise DockerUnavailable(f"{argv[0]} {argv[1]} did not answer within {DOCKER_CALL_TIMEOUT_S:g}s") from None
+            message = f"{argv[0]} {argv[1]} did not answer within {DOCKER_CALL_TIMEOUT_S:g}s"
+            raise DockerUnavailable(message) from None
         finally:
             if proc.returncode is None:
                 proc.kill()
@@ -560,3 +570,10 @@ class _Attempt:
     async def _save_state(self) -> None:
         self.saved_at = time.monotonic()
         await anyio.to_thread.run_sync(self.state.save, self.state_path)
+
+
+async def _spawn(argv: list[str]) -> asyncio.subprocess.Process:
+    """Run `argv` (never through a shell), its output piped back."""
+    pipe = asyncio.subprocess.PIPE
+    devnull = asyncio.subprocess.DEVNULL
+    return await asyncio.create_subprocess_exec(*argv, stdin=devnull, stdout=pipe, stderr=pipe)

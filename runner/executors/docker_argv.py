@@ -31,7 +31,8 @@ mkdir -p -- "${log%/*}" || exit 125
 cd -- "$workdir" || { echo "trainforge: cannot enter the working directory $workdir" >&2; exit 125; }
 rm -f -- "$pidfile" "$exitfile"
 : > "$log" || exit 125
-setsid -w bash -c 'read -r -a st 2>/dev/null < "/proc/$$/stat"; echo "$$ ${st[21]:-}" > "$1" && exec bash -c "$2"' \
+setsid -w bash -c \
+  'read -r -a st 2>/dev/null < "/proc/$$/stat"; echo "$$ ${st[21]:-}" > "$1" && exec bash -c "$2"' \
   trainforge-job "$pidfile" "$command" >> "$log" 2>&1 < /dev/null &
 child=$!
 while [ ! -s "$pidfile" ] && kill -0 "$child" 2>/dev/null; do sleep 0.05; done
@@ -81,7 +82,7 @@ done
 """Print `<pgid> <attempt folder>` of a still-running command of any earlier attempt of the run."""
 
 SIGNAL = r"""kill -"$1" -- "-$2" 2>/dev/null"""
-"""Send a signal (TERM, KILL, or 0 to test) to a process group: bash's own `kill`, so the image needs no procps."""
+"""Send a signal (TERM, KILL, or 0 to test) to a process group; bash's own `kill`: no procps needed."""
 
 Signal = Literal["TERM", "KILL", "0"]
 
@@ -113,7 +114,8 @@ def attempt_files(target: ContainerTarget, run_id: str, attempt: int) -> Attempt
 
 
 def inspect_argv(target: ContainerTarget) -> list[str]:
-    return [target.docker, "inspect", "--type", "container", "--format", "{{.State.Running}}", target.container]
+    running = "{{.State.Running}}"
+    return [target.docker, "inspect", "--type", "container", "--format", running, target.container]
 
 
 def start_argv(
@@ -135,8 +137,10 @@ def follow_argv(target: ContainerTarget, files: AttemptFiles, offset: int) -> li
 
 
 def probe_argv(target: ContainerTarget, run_id: str) -> list[str]:
-    return [target.docker, "exec", target.container, "bash", "-c", PROBE, "trainforge-probe", run_files_dir(target, run_id)]
+    folder = run_files_dir(target, run_id)
+    return [target.docker, "exec", target.container, "bash", "-c", PROBE, "trainforge-probe", folder]
 
 
 def signal_argv(target: ContainerTarget, pgid: int, signal: Signal) -> list[str]:
-    return [target.docker, "exec", target.container, "bash", "-c", SIGNAL, "trainforge-signal", signal, str(int(pgid))]
+    script = [SIGNAL, "trainforge-signal", signal, str(pgid)]
+    return [target.docker, "exec", target.container, "bash", "-c", *script]
