@@ -44,6 +44,7 @@ from runner.checkpoints_watch import (
 from runner.executors.base import Canceled, Completed, ExecutorError, Failed, Outcome, RunContext
 from runner.executors.docker_argv import (
     EXIT_MARK,
+    NO_SUCH_GROUP,
     PGID_MARK,
     AttemptFiles,
     Signal,
@@ -408,8 +409,9 @@ class _Attempt:
     async def _gone_within(self, pgid: int, seconds: float) -> bool:
         deadline = time.monotonic() + seconds
         while True:
-            if await self._signal(pgid, "0") != 0:
-                return True
+            rc = await self._signal(pgid, "0")
+            if rc == NO_SUCH_GROUP or (rc != 0 and await self._container_problem() is not None):
+                return True  # the group is gone, or the whole container is
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.2)

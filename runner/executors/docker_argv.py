@@ -81,8 +81,10 @@ done
 """
 """Print `<pgid> <attempt folder>` of a still-running command of any earlier attempt of the run."""
 
-SIGNAL = r"""kill -"$1" -- "-$2" 2>/dev/null"""
-"""Send a signal (TERM, KILL, or 0 to test) to a process group; bash's own `kill`: no procps needed."""
+SIGNAL = r"""kill -"$1" -- "-$2" 2>/dev/null || exit 3"""
+"""Send a signal (TERM, KILL, or 0 to test) to a process group; bash's own `kill`: no procps needed.
+Exit status 3: no such process group (docker's own errors use other statuses)."""
+NO_SUCH_GROUP = 3
 
 Signal = Literal["TERM", "KILL", "0"]
 

@@ -51,7 +51,14 @@ class Bench:
         return Settings.from_mapping({"state_dir": self.tmp / "state", "cancel_grace_s": 0.5, **overrides})
 
     def context(
-        self, settings: Settings, command: str, *, run_id: str | None = None, attempt: int = 1, **spec: object
+        self,
+        settings: Settings,
+        command: str,
+        *,
+        run_id: str | None = None,
+        attempt: int = 1,
+        device: str = "cpu",
+        **spec: object,
     ) -> RunContext:
         resume = spec.pop("resume", None)
         run_id = run_id or new_id()
@@ -68,7 +75,7 @@ class Bench:
             job=job,
             attempt=attempt,
             runner_id="runner-1",
-            device="cpu",
+            device=device,
             settings=settings,
             emit=emitter,
             workdir=self.tmp / "scratch" / run_id,
@@ -275,6 +282,18 @@ async def test_resumed_run_sees_the_checkpoint_in_its_command_and_environment(be
     assert f"resume argument: {checkpoint['uri']!r}" in text
     assert f"Resuming training from {checkpoint['uri']} at step 2" in text
     assert [c["step"] for c in second.emit.of("checkpoint")] == [4, 6]  # type: ignore[attr-defined]
+
+
+async def test_gpu_runner_passes_its_gpus_and_no_driver_means_no_gpu_samples(bench: Bench):
+    settings = bench.settings()
+    ctx = bench.context(settings, train_command(max_steps=2, save_steps=2), device="cuda:0")
+
+    outcome = await DockerExecutor(settings, bench.targets(gpu_sample_s=0.05)).run(ctx)
+
+    assert isinstance(outcome, Completed), outcome
+    assert "CUDA_VISIBLE_DEVICES=0\n" in ctx.emit.log_text  # type: ignore[attr-defined]
+    metrics = ctx.emit.of("metrics")  # type: ignore[attr-defined]
+    assert not any(key.startswith("gpu.") for m in metrics for key in m["metrics"])
 
 
 async def test_failing_command_fails_with_its_exit_status_and_last_output(bench: Bench):
