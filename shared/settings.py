@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -63,6 +63,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """What a stopping runner does with a job still running after the grace period: cancel | requeue."""
     cancel_grace_s: float = 5.0
     """Between SIGTERM and SIGKILL when a job's processes are stopped."""
+    runner_targets_file: Path | None = None
+    """TOML file naming this runner's container targets (backend `docker`); see docs/containers.md."""
+    runner_reattach: Literal["reattach", "restart"] = "reattach"
+    """A new attempt that finds the previous attempt's process still running in its container:
+    `reattach` follows it, `restart` ends it and starts the command again."""
 
     # -- datasets --------------------------------------------------------------------------------------
     data_roots: list[Path] = []

@@ -84,3 +84,11 @@ class Subjects:
     @property
     def artifacts_bucket(self) -> str:
         return f"{self.prefix}_artifacts"
+
+    # -- preflight: request/reply, answered by one runner of the pool (queue group) -------------------
+    def preflight(self, pool: str) -> str:
+        return f"{self.prefix}.control.v1.preflight.{_token(pool, 'pool')}"
+
+    @property
+    def preflight_group(self) -> str:
+        return "preflight"

@@ -35,6 +35,11 @@ class ContainerSpec(RunSpecBase, kw_only=True, tag="container"):
     workdir: str | None = None
     """Working directory, relative to the runner's configured root (local) or the target's workdir (docker)."""
     env: dict[str, str] = {}
+    dataset_name: str | None = None
+    """The project's dataset (backend `docker`): a file or folder under the target's host root, checked
+    before the command starts."""
+    training_yaml_name: str | None = None
+    """The project's training YAML (backend `docker`): a file under the target's host root, checked too."""
     timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
 
 

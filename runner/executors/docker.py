@@ -1,0 +1,581 @@
+"""Backend `docker` of `container` runs: the start command runs inside one of the runner's container targets.
+
+One attempt:
+1. resolve the target (unknown name → failed, cause user), check the project's dataset and training YAML
+   under the target's host root (missing → failed, cause user, the same message as the gateway's 400);
+2. check the container runs (`docker inspect`); not running, or no docker → failed, cause infrastructure;
+3. look for a command of an earlier attempt still running in the container (after a runner crash):
+   setting `runner_reattach` = `reattach` follows it, `restart` ends it first;
+4. otherwise start the command with the wrapper (see `docker_argv`): in its own process group, output to a
+   log file inside the container, streamed back through the `docker exec` client;
+5. while it runs: log lines → log events, metrics and progress parsed from them, `checkpoint-*` folders of
+   the output folder → checkpoint events, GPU use sampled;
+6. cancel (or the run's timeout): SIGTERM to the process group inside the container, SIGKILL after
+   `cancel_grace_s`, then check the group is gone. Killing the `docker exec` client alone would leave the
+   training running in the container.
+
+If the runner itself goes away (this coroutine is cancelled), only the local `docker exec` client is
+stopped: the command keeps running in the container for the next attempt to re-attach to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import posixpath
+import re
+import shlex
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import ClassVar
+
+import anyio
+import msgspec
+
+from runner.checkpoints_watch import (
+    CheckpointWatcher,
+    find_tensorboard_files,
+    keep_artifact,
+    list_checkpoints,
+)
+from runner.executors.base import Canceled, Completed, ExecutorError, Failed, Outcome, RunContext
+from runner.executors.docker_argv import (
+    EXIT_MARK,
+    NO_SUCH_GROUP,
+    PGID_MARK,
+    AttemptFiles,
+    Signal,
+    attempt_files,
+    follow_argv,
+    inspect_argv,
+    probe_argv,
+    signal_argv,
+    start_argv,
+)
+from runner.gpu_sampler import cuda_indices, sample_gpus
+from runner.logparse import Progress, parse_line
+from runner.preflight import check_files, resolve_under
+from runner.targets import ContainerTarget, Targets, load_targets
+from shared.contracts import ContainerSpec, FailureCause
+from shared.contracts.common import TOKEN_RE
+from shared.contracts.preflight import PreflightReply
+from shared.settings import Settings
+
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+TOKEN_SUBST_RE = re.compile(r"\{(resume_from|output_dir|dataset|training_yaml)\}")
+"""Tokens of a start command, each replaced in one pass by its shell-quoted value (docs/containers.md)."""
+MAX_LOG_LINE = 4000
+PROGRESS_EVERY_S = 0.5
+CR_LOG_EVERY_S = 1.0
+STATE_SAVE_EVERY_S = 1.0
+DOCKER_CALL_TIMEOUT_S = 30.0
+KILL_CONFIRM_S = 5.0
+STATE_FILE = "docker-state.json"
+
+
+class DockerUnavailable(Exception):
+    """The docker executable cannot be run."""
+
+
+class DockerExecutor:
+    kinds: ClassVar[tuple[str, ...]] = ("container",)
+
+    def __init__(self, settings: Settings, targets: Targets | None = None) -> None:
+        self.settings = settings
+        self.targets = targets if targets is not None else load_targets(settings.runner_targets_file)
+
+    async def run(self, ctx: RunContext) -> Outcome:
+        spec = ctx.job.spec
+        if not isinstance(spec, ContainerSpec) or spec.backend != "docker":
+            message = "the docker executor runs container runs with backend 'docker'"
+            return Failed(FailureCause.INFRASTRUCTURE, "UnsupportedSpec", message)
+        try:
+            target = self.targets.get(spec.target)
+        except KeyError as exc:
+            return Failed(FailureCause.USER, "UnknownTarget", str(exc.args[0]))
+        try:
+            plan = plan_attempt(ctx, spec, target)
+            missing = await check_files(target, spec.dataset_name, spec.training_yaml_name)
+        except ExecutorError as exc:
+            return Failed(FailureCause.USER, "InvalidRun", str(exc))
+        if missing:
+            message = PreflightReply(ok=False, missing=missing).message(target.name)
+            return Failed(FailureCause.USER, "MissingFiles", message)
+        if ctx.cancel_requested.is_set():
+            return Canceled(checkpoint_id=ctx.last_checkpoint_id)
+        return await _Attempt(ctx, target, plan).run()
+
+
+# -- what one attempt runs -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    files: AttemptFiles
+    workdir: str
+    env: dict[str, str]
+    command: str
+    host_output_dir: Path | None
+    host_training_yaml: Path | None
+    gpus: list[int]
+    timeout_s: float | None
+
+
+def plan_attempt(ctx: RunContext, spec: ContainerSpec, target: ContainerTarget) -> Plan:
+    """Paths, environment and start command of one attempt. Raises `ExecutorError` for a spec this target
+    cannot run as given."""
+    if not TOKEN_RE.match(ctx.run_id):
+        raise ExecutorError(f"invalid run id {ctx.run_id!r}")
+    if "\x00" in spec.start_command:
+        raise ExecutorError("the start command contains a NUL character")
+    workdir = _container_workdir(target.workdir, spec.workdir)
+    output_dir = target.host_output_dir(ctx.run_id)
+    root = target.host_root
+    dataset = resolve_under(root, spec.dataset_name) if spec.dataset_name else None
+    training_yaml = resolve_under(root, spec.training_yaml_name) if spec.training_yaml_name else None
+    values: dict[str, str | None] = {
+        "resume_from": _resume_path(ctx, target),
+        "output_dir": target.to_container(output_dir) if output_dir else None,
+        "dataset": target.to_container(dataset) if dataset else None,
+        "training_yaml": target.to_container(training_yaml) if training_yaml else None,
+    }
+    command = TOKEN_SUBST_RE.sub(lambda m: shlex.quote(values[m[1]] or ""), spec.start_command)
+    env = {**target.env, **spec.env}
+    for key, value in env.items():
+        if not ENV_NAME_RE.match(key):
+            raise ExecutorError(f"invalid environment variable name {key!r}")
+        if "\x00" in value:
+            raise ExecutorError(f"environment variable {key} contains a NUL character")
+    gpus = cuda_indices(ctx.device)
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+    env["TRAINFORGE_RUN_ID"] = ctx.run_id
+    env["TRAINFORGE_ATTEMPT"] = str(ctx.attempt)
+    for name, key in (
+        ("resume_from", "TRAINFORGE_RESUME_FROM"),
+        ("output_dir", "TRAINFORGE_OUTPUT_DIR"),
+        ("dataset", "TRAINFORGE_DATASET"),
+        ("training_yaml", "TRAINFORGE_TRAINING_YAML"),
+    ):
+        if values[name]:
+            env[key] = values[name]  # type: ignore[assignment]
+        else:
+            env.pop(key, None)
+    return Plan(
+        files=attempt_files(target, ctx.run_id, ctx.attempt),
+        workdir=workdir,
+        env=env,
+        command=command,
+        host_output_dir=output_dir,
+        host_training_yaml=training_yaml,
+        gpus=gpus,
+        timeout_s=spec.timeout_s,
+    )
+
+
+def _container_workdir(base: str, sub: str | None) -> str:
+    if not sub:
+        return base
+    if PurePosixPath(sub).is_absolute():
+        raise ExecutorError(f"workdir {sub!r} must be relative to the target's working directory")
+    joined = posixpath.normpath(posixpath.join(base, sub))
+    if joined != base and not joined.startswith(base.rstrip("/") + "/"):
+        raise ExecutorError(f"workdir {sub!r} is outside the target's working directory")
+    return joined
+
+
+def _resume_path(ctx: RunContext, target: ContainerTarget) -> str | None:
+    resume = ctx.resume or ctx.job.resume
+    if resume is None:
+        return None
+    uri = resume.uri.removeprefix("file://")
+    return target.to_container(uri) if uri.startswith("/") else uri
+
+
+# -- what survives a runner crash (on this host) --------------------------------------------------------
+
+
+class _Checkpoint(msgspec.Struct):
+    id: str
+    step: int
+    uri: str
+
+
+class _State(msgspec.Struct):
+    """Kept in the run's scratch folder so a later attempt on this host knows what was already reported."""
+
+    baseline: list[str] | None = None
+    """checkpoint-* folders that were in the output folder before the run started (not its own)."""
+    checkpoints: dict[str, _Checkpoint] = {}
+    follow_dir: str | None = None
+    offset: int = 0
+    """Bytes of `follow_dir`'s log already turned into events."""
+
+    @staticmethod
+    def load(path: Path) -> _State:
+        try:
+            return msgspec.json.decode(path.read_bytes(), type=_State)
+        except (FileNotFoundError, msgspec.DecodeError):
+            return _State()
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(msgspec.json.encode(self))
+        tmp.replace(path)
+
+
+# -- one attempt ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Attempt:
+    ctx: RunContext
+    target: ContainerTarget
+    plan: Plan
+    state: _State = field(default_factory=_State)
+    pgid: int | None = None
+    exit_status: int | None = None
+    stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+    stdout_tail: deque[str] = field(default_factory=lambda: deque(maxlen=5))
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    main_total: int = 0
+    last_step: int | None = None
+    pending_progress: Progress | None = None
+    progress_at: float = 0.0
+    cr_logged_at: float = 0.0
+    saved_at: float = 0.0
+    pgid_known: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def settings(self) -> Settings:
+        return self.ctx.settings
+
+    @property
+    def state_path(self) -> Path:
+        return self.ctx.workdir / STATE_FILE
+
+    async def run(self) -> Outcome:
+        self.state = await anyio.to_thread.run_sync(_State.load, self.state_path)
+        try:
+            if problem := await self._container_problem():
+                return Failed(FailureCause.INFRASTRUCTURE, "ContainerUnavailable", problem)
+            argv = await self._start_or_reattach()
+        except DockerUnavailable as exc:
+            return Failed(FailureCause.INFRASTRUCTURE, "DockerUnavailable", str(exc))
+        if isinstance(argv, Failed):
+            return argv
+        return await self._supervise(argv)
+
+    # -- before the command runs ------------------------------------------------------------------------
+    async def _container_problem(self) -> str | None:
+        rc, out, err = await self._docker(inspect_argv(self.target))
+        where = f"container {self.target.container!r} of target {self.target.name!r}"
+        if rc != 0:
+            return f"{where} is not available: {err.strip() or f'docker inspect exited with status {rc}'}"
+        if out.strip() != "true":
+            return f"{where} is not running"
+        return None
+
+    async def _start_or_reattach(self) -> list[str] | Failed:
+        emit = self.ctx.emit
+        previous = await self._find_previous()
+        if previous is not None:
+            pgid, folder = previous
+            if self.settings.runner_reattach == "reattach":
+                message = f"re-attaching to process group {pgid} of an earlier attempt ({folder})"
+                await emit.log(message, "system")
+                offset = self.state.offset if self.state.follow_dir == folder else 0
+                self.state.follow_dir, self.state.offset = folder, offset
+                self.pgid = pgid
+                return follow_argv(self.target, AttemptFiles(folder), offset)
+            await emit.log(f"ending process group {pgid} left by an earlier attempt ({folder})", "system")
+            if not await self._stop_group(pgid):
+                where = f"in {self.target.container!r}"
+                message = f"process group {pgid} of an earlier attempt is still running {where} after SIGKILL"
+                return Failed(FailureCause.INFRASTRUCTURE, "StaleProcess", message)
+        if self.state.baseline is None and self.plan.host_output_dir is not None:
+            existing = await anyio.to_thread.run_sync(list_checkpoints, self.plan.host_output_dir)
+            self.state.baseline = sorted(existing)
+        self.state.follow_dir, self.state.offset = self.plan.files.dir, 0
+        await self._save_state()
+        if self.plan.host_training_yaml is not None:
+            await self._artifact(self.plan.host_training_yaml, self.plan.host_training_yaml.name, "config")
+        plan = self.plan
+        where = f"{self.target.container!r} (target {self.target.name!r}), in {plan.workdir}"
+        await emit.log(f"docker exec into {where}: {plan.command}", "system")
+        return start_argv(
+            self.target, env=plan.env, workdir=plan.workdir, files=plan.files, command=plan.command
+        )
+
+    async def _find_previous(self) -> tuple[int, str] | None:
+        rc, out, _ = await self._docker(probe_argv(self.target, self.ctx.run_id))
+        line = out.strip()
+        if rc != 0 or not line:
+            return None
+        pgid, _, folder = line.partition(" ")
+        return (int(pgid), folder) if pgid.isdigit() else None
+
+    # -- while it runs -----------------------------------------------------------------------------------
+    async def _supervise(self, argv: list[str]) -> Outcome:
+        try:
+            proc = await _spawn(argv)
+        except OSError as exc:
+            return Failed(FailureCause.INFRASTRUCTURE, "DockerUnavailable", self._no_docker(exc))
+        assert proc.stdout is not None and proc.stderr is not None
+        readers = [
+            asyncio.create_task(self._read_stdout(proc.stdout)),
+            asyncio.create_task(self._read_stderr(proc.stderr)),
+        ]
+        helpers = [asyncio.create_task(sample_gpus(self.plan.gpus, self.target.gpu_sample_s, self.ctx.emit))]
+        watcher = None
+        if self.plan.host_output_dir is not None:
+            known = [*(self.state.baseline or []), *self.state.checkpoints]
+            watcher = CheckpointWatcher(self.plan.host_output_dir, known=known)
+            helpers.append(asyncio.create_task(self._watch_checkpoints(watcher)))
+        stop_reason: str | None = None
+        stopped = True
+        try:
+            stop_reason = await self._wait(proc)
+            if stop_reason is not None:
+                stopped = await self._stop_command()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), KILL_CONFIRM_S + 5)
+            with contextlib.suppress(TimeoutError):  # output still held open by a stray process
+                await asyncio.wait_for(asyncio.gather(*readers), 10)
+        finally:
+            for task in helpers:
+                task.cancel()
+            if proc.returncode is None:  # the runner is going away (or the client hangs): the command stays
+                proc.kill()
+                await asyncio.shield(proc.wait())
+            for task in readers:
+                task.cancel()
+            await asyncio.gather(*helpers, *readers, return_exceptions=True)
+            await asyncio.shield(self._save_state())
+        await self._flush_progress()
+        if watcher is not None:
+            await self._emit_checkpoints(watcher, final=True)
+            await self._tensorboard_artifacts()
+        await self._save_state()
+        return self._outcome(stop_reason, stopped, proc.returncode)
+
+    async def _wait(self, proc: asyncio.subprocess.Process) -> str | None:
+        """None when the client exited; "canceled" or "timeout" when the command must be stopped."""
+        exited = asyncio.create_task(proc.wait())
+        canceled = asyncio.create_task(self.ctx.cancel_requested.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {exited, canceled}, timeout=self.plan.timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            canceled.cancel()
+            exited.cancel()
+        if exited in done:
+            return None
+        return "canceled" if canceled in done else "timeout"
+
+    async def _stop_command(self) -> bool:
+        if self.pgid is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.pgid_known.wait(), 3)
+        pgid = self.pgid
+        if pgid is None:
+            with contextlib.suppress(DockerUnavailable):
+                if (previous := await self._find_previous()) is not None:
+                    pgid = previous[0]
+        if pgid is None:
+            return True
+        await self.ctx.emit.log(f"stopping process group {pgid} in {self.target.container!r}", "system")
+        try:
+            return await self._stop_group(pgid)
+        except DockerUnavailable as exc:
+            await self.ctx.emit.log(f"could not stop process group {pgid}: {exc}", "system")
+            return False
+
+    async def _stop_group(self, pgid: int) -> bool:
+        """SIGTERM, grace period, SIGKILL; True once the group is confirmed gone."""
+        await self._signal(pgid, "TERM")
+        if await self._gone_within(pgid, self.settings.cancel_grace_s):
+            return True
+        grace = self.settings.cancel_grace_s
+        await self.ctx.emit.log(f"process group {pgid} still running after {grace:g}s: SIGKILL", "system")
+        await self._signal(pgid, "KILL")
+        return await self._gone_within(pgid, KILL_CONFIRM_S)
+
+    async def _gone_within(self, pgid: int, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while True:
+            rc = await self._signal(pgid, "0")
+            if rc == NO_SUCH_GROUP or (rc != 0 and await self._container_problem() is not None):
+                return True  # the group is gone, or the whole container is
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.2)
+
+    async def _signal(self, pgid: int, signal: Signal) -> int:
+        rc, _, _ = await self._docker(signal_argv(self.target, pgid, signal))
+        return rc
+
+    # -- output ------------------------------------------------------------------------------------------
+    async def _read_stdout(self, stream: asyncio.StreamReader) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        buffer = ""
+        while chunk := await stream.read(65536):
+            self.state.offset += len(chunk)
+            buffer += decoder.decode(chunk)
+            start = 0
+            for match in re.finditer(r"\r\n|\r|\n", buffer):
+                await self._line(buffer[start : match.start()], carriage=match.group() == "\r")
+                start = match.end()
+            buffer = buffer[start:]
+            if len(buffer) > 65536:
+                await self._line(buffer, carriage=False)
+                buffer = ""
+            if time.monotonic() - self.saved_at >= STATE_SAVE_EVERY_S:
+                await self._save_state()
+        buffer += decoder.decode(b"", final=True)
+        if buffer:
+            await self._line(buffer, carriage=False)
+
+    async def _line(self, text: str, *, carriage: bool) -> None:
+        if not text.strip():
+            return
+        now = time.monotonic()
+        if not carriage or now - self.cr_logged_at >= CR_LOG_EVERY_S:
+            if carriage:
+                self.cr_logged_at = now
+            await self.ctx.emit.log(text[:MAX_LOG_LINE], "stdout")
+            if not carriage:
+                self.stdout_tail.append(text[:200])
+        info = parse_line(text, self.target.patterns)
+        if info.progress is not None:
+            await self._progress(info.progress)
+        if info.metrics:
+            self.last_metrics.update(info.metrics)
+            await self.ctx.emit.metrics(info.metrics, step=self.last_step)
+
+    async def _progress(self, progress: Progress) -> None:
+        if progress.total is not None:
+            if progress.total < self.main_total:
+                return  # a smaller bar (evaluation) inside the training bar
+            self.main_total = progress.total
+            self.last_step = progress.step
+        self.pending_progress = progress
+        if time.monotonic() - self.progress_at >= PROGRESS_EVERY_S or progress.fraction == 1.0:
+            await self._flush_progress()
+
+    async def _flush_progress(self) -> None:
+        progress, self.pending_progress = self.pending_progress, None
+        if progress is None or progress.fraction is None:
+            return
+        self.progress_at = time.monotonic()
+        p = progress
+        await self.ctx.emit.progress(p.fraction, step=p.step, total=p.total, epoch=p.epoch, epochs=p.epochs)
+
+    async def _read_stderr(self, stream: asyncio.StreamReader) -> None:
+        while raw := await stream.readline():
+            text = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if text.startswith(PGID_MARK) and text[len(PGID_MARK) :].isdigit():
+                self.pgid = int(text[len(PGID_MARK) :])
+                self.pgid_known.set()
+            elif text.startswith(EXIT_MARK) and text[len(EXIT_MARK) :].lstrip("-").isdigit():
+                self.exit_status = int(text[len(EXIT_MARK) :])
+            elif text.strip():
+                self.stderr_tail.append(text[:MAX_LOG_LINE])
+                await self.ctx.emit.log(text[:MAX_LOG_LINE], "stderr")
+
+    # -- checkpoints and artifacts --------------------------------------------------------------------------
+    async def _watch_checkpoints(self, watcher: CheckpointWatcher) -> None:
+        while True:
+            await asyncio.sleep(self.target.poll_s)
+            await self._emit_checkpoints(watcher, final=False)
+
+    async def _emit_checkpoints(self, watcher: CheckpointWatcher, *, final: bool) -> None:
+        for found in await watcher.poll(final=final):
+            checkpoint_id = await self.ctx.emit.checkpoint(
+                str(found.path),
+                step=found.step,
+                size_bytes=found.size_bytes,
+                meta={"container_path": self.target.to_container(found.path)},
+            )
+            recorded = _Checkpoint(id=checkpoint_id, step=found.step, uri=str(found.path))
+            self.state.checkpoints[found.path.name] = recorded
+            await self._save_state()
+
+    @property
+    def latest_checkpoint(self) -> _Checkpoint | None:
+        return max(self.state.checkpoints.values(), key=lambda c: c.step, default=None)
+
+    async def _tensorboard_artifacts(self) -> None:
+        assert self.plan.host_output_dir is not None
+        for path in await anyio.to_thread.run_sync(find_tensorboard_files, self.plan.host_output_dir):
+            await self._artifact(path, path.relative_to(self.plan.host_output_dir).as_posix(), "tensorboard")
+
+    async def _artifact(self, path: Path, name: str, kind: str) -> None:
+        copy_to = self.settings.artifacts_dir / self.ctx.run_id if self.target.copy_artifacts else None
+        kept = await anyio.to_thread.run_sync(
+            lambda: keep_artifact(path, name=name, copy_to=copy_to, max_bytes=self.target.artifact_max_bytes)
+        )
+        if kept is None:
+            return
+        meta = {"copied": kept.copied, **({"note": kept.note} if kept.note else {})}
+        await self.ctx.emit.artifact(kept.name, kept.uri, kind=kind, size_bytes=kept.size_bytes, meta=meta)
+
+    # -- the end -----------------------------------------------------------------------------------------
+    def _outcome(self, stop_reason: str | None, stopped: bool, client_status: int | None) -> Outcome:
+        latest = self.latest_checkpoint
+        if stop_reason == "canceled":
+            reason = "requested" if stopped else "requested; the process group was still there after SIGKILL"
+            return Canceled(reason=reason, checkpoint_id=latest.id if latest else self.ctx.last_checkpoint_id)
+        if stop_reason == "timeout":
+            message = f"the command ran longer than {self.plan.timeout_s:g}s and was stopped"
+            return Failed(FailureCause.USER, "Timeout", message)
+        if self.exit_status is None:
+            detail = "; ".join(self.stderr_tail) or f"docker exec ended with status {client_status}"
+            return Failed(FailureCause.INFRASTRUCTURE, "DockerExecFailed", detail, exit_code=client_status)
+        if self.exit_status != 0:
+            last = " | ".join(self.stdout_tail)
+            message = f"the command exited with status {self.exit_status}"
+            message += f"; last output: {last}" if last else ""
+            return Failed(FailureCause.USER, "CommandFailed", message, exit_code=self.exit_status)
+        return Completed(
+            exit_code=0,
+            result={"metrics": dict(self.last_metrics), "latest_checkpoint": latest.uri if latest else None},
+        )
+
+    # -- plumbing ----------------------------------------------------------------------------------------
+    async def _docker(self, argv: list[str]) -> tuple[int, str, str]:
+        try:
+            proc = await _spawn(argv)
+        except OSError as exc:
+            raise DockerUnavailable(self._no_docker(exc)) from exc
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), DOCKER_CALL_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            message = f"{argv[0]} {argv[1]} did not answer within {DOCKER_CALL_TIMEOUT_S:g}s"
+            raise DockerUnavailable(message) from None
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await asyncio.shield(proc.wait())
+        return proc.returncode or 0, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+    def _no_docker(self, exc: OSError) -> str:
+        return f"cannot run the docker executable {self.target.docker!r}: {exc.strerror or exc}"
+
+    async def _save_state(self) -> None:
+        self.saved_at = time.monotonic()
+        await anyio.to_thread.run_sync(self.state.save, self.state_path)
+
+
+async def _spawn(argv: list[str]) -> asyncio.subprocess.Process:
+    """Run `argv` (never through a shell), its output piped back."""
+    pipe = asyncio.subprocess.PIPE
+    devnull = asyncio.subprocess.DEVNULL
+    return await asyncio.create_subprocess_exec(*argv, stdin=devnull, stdout=pipe, stderr=pipe)
