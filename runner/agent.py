@@ -25,6 +25,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -35,6 +36,8 @@ from shared.contracts.events import TERMINAL_EVENT_TYPES, DeviceInfo
 from shared.settings import Settings
 from shared.subjects import Subjects
 from runner.control import CancelListener
+from runner.preflight import serve_preflight
+from runner.targets import load_targets
 from runner.devices import DeviceError, describe_device, parse_device
 from runner.executors.base import Canceled, Completed, Executor, Failed, Outcome, RunContext
 from runner.executors.registry import ExecutorRegistry, ExecutorUnavailable, spec_kind
@@ -105,6 +108,7 @@ class RunnerAgent:
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._control: CancelListener | None = None
+        self._preflight: Subscription | None = None
         self._device_info: DeviceInfo | None = None
         self._heartbeat_seq = 0
         self._stop_requested = asyncio.Event()
@@ -164,6 +168,9 @@ class RunnerAgent:
             sub = await self._js.pull_subscribe_bind(durable=durable, stream=self.subjects.jobs_stream)
             self._control = CancelListener(self._nc, self._js, self.subjects, self._on_cancel)
             await self._control.start()
+            if self.settings.runner_targets_file is not None:
+                targets = await anyio.to_thread.run_sync(load_targets, self.settings.runner_targets_file)
+                self._preflight = await serve_preflight(self._nc, self.settings, self.pool, targets)
             log.info(
                 "runner %s: pool %s, device %s, %d slot(s), kinds %s",
                 self.runner_id, self.pool, self.device, self.slots, ", ".join(self.registry.kinds()) or "none",
@@ -175,7 +182,12 @@ class RunnerAgent:
             await asyncio.gather(*self._jobs, *self._finishing, return_exceptions=True)
             # Our own subscriptions first: a drain waits for their queues, which a fetch that found a stale
             # status message leaves unfinished (nats-py), so draining them would take its full timeout.
-            for close in (sub.unsubscribe if sub else None, self._control.close if self._control else None):
+            closers = (
+                sub.unsubscribe if sub else None,
+                self._control.close if self._control else None,
+                self._preflight.unsubscribe if self._preflight else None,
+            )
+            for close in closers:
                 if close is not None:
                     with contextlib.suppress(nats.errors.Error):
                         await close()
