@@ -105,7 +105,10 @@ class EventHub:
         return sub
 
     def _remove(self, sub: Subscription) -> None:
-        index, key = (self._by_run, sub.run_id) if sub.run_id is not None else (self._by_project, sub.project_id)
+        if sub.run_id is not None:
+            index, key = self._by_run, sub.run_id
+        else:
+            index, key = self._by_project, sub.project_id
         subs = index.get(key)  # type: ignore[arg-type]
         if subs is not None:
             subs.discard(sub)
@@ -185,7 +188,7 @@ class EventHub:
                 "SELECT position, run_id, project_id, type, body::text AS data FROM events"
                 " WHERE position > $1 ORDER BY position LIMIT $2", self._last, PAGE)
             for row in rows:
-                self._fan_out(HubEvent(row["position"], row["run_id"], row["project_id"], row["type"], row["data"]))
+                self._fan_out(HubEvent(**row))
             if rows:
                 self._last = rows[-1]["position"]
             if len(rows) < PAGE:

@@ -36,7 +36,9 @@ from shared.contracts.events import (
 )
 
 GATEWAY_ATTEMPT = 0
-_PROGRESS_DETAIL_FIELDS = ("step", "total", "epoch", "epochs", "batch", "batches", "losses", "eta_s", "message")
+_PROGRESS_DETAIL_FIELDS = (
+    "step", "total", "epoch", "epochs", "batch", "batches", "losses", "eta_s", "message",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +101,8 @@ def fold(row: RunRow, event: EventBase) -> Fold:
         passive = isinstance(event, RunLog | RunCheckpoint | RunArtifact)
         return Fold(ignored=None if passive else f"{event.type} for a {row.status} run", **inserts)
     if event.attempt < row.attempt:
-        return _ignore(f"{event.type} from attempt {event.attempt}, run is at attempt {row.attempt}", **inserts)
+        why = f"{event.type} from attempt {event.attempt}, run is at attempt {row.attempt}"
+        return _ignore(why, **inserts)
 
     changes: dict[str, Any] = {}
     canceling = row.status == RunStatus.CANCELING

@@ -118,7 +118,8 @@ class Projector:
         try:
             await self.gw.js.add_consumer(names.events_stream, config)
         except BadRequestError as exc:  # exists with other settings: keep it
-            log.warning("projector: kept consumer %s as it is (%s)", names.projector_consumer, exc.description)
+            log.warning("projector: kept consumer %s as it is (%s)", names.projector_consumer,
+                        exc.description)
         self._sub = await self.gw.js.pull_subscribe_bind(durable=names.projector_consumer,
                                                          stream=names.events_stream)
         self._advisories = await self.gw.nc.subscribe(
@@ -162,6 +163,9 @@ class Projector:
                 await self._handle(msgs)
             except _Abandoned:
                 return
+            except Exception:  # noqa: BLE001 - e.g. NATS gone while acking: JetStream redelivers the rest
+                log.exception("projector: handling a batch of %d messages failed", len(msgs))
+                await self._sleep(1.0)
 
     async def _handle(self, msgs: list[Msg]) -> None:
         items: list[_Item] = []
@@ -191,7 +195,7 @@ class Projector:
                 await item.msg.ack()
 
     async def _store_with_retry(self, items: list[_Item]) -> None:
-        """Store `items`, retrying transient errors; items whose run does not exist yet are marked deferred."""
+        """Store `items`, retrying transient errors; items whose run does not exist yet get `deferred`."""
         backoff = 0.2
         while True:
             try:
@@ -221,7 +225,7 @@ class Projector:
                 await self._store_in(conn, items)
         except DBAPIError as exc:
             sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-            if sqlstate[:2] in ("22", "23"):  # data exception, integrity violation
+            if sqlstate[:2] in ("22", "23", "54"):  # data exception, integrity violation, too large
                 raise _Poison(str(exc)) from exc
             raise
 
@@ -230,7 +234,8 @@ class Projector:
         run_ids = sorted({item.event.run_id for item in items})
         columns = [getattr(Run, name) for name in RunRow.columns()]
         result = await conn.execute(
-            select(Run.id, Run.owner_id, *columns).where(Run.id.in_(run_ids)).order_by(Run.id).with_for_update()
+            select(Run.id, Run.owner_id, *columns)
+            .where(Run.id.in_(run_ids)).order_by(Run.id).with_for_update()
         )
         rows: dict[str, RunRow] = {}
         owners: dict[str, str | None] = {}
@@ -273,7 +278,8 @@ class Projector:
             self.projected += 1
             result_ = fold(rows[run_id], item.event)
             if result_.ignored:
-                log.info("projector: %s (run %s) changes nothing: %s", item.event.type, run_id, result_.ignored)
+                log.info("projector: %s (run %s) changes nothing: %s", item.event.type, run_id,
+                         result_.ignored)
             rows[run_id] = rows[run_id].apply(result_.changes)
             changes[run_id].update(result_.changes)
             if result_.checkpoint:
@@ -289,7 +295,8 @@ class Projector:
                 index_elements=[Artifact.id]))
         for run_id, values in changes.items():
             if values:
-                await conn.execute(update(Run).where(Run.id == run_id).values(**values, updated_at=func.now()))
+                await conn.execute(
+                    update(Run).where(Run.id == run_id).values(**values, updated_at=func.now()))
         await conn.execute(text("SELECT pg_notify(:channel, :payload)"),
                            {"channel": NOTIFY_CHANNEL, "payload": str(max_position)})
 

@@ -28,7 +28,7 @@ REPLAY_PAGE = 500
 
 LastEventIdHeader = Annotated[
     str | None,
-    HeaderParameter(name="Last-Event-ID", required=False, description="Resume after this event id (browsers)"),
+    HeaderParameter(name="Last-Event-ID", required=False, description="Resume after this event id"),
 ]
 LastEventIdQuery = Annotated[
     int | None,
@@ -40,8 +40,10 @@ class EventsController(Controller):
     tags = ["events"]
 
     @get("/runs/{run_id:str}/events", summary="Live events of a run (Server-Sent Events)")
-    async def run_events(self, gw: GatewayState, run_id: FromPath[str], last_event_id_header: LastEventIdHeader = None,
-                         last_event_id: LastEventIdQuery = None) -> ServerSentEvent:
+    async def run_events(
+        self, gw: GatewayState, run_id: FromPath[str], last_event_id_header: LastEventIdHeader = None,
+        last_event_id: LastEventIdQuery = None,
+    ) -> ServerSentEvent:
         start = _resume_point(last_event_id_header, last_event_id)
         async with gw.sessionmaker() as session:
             if (await session.execute(select(Run.id).where(Run.id == run_id))).scalar_one_or_none() is None:
@@ -50,8 +52,10 @@ class EventsController(Controller):
             _stream(gw, {"run_id": run_id}, EventRecord.run_id == run_id, start, run_id=run_id))
 
     @get("/projects/{ref:str}/events", summary="Live events of every run of a project (Server-Sent Events)")
-    async def project_events(self, gw: GatewayState, ref: FromPath[str], last_event_id_header: LastEventIdHeader = None,
-                             last_event_id: LastEventIdQuery = None) -> ServerSentEvent:
+    async def project_events(
+        self, gw: GatewayState, ref: FromPath[str], last_event_id_header: LastEventIdHeader = None,
+        last_event_id: LastEventIdQuery = None,
+    ) -> ServerSentEvent:
         start = _resume_point(last_event_id_header, last_event_id)
         async with gw.sessionmaker() as session:
             ids = (await session.execute(
@@ -119,7 +123,8 @@ async def _replay(gw: GatewayState, where: ColumnElement[bool],
     while True:
         async with gw.sessionmaker() as session:
             rows = (await session.execute(
-                query.where(EventRecord.position > after).order_by(EventRecord.position).limit(REPLAY_PAGE))).all()
+                query.where(EventRecord.position > after).order_by(EventRecord.position).limit(REPLAY_PAGE)
+            )).all()
         for position, type_, data in rows:
             after = position
             yield _message(position, type_, data), position

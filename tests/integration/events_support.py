@@ -35,7 +35,9 @@ async def gateway_state(settings: Settings) -> AsyncIterator[GatewayState]:
         await engine.dispose()
 
 
-async def add_project_and_runs(gw: GatewayState, runs: int = 1, name: str | None = None) -> tuple[str, list[str]]:
+async def add_project_and_runs(
+    gw: GatewayState, runs: int = 1, name: str | None = None
+) -> tuple[str, list[str]]:
     project_id = new_id()
     run_ids = [new_id() for _ in range(runs)]
     async with gw.sessionmaker.begin() as session:
@@ -46,10 +48,13 @@ async def add_project_and_runs(gw: GatewayState, runs: int = 1, name: str | None
     return project_id, run_ids
 
 
-async def publish(gw: GatewayState, *events: EventBase, msg_id: Callable[[EventBase], str] | None = None) -> None:
+async def publish(
+    gw: GatewayState, *events: EventBase, msg_id: Callable[[EventBase], str] | None = None
+) -> None:
     """Publish events to the events stream (all at once, then wait for every ack)."""
     acks = [
-        await gw.js.publish_async(gw.subjects.run_event(e.project_id, e.run_id, e.type), msgspec.json.encode(e),
+        await gw.js.publish_async(gw.subjects.run_event(e.project_id, e.run_id, e.type),
+                                  msgspec.json.encode(e),
                                   headers={"Nats-Msg-Id": msg_id(e) if msg_id else e.msg_id})
         for e in events
     ]

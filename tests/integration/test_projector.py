@@ -153,8 +153,8 @@ async def test_restarting_the_projector_mid_stream_loses_and_doubles_nothing(set
             await projector.stop()
         print(f"projected {remaining} events in {elapsed:.2f}s: {remaining / elapsed:.0f} events/s")
         async with gw.sessionmaker() as session:
-            distinct = (await session.execute(select(func.count()).select_from(
-                select(EventRecord.run_id, EventRecord.attempt, EventRecord.seq).distinct().subquery()))).scalar_one()
+            keys = select(EventRecord.run_id, EventRecord.attempt, EventRecord.seq).distinct().subquery()
+            distinct = (await session.execute(select(func.count()).select_from(keys))).scalar_one()
         assert distinct == total == await event_count(gw)
         for run_id in run_ids:
             run = await run_row(gw, run_id)
@@ -203,3 +203,22 @@ async def test_a_job_no_runner_finishes_within_max_deliveries_fails_its_run(sett
         assert run.failure_cause == "infrastructure" and run.error.startswith("MaxDeliveriesExceeded: ")
         with pytest.raises(Exception):  # the job is gone from the work queue
             await gw.js.get_msg(gw.subjects.jobs_stream, 1)
+
+
+async def test_an_event_the_database_refuses_is_dropped_without_stalling_the_others(
+    settings: Settings,
+) -> None:
+    async with gateway_state(settings) as gw:
+        project_id, (run_id,) = await add_project_and_runs(gw)
+        events = run_events(project_id, run_id, progress_steps=2)
+        bad = RunProgress(event_id="x" * 40, run_id=run_id, project_id=project_id, attempt=1, runner_id="w1",
+                          seq=99, progress=0.9)  # event_id longer than the column
+        await publish(gw, events[0], bad, *events[1:])
+        projector = Projector(gw)
+        await projector.start()
+        try:
+            await wait_for(lambda: _is(event_count(gw, run_id), len(events)), what="the good events stored")
+        finally:
+            await projector.stop()
+        run = await run_row(gw, run_id)
+        assert run.status == "running" and run.progress == pytest.approx(2 / 3)

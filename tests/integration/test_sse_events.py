@@ -30,8 +30,8 @@ class Server:
 
 @pytest.fixture
 async def server(settings: Settings) -> AsyncIterator[Server]:
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, lifespan="on", log_level="warning",
-                            timeout_graceful_shutdown=1)
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, lifespan="on",
+                            log_level="warning", timeout_graceful_shutdown=1)
     srv = uvicorn.Server(config)
     task = asyncio.create_task(srv.serve())
     while not srv.started:
@@ -46,8 +46,8 @@ async def server(settings: Settings) -> AsyncIterator[Server]:
 
 
 def progress(project_id: str, run_id: str, first_seq: int, count: int) -> list[EventBase]:
-    return [RunProgress(run_id=run_id, project_id=project_id, attempt=1, runner_id="w1", seq=s, progress=s / 1000)
-            for s in range(first_seq, first_seq + count)]
+    return [RunProgress(run_id=run_id, project_id=project_id, attempt=1, runner_id="w1", seq=s,
+                        progress=s / 1000) for s in range(first_seq, first_seq + count)]
 
 
 def lifecycle(project_id: str, run_id: str, steps: int) -> list[EventBase]:
@@ -69,7 +69,9 @@ async def collect(client: httpx.AsyncClient, url: str, limit: int | None = None,
     return got, True
 
 
-async def test_run_stream_delivers_live_events_in_order_and_closes_after_the_terminal_one(server: Server) -> None:
+async def test_run_stream_delivers_live_events_in_order_and_closes_after_the_terminal_one(
+    server: Server,
+) -> None:
     project_id, (run_id,) = await add_project_and_runs(server.gw)
     events = lifecycle(project_id, run_id, steps=30)
     async with httpx.AsyncClient(base_url=server.url, timeout=15) as client:
@@ -188,3 +190,19 @@ async def test_open_streams_do_not_hold_the_server_at_shutdown(server: Server) -
         with pytest.raises(httpx.HTTPError):
             await asyncio.wait_for(reader, 10)
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.slow
+async def test_two_hundred_clients_follow_one_project_at_once(server: Server) -> None:
+    project_id, (run_id,) = await add_project_and_runs(server.gw)
+    limits = httpx.Limits(max_connections=250, max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits) as client:
+        readers = [asyncio.create_task(collect(client, f"/api/v1/projects/{project_id}/events", limit=20))
+                   for _ in range(200)]
+        await asyncio.sleep(2)  # all connected and waiting
+        started = time.monotonic()
+        await publish(server.gw, *progress(project_id, run_id, 1, 20))
+        results = await asyncio.wait_for(asyncio.gather(*readers), 30)
+        elapsed = time.monotonic() - started
+    print(f"200 clients got 20 events each {elapsed:.2f}s after publishing")
+    assert all([d["seq"] for _, _, d in got] == list(range(1, 21)) for got, _ in results)
