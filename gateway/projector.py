@@ -152,8 +152,7 @@ class Projector:
                 msgs = await self._sub.fetch(BATCH, timeout=FETCH_TIMEOUT_S)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
-            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
-                    nats.errors.NoRespondersError, nats.errors.Error) as exc:
+            except nats.errors.Error as exc:  # disconnected, reconnecting, stream or consumer gone
                 log.warning("projector: fetch failed (%s); retrying in %.1fs", exc, backoff)
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)

@@ -135,6 +135,12 @@ async def test_idle_stream_sends_keep_alive_comments(server: Server) -> None:
     comments = [line for line in lines if line.startswith(":")]
     assert len(comments) >= 2, lines  # settings fixture: sse_keepalive_s = 1
     assert not any(line.startswith("data:") for line in lines)
+    hub = server.uvicorn.config.app.state.gw.extras["eventhub"]
+    for _ in range(100):  # the client went away: its subscription goes too
+        if hub.subscribers == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert hub.subscribers == 0
 
 
 async def test_stream_of_a_finished_run_replays_it_and_closes(server: Server) -> None:
