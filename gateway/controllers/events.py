@@ -1,0 +1,138 @@
+"""Live run and project events as Server-Sent Events, resumable with `Last-Event-ID`.
+
+Each message: `id` = the event's position in the projection (monotonic), `event` = its type, `data` = its
+JSON. A client that reconnects with `Last-Event-ID: <id>` (or `?last_event_id=<id>`) gets every event after
+it, none twice: the stream subscribes to the event hub FIRST, then replays Postgres past the id, then
+forwards live events skipping positions already sent. A comment line keeps idle connections alive every
+`sse_keepalive_s`. A run's stream ends after the event that made the run terminal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from litestar import Controller, get
+from litestar.params import FromPath, HeaderParameter, QueryParameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+from sqlalchemy import ColumnElement, Text, cast, or_, select
+
+from gateway.db.models import EventRecord, Project, Run
+from gateway.errors import BadRequest, NotFound
+from gateway.eventhub import EventHub, HubEvent
+from gateway.state import GatewayState
+from shared.contracts.common import RunStatus
+from shared.contracts.events import TERMINAL_EVENT_TYPES
+
+REPLAY_PAGE = 500
+
+LastEventIdHeader = Annotated[
+    str | None,
+    HeaderParameter(name="Last-Event-ID", required=False, description="Resume after this event id"),
+]
+LastEventIdQuery = Annotated[
+    int | None,
+    QueryParameter(name="last_event_id", required=False, ge=0, description="Resume after this event id"),
+]
+
+
+class EventsController(Controller):
+    tags = ["events"]
+
+    @get("/runs/{run_id:str}/events", summary="Live events of a run (Server-Sent Events)")
+    async def run_events(
+        self, gw: GatewayState, run_id: FromPath[str], last_event_id_header: LastEventIdHeader = None,
+        last_event_id: LastEventIdQuery = None,
+    ) -> ServerSentEvent:
+        start = _resume_point(last_event_id_header, last_event_id)
+        async with gw.sessionmaker() as session:
+            if (await session.execute(select(Run.id).where(Run.id == run_id))).scalar_one_or_none() is None:
+                raise NotFound(f"no run {run_id!r}")
+        return ServerSentEvent(
+            _stream(gw, {"run_id": run_id}, EventRecord.run_id == run_id, start, run_id=run_id))
+
+    @get("/projects/{ref:str}/events", summary="Live events of every run of a project (Server-Sent Events)")
+    async def project_events(
+        self, gw: GatewayState, ref: FromPath[str], last_event_id_header: LastEventIdHeader = None,
+        last_event_id: LastEventIdQuery = None,
+    ) -> ServerSentEvent:
+        start = _resume_point(last_event_id_header, last_event_id)
+        async with gw.sessionmaker() as session:
+            ids = (await session.execute(
+                select(Project.id).where(or_(Project.id == ref, Project.name == ref)))).scalars().all()
+        if not ids:
+            raise NotFound(f"no project {ref!r}")
+        project_id = ref if ref in ids else ids[0]
+        return ServerSentEvent(
+            _stream(gw, {"project_id": project_id}, EventRecord.project_id == project_id, start))
+
+
+def _hub(gw: GatewayState) -> EventHub:
+    return gw.extras["eventhub"]  # type: ignore[return-value]
+
+
+def _resume_point(header: str | None, query: int | None) -> int:
+    if query is not None:
+        return query
+    if header is None or not header.strip():
+        return 0
+    try:
+        value = int(header.strip())
+    except ValueError:
+        raise BadRequest(f"Last-Event-ID must be an event id from this stream, not {header!r}") from None
+    return max(value, 0)
+
+
+def _message(position: int, type_: str, data: str) -> ServerSentEventMessage:
+    return ServerSentEventMessage(id=position, event=type_, data=data)
+
+
+async def _stream(gw: GatewayState, topic: dict[str, str], where: ColumnElement[bool], last: int,
+                  run_id: str | None = None) -> AsyncIterator[ServerSentEventMessage]:
+    """Replay past `last`, then live events; for a run, stop after the event that made it terminal."""
+    keepalive = gw.settings.sse_keepalive_s
+    with _hub(gw).subscribe(**topic) as sub:  # before the replay: what commits meanwhile is queued
+        # The run's status is read before the replay: if it is terminal, the replay holds its terminal event.
+        terminal = run_id is not None and await _is_terminal(gw, run_id)
+        async for message, last in _replay(gw, where, last):
+            yield message
+        if terminal:
+            return
+        while True:
+            try:
+                event: HubEvent | None = await sub.next(timeout=keepalive)
+            except TimeoutError:
+                yield ServerSentEventMessage(comment="keep-alive", data=None)
+                continue
+            if event is None:
+                return  # dropped (too slow) or shutting down: the client resumes with Last-Event-ID
+            if event.position <= last:
+                continue
+            yield _message(event.position, event.type, event.data)
+            last = event.position
+            if run_id is not None and event.type in TERMINAL_EVENT_TYPES and await _is_terminal(gw, run_id):
+                # Events committed with the terminal one may still be queued: send them from Postgres.
+                async for message, last in _replay(gw, where, last):
+                    yield message
+                return
+
+
+async def _replay(gw: GatewayState, where: ColumnElement[bool],
+                  after: int) -> AsyncIterator[tuple[ServerSentEventMessage, int]]:
+    query = select(EventRecord.position, EventRecord.type, cast(EventRecord.body, Text)).where(where)
+    while True:
+        async with gw.sessionmaker() as session:
+            rows = (await session.execute(
+                query.where(EventRecord.position > after).order_by(EventRecord.position).limit(REPLAY_PAGE)
+            )).all()
+        for position, type_, data in rows:
+            after = position
+            yield _message(position, type_, data), position
+        if len(rows) < REPLAY_PAGE:
+            return
+
+
+async def _is_terminal(gw: GatewayState, run_id: str) -> bool:
+    async with gw.sessionmaker() as session:
+        status = (await session.execute(select(Run.status).where(Run.id == run_id))).scalar_one_or_none()
+    return status is None or RunStatus(status).terminal

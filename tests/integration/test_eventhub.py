@@ -1,0 +1,72 @@
+"""The event hub fans new projected events out to subscribers, one query for all of them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.eventhub import QUEUE_MAX, EventHub, HubEvent, Subscription
+from gateway.projector import Projector
+from shared.contracts import RunProgress
+from shared.settings import Settings
+from tests.integration.events_support import add_project_and_runs, gateway_state, publish
+
+
+async def drain(sub: Subscription, count: int, timeout: float = 10) -> list[HubEvent]:
+    got: list[HubEvent] = []
+    while len(got) < count:
+        event = await sub.next(timeout=timeout)
+        if event is None:
+            break
+        got.append(event)
+    return got
+
+
+async def test_two_hundred_subscribers_each_get_their_events_in_order(settings: Settings) -> None:
+    async with gateway_state(settings) as gw:
+        project_id, run_ids = await add_project_and_runs(gw, runs=4)
+        projector, hub = Projector(gw), EventHub(gw)
+        await projector.start()
+        await hub.start()
+        try:
+            run_subs = [hub.subscribe(run_id=run_ids[i % 4]) for i in range(150)]
+            project_subs = [hub.subscribe(project_id=project_id) for _ in range(50)]
+            assert hub.subscribers == 200
+            events = [RunProgress(run_id=r, project_id=project_id, attempt=1, runner_id="w", seq=s,
+                                  progress=0.1) for s in range(1, 26) for r in run_ids]
+            await publish(gw, *events)
+            for i, sub in enumerate(run_subs):
+                got = await drain(sub, 25)
+                assert [e.run_id for e in got] == [run_ids[i % 4]] * 25
+                assert [e.position for e in got] == sorted({e.position for e in got})
+            for sub in project_subs:
+                assert len(await drain(sub, 100)) == 100
+            for sub in run_subs + project_subs:
+                sub.close()
+            assert hub.subscribers == 0
+        finally:
+            await hub.stop()
+            await projector.stop()
+
+
+async def test_a_subscriber_that_falls_too_far_behind_is_dropped_after_what_it_holds(
+    settings: Settings,
+) -> None:
+    async with gateway_state(settings) as gw:
+        project_id, (run_id,) = await add_project_and_runs(gw)
+        projector, hub = Projector(gw), EventHub(gw)
+        await projector.start()
+        await hub.start()
+        try:
+            slow = hub.subscribe(run_id=run_id)
+            fast = hub.subscribe(run_id=run_id)
+            reader = asyncio.create_task(drain(fast, QUEUE_MAX + 100))
+            await publish(gw, *[RunProgress(run_id=run_id, project_id=project_id, attempt=1, runner_id="w",
+                                            seq=s, progress=0.5) for s in range(1, QUEUE_MAX + 101)])
+            assert len(await asyncio.wait_for(reader, 20)) == QUEUE_MAX + 100
+            kept = await drain(slow, QUEUE_MAX + 100)
+            assert len(kept) == QUEUE_MAX and slow.ended and await slow.next() is None
+            assert hub.subscribers == 1
+        finally:
+            await hub.stop()
+            await projector.stop()
+        assert await fast.next() is None  # the hub stopped: every stream ends
