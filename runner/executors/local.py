@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import json
 import os
 import re
 import signal
@@ -31,6 +32,40 @@ MAX_LINE_CHARS = 8 * 1024
 LINE_BREAK_RE = re.compile(r"\r\n|\r|\n")
 PIPE_DRAIN_S = 5.0
 """After the process group is gone, how long to wait for the last output (a stray pipe holder)."""
+JOB_RECORD = ".trainforge-job.json"
+"""In the run's working folder while its command runs: process group and start time, so that the next
+attempt on this host can end what an attempt whose runner died (kill -9) left running."""
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2 :].split()[19]
+
+
+def record_job(workdir: Path, pgid: int, attempt: int) -> None:
+    record = {"pgid": pgid, "start_time": _start_time(pgid), "attempt": attempt}
+    (workdir / JOB_RECORD).write_text(json.dumps(record))
+
+
+async def end_leftover_job(ctx: RunContext, workdir: Path, grace_s: float) -> None:
+    """End the process group an earlier attempt of this run left behind on this host, if it still runs."""
+    path = workdir / JOB_RECORD
+    try:
+        record = json.loads(path.read_text())
+        pgid, started = int(record["pgid"]), record.get("start_time")
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    # The same pid with the same start time is the same process, not a recycled pid.
+    if group_members(pgid) and (started is None or _start_time(pgid) in (started, None)):
+        await ctx.emit.log(
+            f"ending process group {pgid} left running by attempt {record.get('attempt')} (its runner stopped)",
+            "system",
+        )
+        await stop_process_group(pgid, grace_s)
+    path.unlink(missing_ok=True)
 
 
 def resolve_workdir(work_root: Path, workdir: str | None, run_id: str) -> Path:
@@ -90,6 +125,7 @@ class LocalExecutor:
         except ExecutorError as exc:
             return Failed(FailureCause.USER, "InvalidSpec", str(exc))
         workdir.mkdir(parents=True, exist_ok=True)
+        await end_leftover_job(ctx, workdir, self._settings.cancel_grace_s)
         await ctx.emit.log(f"local: bash -c <start_command> in {workdir}", "system")
         try:
             process = await asyncio.create_subprocess_exec(
@@ -107,7 +143,12 @@ class LocalExecutor:
             return Failed(FailureCause.USER, "InvalidSpec", f"cannot start the command: {exc}")
         except OSError as exc:
             return Failed(FailureCause.INFRASTRUCTURE, type(exc).__name__, f"cannot start bash: {exc}")
-        return await self._supervise(ctx, spec, process)
+        record_job(workdir, process.pid, ctx.attempt)
+        try:
+            return await self._supervise(ctx, spec, process)
+        finally:
+            if not group_members(process.pid):
+                (workdir / JOB_RECORD).unlink(missing_ok=True)
 
     async def _supervise(self, ctx: RunContext, spec: ContainerSpec, process: asyncio.subprocess.Process) -> Outcome:
         assert process.stdout is not None and process.stderr is not None
