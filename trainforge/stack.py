@@ -351,6 +351,7 @@ class Stack:
             "api_url": self.api_base,
             "nats_url": self.nats_url,
             "nats_embedded": self.nats is not None,
+            "nats_pid": self.nats.process.pid if self.nats is not None and self.nats.process is not None else None,
             "database_url": self.database_url,
             "database_embedded": self.postgres is not None,
             "children": [
