@@ -223,13 +223,18 @@ class Stack:
 
     async def _start_servers(self) -> None:
         self._write_manifest("starting")
+        _check_port_free(self.settings.host, self.settings.port)
         if not self.nats_url:
             self.nats = EmbeddedNats(self.state_dir / "nats")
             self.nats_url = await anyio.to_thread.run_sync(self.nats.start)
             log.info("embedded NATS (JetStream) at %s, data in %s", self.nats_url, self.nats.data_dir)
         if not self.database_url:
             self.postgres = EmbeddedPostgres(self.state_dir / "postgres" / "data")
-            self.database_url = await anyio.to_thread.run_sync(self.postgres.start)
+            try:
+                self.database_url = await anyio.to_thread.run_sync(self.postgres.start)
+            except Exception as exc:
+                self.postgres = None
+                raise StackError(f"embedded Postgres did not start: {type(exc).__name__}: {exc}") from exc
             log.info("embedded Postgres, data in %s", self.postgres.data_dir)
         from migrations import upgrade
 
@@ -277,13 +282,16 @@ class Stack:
                 start_new_session=True,  # Ctrl-C reaches only `up`, which stops the children in order
                 preexec_fn=_DIE_WITH_PARENT,
             )
+            if self.stopping.is_set():  # the stop began while it was being started: it missed its SIGTERM
+                child.process.terminate()
             child.state = "running"
             self._write_manifest("running" if self.ready else "starting")
             log.info("%s started (pid %s)", child.spec.name, child.process.pid)
             relay = asyncio.create_task(_relay_output(child.spec.name, child.process.stdout))  # type: ignore[arg-type]
             code = await child.process.wait()
-            with contextlib.suppress(TimeoutError):  # a grandchild may still hold the pipe open
-                await asyncio.wait_for(relay, 1.0)
+            _, pending = await asyncio.wait({relay}, timeout=1.0)  # a grandchild may still hold the pipe open
+            for task in pending:
+                task.cancel()
             if self.stopping.is_set():
                 break
             if code == CONFIG_ERROR_EXIT:
@@ -396,6 +404,17 @@ class Stack:
             "",
         ]
         return "\n".join(lines)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail early and clearly when the gateway's port is taken (perhaps by another stack)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise StackError(f"the gateway cannot listen on {host}:{port} ({exc.strerror}): use --port") from None
 
 
 async def _relay_output(name: str, stream: asyncio.StreamReader) -> None:

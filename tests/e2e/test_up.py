@@ -74,8 +74,9 @@ class Up:
             if self.process.returncode is not None:
                 pytest.fail(f"`trainforge up` exited with {self.process.returncode}:\n{self.output()}")
             try:
-                if self.manifest()["status"] == "running":
-                    return self.manifest()
+                manifest = self.manifest()
+                if manifest["pid"] == self.process.pid and manifest["status"] == "running":
+                    return manifest
             except (FileNotFoundError, ValueError):
                 pass  # not written yet
             await asyncio.sleep(0.1)
@@ -221,3 +222,30 @@ async def test_a_second_up_on_the_same_state_dir_is_refused(settings: Settings, 
             assert await asyncio.wait_for(second.process.wait(), 30.0) == 1
             assert "another `trainforge up`" in second.output()
         await up.interrupt()
+
+
+async def test_after_up_is_killed_its_children_stop_and_the_next_up_takes_over_the_data(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    async with trainforge_up(state_dir, "--runners", "0") as up:
+        manifest = await up.wait_running()
+        conn = await asyncpg.connect(_asyncpg_dsn(manifest["database_url"]))
+        try:
+            await conn.execute("CREATE TABLE kept (note text); INSERT INTO kept VALUES ('survives kill -9')")
+        finally:
+            await conn.close()
+        up.process.kill()
+        await up.process.wait()
+        assert await _still_alive([manifest["children"][0]["pid"]], within=10.0) == []  # the gateway followed
+        old_nats = manifest["nats_pid"]
+
+    async with trainforge_up(state_dir, "--runners", "0") as up:
+        manifest = await up.wait_running()
+        assert not _alive(old_nats)  # two servers must never share one JetStream store
+        conn = await asyncpg.connect(_asyncpg_dsn(manifest["database_url"]))
+        try:
+            assert await conn.fetchval("SELECT note FROM kept") == "survives kill -9"
+        finally:
+            await conn.close()
+        postmaster = _postmaster_pid(state_dir)
+        await up.interrupt()
+        assert await _still_alive([manifest["nats_pid"], postmaster]) == []
