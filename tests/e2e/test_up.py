@@ -35,11 +35,12 @@ def _free_port() -> int:
 
 
 def _alive(pid: int) -> bool:
+    """Running: not gone, and not a zombie (exited, waiting for init to reap it)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 async def _still_alive(pids: list[int], within: float = 5.0) -> list[int]:
@@ -240,7 +241,7 @@ async def test_after_up_is_killed_its_children_stop_and_the_next_up_takes_over_t
 
     async with trainforge_up(state_dir, "--runners", "0") as up:
         manifest = await up.wait_running()
-        assert not _alive(old_nats)  # two servers must never share one JetStream store
+        assert await _still_alive([old_nats]) == []  # two servers must never share one JetStream store
         conn = await asyncpg.connect(_asyncpg_dsn(manifest["database_url"]))
         try:
             assert await conn.fetchval("SELECT note FROM kept") == "survives kill -9"
