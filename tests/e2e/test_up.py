@@ -98,8 +98,7 @@ class Up:
 @asynccontextmanager
 async def trainforge_up(state_dir: Path, *args: str, env: dict[str, str] | None = None) -> AsyncIterator[Up]:
     port = _free_port()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("TRAINFORGE_")}
-    environment.update(env or {})
+    environment = {**_environment_without_settings(), **(env or {})}
     log = state_dir.parent / f"up-{port}.log"
     with open(log, "wb") as out:
         process = await asyncio.create_subprocess_exec(
@@ -117,6 +116,10 @@ async def trainforge_up(state_dir: Path, *args: str, env: dict[str, str] | None 
             except TimeoutError:
                 process.kill()
                 await process.wait()
+
+
+def _environment_without_settings() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("TRAINFORGE_")}
 
 
 def _asyncpg_dsn(url: str) -> str:
@@ -250,3 +253,18 @@ async def test_after_up_is_killed_its_children_stop_and_the_next_up_takes_over_t
         postmaster = _postmaster_pid(state_dir)
         await up.interrupt()
         assert await _still_alive([manifest["nats_pid"], postmaster]) == []
+
+
+async def test_up_refuses_a_taken_port_before_starting_anything(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "trainforge.cli", "up", "--state-dir", str(tmp_path / "state"), "--port", str(port),
+            env=_environment_without_settings(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await asyncio.wait_for(process.communicate(), 30.0)
+    assert process.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in output.decode()
+    assert not (tmp_path / "state" / "nats").exists()
