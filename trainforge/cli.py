@@ -88,13 +88,8 @@ def _cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_runner(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        from runner.main import main as runner_main
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("runner.main", "runner"):
-            raise
-        print("trainforge runner: the runner agent (runner.main) is not part of this build", file=sys.stderr)
-        return 2
+    from runner.main import main as runner_main
+
     return runner_main(
         settings,
         pool=args.pool or settings.runner_pool,
