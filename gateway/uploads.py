@@ -88,7 +88,8 @@ async def read_multipart(
     form = Form()
     writers: list[_FileWriter] = []
     try:
-        await _parse(request, form, writers, boundary, file_field, dest, max_file_bytes, limit, allowed_fields)
+        await _parse(request, form, writers, boundary, file_field, dest, max_file_bytes, limit,
+                     allowed_fields)
     except BaseException:
         for writer in writers:
             await writer.abort()

@@ -40,10 +40,10 @@ _MODULE_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 CONSTRUCTORS: frozenset[tuple[str, str]] = frozenset({
     ("collections", "OrderedDict"),
-    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "bytearray"), ("builtins", "slice"),
-    ("builtins", "complex"), ("builtins", "int"), ("builtins", "float"), ("builtins", "bool"),
-    ("builtins", "str"), ("builtins", "bytes"), ("builtins", "tuple"), ("builtins", "list"), ("builtins", "dict"),
-    ("_codecs", "encode"),  # bytes pickled with protocol 2
+    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"), ("builtins", "complex"),
+    ("builtins", "int"), ("builtins", "float"), ("builtins", "bool"), ("builtins", "str"),
+    ("builtins", "tuple"), ("builtins", "list"), ("builtins", "dict"),
+    ("_codecs", "encode"),  # bytes pickled with protocol 2 (not `bytes(n)`/`bytearray(n)`: n zeroed bytes)
     ("torch", "Size"), ("torch", "device"),
     ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
     ("torch._utils", "_rebuild_parameter_with_state"),
@@ -134,8 +134,11 @@ def _constructors() -> dict[int, Any]:
     return found
 
 
-class _RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001 - the pure-Python unpickler has overridable opcodes
-    """See the module docstring. `torch.load` subclasses it (to map storages) and sets `persistent_load`."""
+class _RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001
+    """The pure-Python unpickler (its opcodes can be overridden), restricted as the module docstring says.
+
+    `torch.load` subclasses it (to map storages) and sets `persistent_load`.
+    """
 
     dispatch = dict(pickle._Unpickler.dispatch)  # noqa: SLF001
 
@@ -266,8 +269,8 @@ def inspect_weights(path: Path, state_dir: Path) -> WeightsInfo:
 def _task(model: torch.nn.Module, ckpt: dict[str, Any]) -> str:
     candidates = [model.__dict__.get("task"), (ckpt.get("train_args") or {}).get("task")
                   if isinstance(ckpt.get("train_args"), dict) else None]
-    candidates.append(next((TASK_OF_CLASS[c.__name__] for c in type(model).__mro__ if c.__name__ in TASK_OF_CLASS),
-                           None))
+    candidates.append(next(
+        (TASK_OF_CLASS[c.__name__] for c in type(model).__mro__ if c.__name__ in TASK_OF_CLASS), None))
     for task in candidates:
         if isinstance(task, str) and task in TASKS:
             return task
@@ -305,5 +308,6 @@ def weights_format(path: Path | str) -> str:
     suffix = Path(str(path)).suffix.lower()
     formats = {".pt": "pt", ".pth": "pt", ".onnx": "onnx", ".torchscript": "torchscript"}
     if suffix not in formats:
-        raise InvalidWeights(f"unknown weights format {suffix or '(no extension)'!r}: .pt, .onnx or .torchscript")
+        raise InvalidWeights(
+            f"unknown weights format {suffix or '(no extension)'!r}: .pt, .onnx or .torchscript")
     return formats[suffix]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import mimetypes
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.exceptions import HTTPException
-from litestar.params import FromPath, FromQuery, PathParameter, QueryParameter
+from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import File
 
 from gateway.datasets import ImagePage
@@ -19,14 +20,14 @@ from gateway.uploads import MB, read_json, read_multipart
 from shared.contracts.common import new_id
 
 Offset = Annotated[int, QueryParameter(ge=0, description="Items to skip")]
-Limit = Annotated[int, QueryParameter(ge=1, description="Items per page (at most the server's page_size_max)")]
+Limit = Annotated[int, QueryParameter(ge=1, description="Items per page (at most page_size_max)")]
 
 REGISTER_DESCRIPTION = """\
-Either `application/json` `{"name", "path", "ratios"?: {"train", "val", "test"}, "seed"?}` for a folder on the
-server (inside a configured data root), or `multipart/form-data` with `name`, `file` (.zip, .tar, .tar.gz,
-.tgz, .tar.bz2, .tar.xz; at most `max_upload_mb`), optional `ratios` (JSON) and `seed`. The format (YOLO, COCO,
-Pascal VOC, classification folders) is recognised, COCO and VOC are converted to YOLO, a dataset without splits
-is split by the ratios (seeded, reproducible). Answers with the inspection."""
+Either `application/json` `{"name", "path", "ratios"?: {"train", "val", "test"}, "seed"?}` for a folder on
+the server (inside a configured data root), or `multipart/form-data` with `name`, `file` (.zip, .tar,
+.tar.gz, .tgz, .tar.bz2, .tar.xz; at most `max_upload_mb`), optional `ratios` (JSON) and `seed`. The format
+(YOLO, COCO, Pascal VOC, classification folders) is recognised, COCO and VOC are converted to YOLO, a dataset
+without splits is split by the ratios (seeded, reproducible). Answers with the inspection."""
 
 
 def _decode(data: bytes | dict[str, Any], type_: type) -> Any:
@@ -78,8 +79,8 @@ class DatasetsController(Controller):
             finally:
                 form.discard()
         else:
-            raise HTTPException(status_code=415,
-                                detail="send application/json (a server path) or multipart/form-data (an archive)")
+            raise HTTPException(status_code=415, detail="send application/json (a server path) or "
+                                                        "multipart/form-data (an archive)")
         return await service.detail(row)
 
     @get("/", summary="List datasets")
@@ -88,8 +89,8 @@ class DatasetsController(Controller):
         task: FromQuery[str | None] = None,
     ) -> DatasetPage:
         async with gw.sessionmaker() as session:
-            return await service.list_datasets(session, limit=min(limit, gw.settings.page_size_max), offset=offset,
-                                               format=format, task=task)
+            return await service.list_datasets(session, limit=min(limit, gw.settings.page_size_max),
+                                               offset=offset, format=format, task=task)
 
     @get("/{ref:str}", summary="A dataset with its inspection (by id or name)")
     async def get_dataset(self, gw: GatewayState, ref: FromPath[str]) -> DatasetDetail:
@@ -99,19 +100,21 @@ class DatasetsController(Controller):
 
     @get("/{ref:str}/images", summary="A page of a dataset's images with their labels")
     async def list_images(
-        self, gw: GatewayState, ref: FromPath[str], split: FromQuery[str | None] = None, offset: Offset = 0, limit: Limit = 50,
+        self, gw: GatewayState, ref: FromPath[str], split: FromQuery[str | None] = None, offset: Offset = 0,
+        limit: Limit = 50,
     ) -> ImagePage:
         async with gw.sessionmaker() as session:
             row = await service.resolve_dataset(session, ref)
         return await service.images(row, split, offset, min(limit, gw.settings.page_size_max))
 
-    @get("/{ref:str}/images/{split:str}/{index:int}/file", summary="The image file at an index of a split",
-         media_type="application/octet-stream")
-    async def image_file(self, gw: GatewayState, ref: FromPath[str], split: FromPath[str], index: FromPath[int]) -> File:
+    @get("/{ref:str}/images/{split:str}/{index:int}/file", summary="The image file at an index of a split")
+    async def image_file(self, gw: GatewayState, ref: FromPath[str], split: FromPath[str],
+                         index: FromPath[int]) -> File:
         async with gw.sessionmaker() as session:
             row = await service.resolve_dataset(session, ref)
         path = await service.image_path(row, split, index)
-        return File(path=path, filename=path.name, content_disposition_type="inline")
+        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return File(path=path, filename=path.name, content_disposition_type="inline", media_type=media_type)
 
     @delete("/{ref:str}", status_code=204, summary="Delete a dataset (409 while an active run uses it)")
     async def delete_dataset(self, gw: GatewayState, ref: FromPath[str]) -> None:

@@ -23,7 +23,7 @@ from shared.artifacts import ArtifactNotFound, ArtifactStore, artifact_store
 from shared.contracts.common import new_id
 
 Offset = Annotated[int, QueryParameter(ge=0, description="Items to skip")]
-Limit = Annotated[int, QueryParameter(ge=1, description="Items per page (at most the server's page_size_max)")]
+Limit = Annotated[int, QueryParameter(ge=1, description="Items per page (at most page_size_max)")]
 Version = Annotated[int, PathParameter(ge=1, description="Version number")]
 
 UPLOAD_DESCRIPTION = """\
@@ -66,8 +66,8 @@ class ModelsController(Controller):
     async def list_models(self, gw: GatewayState, offset: Offset = 0, limit: Limit = 50,
                           task: FromQuery[str | None] = None) -> ModelPage:
         async with gw.sessionmaker() as session:
-            return await service.list_models(session, limit=min(limit, gw.settings.page_size_max), offset=offset,
-                                             task=task)
+            return await service.list_models(session, limit=min(limit, gw.settings.page_size_max),
+                                             offset=offset, task=task)
 
     @get("/{ref:str}", summary="A model with its versions (by id or name)")
     async def get_model(self, gw: GatewayState, ref: FromPath[str]) -> ModelDetail:
@@ -92,7 +92,8 @@ class ModelsController(Controller):
         try:
             size = (await store.stat(row.uri)).size
         except ArtifactNotFound:
-            raise NotFound(f"the weights of {model.name}:{version} are missing from the artifact store") from None
+            raise NotFound(f"the weights of {model.name}:{version} are missing from the artifact store"
+                           ) from None
         span = byte_range(request.headers.get("range"), size)
         start, end = span or (0, size)
         headers = {

@@ -45,7 +45,8 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN, description="Letters, digits, `.`, `_`, `-`; up to 128")]
+Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN,
+                                   description="Letters, digits, `.`, `_`, `-`; up to 128")]
 Seed = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
 ACTIVE_RUN_STATUSES = tuple(s.value for s in RunStatus if s.active)
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -168,8 +169,8 @@ async def _register(
 ) -> Dataset:
     dataset_id = new_id()
     async with sessions() as session:
-        session.add(Dataset(id=dataset_id, name=name, owner_id=owner_id, source=source, source_path=source_path,
-                            status="preparing"))
+        session.add(Dataset(id=dataset_id, name=name, owner_id=owner_id, source=source,
+                            source_path=source_path, status="preparing"))
         try:
             await session.commit()
         except IntegrityError:
@@ -235,8 +236,9 @@ async def list_datasets(
     if task:
         where.append(Dataset.task == task)
     total = (await session.execute(select(func.count()).select_from(Dataset).where(*where))).scalar_one()
-    rows = (await session.execute(select(Dataset).where(*where).order_by(Dataset.created_at.desc(), Dataset.id)
-                                  .limit(limit).offset(offset))).scalars().all()
+    rows = (await session.execute(
+        select(Dataset).where(*where).order_by(Dataset.created_at.desc(), Dataset.id)
+        .limit(limit).offset(offset))).scalars().all()
     return DatasetPage(items=[summary(r) for r in rows], total=total, limit=limit, offset=offset)
 
 

@@ -37,7 +37,8 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN, description="Letters, digits, `.`, `_`, `-`; up to 128")]
+Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN,
+                                   description="Letters, digits, `.`, `_`, `-`; up to 128")]
 ACTIVE_RUN_STATUSES = tuple(s.value for s in RunStatus if s.active)
 _VERSION_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -130,7 +131,8 @@ async def register_version(
                                    .with_for_update().execution_options(populate_existing=True))).scalar_one()
     if source_run_id is not None:
         existing = (await session.execute(select(ModelVersion).where(
-            ModelVersion.model_id == model.id, ModelVersion.source_run_id == source_run_id))).scalar_one_or_none()
+            ModelVersion.model_id == model.id, ModelVersion.source_run_id == source_run_id)
+        )).scalar_one_or_none()
         if existing is not None:
             return existing
     if model.task != task:
@@ -143,9 +145,10 @@ async def register_version(
     try:
         size, sha256 = await _size_and_hash(store, uri)
         row = ModelVersion(
-            id=new_id(), model_id=model.id, version=version, uri=uri, size_bytes=size, sha256=sha256, task=task,
-            class_names=list(class_names), metrics=dict(metrics or {}), source_run_id=source_run_id,
-            dataset_id=dataset_id, parent_version_id=parent_version_id, format=fmt,
+            id=new_id(), model_id=model.id, version=version, uri=uri, size_bytes=size, sha256=sha256,
+            task=task, class_names=list(class_names), metrics=dict(metrics or {}),
+            source_run_id=source_run_id, dataset_id=dataset_id, parent_version_id=parent_version_id,
+            format=fmt,
         )
         session.add(row)
         model.last_version = version
@@ -179,8 +182,8 @@ async def _size_and_hash(store: ArtifactStore, uri: str) -> tuple[int, str]:
 
 
 async def upload_weights(
-    sessions: async_sessionmaker[AsyncSession], settings: Settings, store: ArtifactStore, options: UploadOptions,
-    upload: UploadedFile, owner_id: str | None = None,
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, store: ArtifactStore,
+    options: UploadOptions, upload: UploadedFile, owner_id: str | None = None,
 ) -> tuple[Model, ModelVersion]:
     """Check an uploaded `.pt` by loading it safely, then register it as the model's next version."""
     if Path(upload.filename).suffix.lower() != ".pt":

@@ -29,7 +29,8 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_models")),
-        sa.UniqueConstraint("owner_id", "name", name="uq_models_owner_name", postgresql_nulls_not_distinct=True),
+        sa.UniqueConstraint("owner_id", "name", name="uq_models_owner_name",
+                            postgresql_nulls_not_distinct=True),
     )
     op.create_index(op.f("ix_models_owner_id"), "models", ["owner_id"], unique=False)
     op.create_table(
@@ -51,12 +52,14 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["model_id"], ["models.id"], name=op.f("fk_model_versions_model_id_models"),
                                 ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["parent_version_id"], ["model_versions.id"],
-                                name=op.f("fk_model_versions_parent_version_id_model_versions"), ondelete="SET NULL"),
+                                name=op.f("fk_model_versions_parent_version_id_model_versions"),
+                                ondelete="SET NULL"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_model_versions")),
         sa.UniqueConstraint("model_id", "version", name="uq_model_versions_model_version"),
     )
     op.create_index(op.f("ix_model_versions_model_id"), "model_versions", ["model_id"], unique=False)
-    op.create_index(op.f("ix_model_versions_source_run_id"), "model_versions", ["source_run_id"], unique=False)
+    op.create_index(op.f("ix_model_versions_source_run_id"), "model_versions", ["source_run_id"],
+                    unique=False)
 
 
 def downgrade() -> None:

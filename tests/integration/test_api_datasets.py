@@ -10,13 +10,13 @@ from pathlib import Path
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from gateway.app import create_app
 from gateway.services.datasets import resolve_dataset
 from shared.settings import Settings
 from tests.dataset_factories import CLASSES, make_coco, make_yolo_flat, make_yolo_yaml, zip_folder, zip_with
+from tests.library_support import insert_run, sql
 
 API = "/api/v1/datasets"
 
@@ -39,17 +39,8 @@ async def client(lib_settings: Settings) -> AsyncIterator[AsyncTestClient]:
         yield c
 
 
-async def _scalar(settings: Settings, sql: str, **params: object) -> object:
-    engine = create_async_engine(settings.database_url)
-    try:
-        async with engine.connect() as conn:
-            return (await conn.execute(text(sql), params)).scalar_one()
-    finally:
-        await engine.dispose()
-
-
 async def _count_datasets(settings: Settings) -> int:
-    return await _scalar(settings, "select count(*) from datasets")  # type: ignore[return-value]
+    return (await sql(settings, "select count(*) from datasets"))[0][0]
 
 
 def _stored(settings: Settings) -> list[Path]:
@@ -106,7 +97,7 @@ async def test_a_coco_upload_is_converted_to_yolo_and_split_reproducibly(
     assert body["ratios"] == {"train": 0.7, "val": 0.3, "test": 0.0} and body["seed"] == 7
     assert sum(body["splits"].values()) == 9 and body["splits"]["val"] >= 1
     # the prepared copy is YOLO: a data.yaml training reads
-    data_yaml = await _scalar(lib_settings, "select data_yaml from datasets where id=:i", i=body["id"])
+    [(data_yaml,)] = await sql(lib_settings, "select data_yaml from datasets where id=:i", i=body["id"])
     assert data_yaml.endswith(".yaml") and Path(data_yaml).is_file()
 
     second = (await client.post(API, **_upload("coco-b", archive, ratios=ratios, seed="7"))).json()
@@ -121,7 +112,9 @@ async def test_a_coco_upload_is_converted_to_yolo_and_split_reproducibly(
     assert not list(lib_settings.datasets_dir.joinpath(".uploads").iterdir())
 
 
-async def test_images_are_paged_with_their_labels_and_served(client: AsyncTestClient, data_root: Path) -> None:
+async def test_images_are_paged_with_their_labels_and_served(
+    client: AsyncTestClient, data_root: Path
+) -> None:
     make_yolo_flat(data_root / "flat", n=10)
     created = await client.post(API, json={"name": "flat", "path": str(data_root / "flat"),
                                            "ratios": {"train": 0.8, "val": 0.2}, "seed": 1})
@@ -140,15 +133,17 @@ async def test_images_are_paged_with_their_labels_and_served(client: AsyncTestCl
 
     image = await client.get(f"{API}/flat/images/train/2/file")
     assert image.status_code == 200 and image.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert image.headers["content-type"] == "image/png"
     assert (await client.get(f"{API}/flat/images/train/99/file")).status_code == 404
     assert (await client.get(f"{API}/flat/images", params={"split": "nope"})).status_code == 400
 
 
-async def test_listing_pages_and_filters_datasets(client: AsyncTestClient, data_root: Path, tmp_path: Path) -> None:
+async def test_listing_pages_and_filters_datasets(client: AsyncTestClient, data_root: Path) -> None:
     make_yolo_yaml(data_root / "y", 2, 1)
     make_coco(data_root / "c", n=6)
     for name, folder in (("y1", "y"), ("y2", "y"), ("c1", "c")):
-        assert (await client.post(API, json={"name": name, "path": str(data_root / folder)})).status_code == 201
+        created = await client.post(API, json={"name": name, "path": str(data_root / folder)})
+        assert created.status_code == 201
     page = (await client.get(API, params={"limit": 2})).json()
     assert page["total"] == 3 and len(page["items"]) == 2 and page["limit"] == 2 and page["offset"] == 0
     coco = (await client.get(API, params={"format": "coco"})).json()
@@ -178,7 +173,9 @@ async def test_refused_path_registrations_store_nothing(
     assert await _count_datasets(lib_settings) == 0 and _stored(lib_settings) == []
 
 
-async def test_refused_uploads_store_nothing(client: AsyncTestClient, lib_settings: Settings, tmp_path: Path) -> None:
+async def test_refused_uploads_store_nothing(
+    client: AsyncTestClient, lib_settings: Settings, tmp_path: Path
+) -> None:
     evil = zip_with(tmp_path / "evil.zip", {"images/a.jpg": b"x", "../escape.txt": b"owned"})
     response = await client.post(API, **_upload("evil", evil))
     assert response.status_code == 400 and "outside" in response.json()["detail"]
@@ -194,12 +191,13 @@ async def test_refused_uploads_store_nothing(client: AsyncTestClient, lib_settin
         (_upload("x", good, ratios=json.dumps({"train": 0.9, "val": 0.3})), 422),
         (_upload("x", good, seed="-1"), 422),
         (_upload("x", good, colour="red"), 400),
-        ({"files": {"file": ("junk.zip", b"this is not a zip", "application/zip")}, "data": {"name": "x"}}, 400),
+        ({"files": {"file": ("junk.zip", b"not a zip", "application/zip")}, "data": {"name": "x"}}, 400),
     ]
     for request, status in cases:
         response = await client.post(API, **request)
         assert response.status_code == status, (request.get("data"), response.text)
-    no_form = await client.post(API, content=b"--b\r\nbroken", headers={"content-type": "multipart/form-data"})
+    no_form = await client.post(API, content=b"--b\r\nbroken",
+                                headers={"content-type": "multipart/form-data"})
     assert no_form.status_code == 400
     plain = await client.post(API, content=b"hello", headers={"content-type": "text/plain"})
     assert plain.status_code == 415
@@ -221,21 +219,12 @@ async def test_a_dataset_used_by_an_active_run_cannot_be_deleted(
 ) -> None:
     make_yolo_yaml(data_root / "ds", 2, 1)
     dataset = (await client.post(API, json={"name": "busy", "path": str(data_root / "ds")})).json()
+    await insert_run(lib_settings, "r1", "running", {"data": "x", "dataset_id": dataset["id"]})
+    refused = await client.delete(f"{API}/busy")
+    assert refused.status_code == 409 and "r1" in refused.json()["detail"]
+    await sql(lib_settings, "update runs set status='completed' where id='r1'")
     engine = create_async_engine(lib_settings.database_url)
     try:
-        async with engine.begin() as conn:
-            await conn.execute(text("insert into projects (id, name, description, objective, task_type, owner, "
-                                    "dataset_name, training_yaml_name, tags, status, runs_started) values "
-                                    "('p1', 'p', '', '', '', '', '', '', '[]', 'active', 0)"))
-            await conn.execute(text(
-                "insert into runs (id, project_id, kind, pool, status, spec, progress, latest_metrics, attempt, "
-                "cancel_requested, gateway_seq, priority) values ('r1', 'p1', 'yolo.train', 'cpu', 'running', "
-                "cast(:spec as jsonb), 0, '{}', 1, false, 0, 50)"),
-                {"spec": json.dumps({"kind": "yolo.train", "data": "x", "dataset_id": dataset["id"]})})
-        refused = await client.delete(f"{API}/busy")
-        assert refused.status_code == 409 and "r1" in refused.json()["detail"]
-        async with engine.begin() as conn:
-            await conn.execute(text("update runs set status='completed' where id='r1'"))
         async with AsyncSession(engine) as session:
             assert (await resolve_dataset(session, "busy")).data_yaml.endswith(".yaml")
     finally:

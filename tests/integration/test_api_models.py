@@ -5,7 +5,6 @@ safe load), versions, download with ranges, delete guarded by active runs; `regi
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from litestar.testing import AsyncTestClient
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from gateway.app import create_app
@@ -22,6 +20,7 @@ from gateway.services.models import register_version, resolve_model_version
 from runner.yolo.offline import prepare_ultralytics
 from shared.artifacts import LocalArtifactStore
 from shared.settings import Settings
+from tests.library_support import insert_run, sql
 
 API = "/api/v1/models"
 
@@ -52,16 +51,6 @@ async def client(settings: Settings) -> AsyncIterator[AsyncTestClient]:
 def _upload(name: str, path: Path, filename: str | None = None, **fields: str) -> dict:
     return {"files": {"file": (filename or path.name, path.read_bytes(), "application/octet-stream")},
             "data": {"name": name, **fields}}
-
-
-async def _sql(settings: Settings, sql: str, **params: object) -> list[tuple]:
-    engine = create_async_engine(settings.database_url)
-    try:
-        async with engine.begin() as conn:
-            result = await conn.execute(text(sql), params)
-            return [tuple(r) for r in result] if result.returns_rows else []
-    finally:
-        await engine.dispose()
 
 
 def _library_files(settings: Settings) -> list[Path]:
@@ -146,14 +135,14 @@ async def test_a_malicious_pickle_is_refused_and_nothing_is_stored(
     assert response.status_code == 422, response.text
     assert "not allowed" in response.json()["detail"]
     assert not marker.exists()
-    assert await _sql(settings, "select count(*) from models") == [(0,)]
+    assert await sql(settings, "select count(*) from models") == [(0,)]
     assert _library_files(settings) == [] and not any((settings.state_dir / "uploads").glob("*"))
 
 
 @pytest.mark.parametrize("request_kwargs, status", [
     ({"files": {"file": ("w.onnx", b"onnx", "application/octet-stream")}, "data": {"name": "m"}}, 400),
     ({"files": {"file": ("w.pt", b"", "application/octet-stream")}, "data": {"name": "m"}}, 400),
-    ({"files": {"file": ("w.pt", b"not a zip at all", "application/octet-stream")}, "data": {"name": "m"}}, 422),
+    ({"files": {"file": ("w.pt", b"not a zip", "application/octet-stream")}, "data": {"name": "m"}}, 422),
     ({"data": {"name": "m"}, "files": {"weights": ("w.pt", b"x", "application/octet-stream")}}, 400),
     ({"files": {"file": ("w.pt", b"PK", "application/octet-stream")}, "data": {"name": "bad name"}}, 422),
     ({"files": {"file": ("w.pt", b"PK", "application/octet-stream")}, "data": {}}, 422),
@@ -163,7 +152,7 @@ async def test_bad_uploads_are_client_errors(
 ) -> None:
     response = await client.post(API, **request_kwargs)
     assert response.status_code == status, response.text
-    assert await _sql(settings, "select count(*) from models") == [(0,)]
+    assert await sql(settings, "select count(*) from models") == [(0,)]
 
 
 async def test_an_upload_over_the_limit_is_413(settings: Settings, tmp_path: Path) -> None:
@@ -178,23 +167,13 @@ async def test_an_upload_over_the_limit_is_413(settings: Settings, tmp_path: Pat
     assert not any((settings.state_dir / "uploads").glob("*"))
 
 
-async def _add_run(settings: Settings, run_id: str, status: str, spec: dict) -> None:
-    await _sql(settings, "insert into projects (id, name, description, objective, task_type, owner, dataset_name, "
-                         "training_yaml_name, tags, status, runs_started) values ('p1', 'p', '', '', '', '', '', '', "
-                         "'[]', 'active', 0) on conflict do nothing")
-    await _sql(settings, "insert into runs (id, project_id, kind, pool, status, spec, progress, latest_metrics, "
-                         "attempt, cancel_requested, gateway_seq, priority) values (:id, 'p1', 'yolo.train', 'cpu', "
-                         ":status, cast(:spec as jsonb), 0, '{}', 0, false, 0, 50)",
-               id=run_id, status=status, spec=json.dumps(spec))
-
-
 async def test_versions_used_by_active_runs_cannot_be_deleted(
     client: AsyncTestClient, settings: Settings, checkpoints: dict[str, Path]
 ) -> None:
     v1 = (await client.post(API, **_upload("busy", checkpoints["detect"]))).json()
     (await client.post(API, **_upload("busy", checkpoints["detect"]))).json()
-    await _add_run(settings, "r1", "queued", {"kind": "yolo.train", "data": "d", "model_version_id": v1["id"]})
-    await _add_run(settings, "r0", "completed", {"kind": "yolo.train", "data": "d", "model_version_id": "x"})
+    await insert_run(settings, "r1", "queued", {"data": "d", "model_version_id": v1["id"]})
+    await insert_run(settings, "r0", "completed", {"data": "d", "model_version_id": v1["id"]})
 
     refused = await client.delete(f"{API}/busy/versions/1")
     assert refused.status_code == 409 and "r1" in refused.json()["detail"]
@@ -202,7 +181,7 @@ async def test_versions_used_by_active_runs_cannot_be_deleted(
     assert (await client.delete(f"{API}/busy/versions/2")).status_code == 204
     assert [v["version"] for v in (await client.get(f"{API}/busy")).json()["versions"]] == [1]
 
-    await _sql(settings, "update runs set status='failed' where id='r1'")
+    await sql(settings, "update runs set status='failed' where id='r1'")
     assert (await client.delete(f"{API}/busy")).status_code == 204
     assert (await client.get(f"{API}/busy")).status_code == 404
     assert _library_files(settings) == []
@@ -217,8 +196,9 @@ async def test_register_version_and_resolve_model_version_for_runs(
     try:
         async with AsyncSession(engine, expire_on_commit=False) as session:
             first = await register_version(
-                session, store, name="trained", file_path=best, task="detect", class_names=["cat", "dog", "bird"],
-                metrics={"metrics/mAP50(B)": 0.5}, source_run_id="r9", dataset_id="d1")
+                session, store, name="trained", file_path=best, task="detect",
+                class_names=["cat", "dog", "bird"], metrics={"metrics/mAP50(B)": 0.5}, source_run_id="r9",
+                dataset_id="d1")
             await session.commit()
             again = await register_version(
                 session, store, name="trained", file_path=best, task="detect", class_names=["cat"],

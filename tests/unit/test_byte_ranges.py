@@ -23,7 +23,8 @@ def test_a_single_byte_range_is_parsed(header: str | None, expected: tuple[int, 
     assert byte_range(header, 100) == expected
 
 
-@pytest.mark.parametrize("header, size", [("bytes=100-", 100), ("bytes=-0", 100), ("bytes=0-", 0), ("bytes=-5", 0)])
+@pytest.mark.parametrize("header, size",
+                         [("bytes=100-", 100), ("bytes=-0", 100), ("bytes=0-", 0), ("bytes=-5", 0)])
 def test_a_range_past_the_end_is_not_satisfiable(header: str, size: int) -> None:
     with pytest.raises(RangeNotSatisfiable) as raised:
         byte_range(header, size)

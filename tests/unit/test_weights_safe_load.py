@@ -67,8 +67,9 @@ def test_opcodes_that_call_classes_directly_are_refused(tmp_path: Path) -> None:
 
 def test_plain_values_tensors_and_layers_load(tmp_path: Path) -> None:
     layer = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.SiLU())
-    value = {"model": layer, "metrics": {"map": np.float64(0.5)}, "array": np.arange(3), "size": torch.Size([2]),
-             "date": datetime.datetime(2026, 1, 2), "path": Path("/x"), "tags": {"a"}, "raw": b"\x00\xff",
+    value = {"model": layer, "metrics": {"map": np.float64(0.5)}, "array": np.arange(3),
+             "size": torch.Size([2]), "date": datetime.datetime(2026, 1, 2), "path": Path("/x"),
+             "tags": {"a"}, "raw": b"\x00\xff",
              "ordered": OrderedDict(a=1), "half": torch.ones(2, dtype=torch.float16)}
     path = tmp_path / "ok.pt"
     torch.save(value, path)
@@ -93,7 +94,8 @@ def test_files_that_are_not_torch_zip_checkpoints_are_invalid(tmp_path: Path) ->
 
     compressed = tmp_path / "compressed.pt"
     torch.save({"x": 1}, tmp_path / "plain.pt")
-    with zipfile.ZipFile(tmp_path / "plain.pt") as src, zipfile.ZipFile(compressed, "w", zipfile.ZIP_DEFLATED) as out:
+    with zipfile.ZipFile(tmp_path / "plain.pt") as src, \
+            zipfile.ZipFile(compressed, "w", zipfile.ZIP_DEFLATED) as out:
         for info in src.infolist():
             out.writestr(info.filename, src.read(info))
     with pytest.raises(InvalidWeights, match="compressed"):
