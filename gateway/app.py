@@ -15,8 +15,10 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
+from gateway.controllers.datasets import DatasetsController
 from gateway.controllers.events import EventsController
 from gateway.controllers.health import HealthController
+from gateway.controllers.models import ModelsController
 from gateway.db.session import create_engine, create_sessionmaker
 from gateway.errors import problem_details_plugin
 from gateway.eventhub import EventHub
@@ -33,7 +35,7 @@ API_PREFIX = "/api/v1"
 
 def api_controllers() -> list[type]:
     """Controllers mounted under /api/v1. One per resource."""
-    return [EventsController]
+    return [EventsController, DatasetsController, ModelsController]
 
 
 def create_app(settings: Settings) -> Litestar:

@@ -191,3 +191,54 @@ class Dataset(Base):
         # NULLS NOT DISTINCT: one name per owner, and also one per name among datasets without owner.
         UniqueConstraint("owner_id", "name", name="uq_datasets_owner_name", postgresql_nulls_not_distinct=True),
     )
+
+
+class Model(Base):
+    """A named model of the weights library; its versions hold the weights."""
+
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    task: Mapped[str] = mapped_column(String(16))
+    """detect | segment | pose | obb | classify: every version of the model has this task."""
+    description: Mapped[str] = mapped_column(Text, default="")
+    owner_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    last_version: Mapped[int] = mapped_column(Integer, default=0)
+    """The highest version number ever given, so that a deleted version's number is never reused."""
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("owner_id", "name", name="uq_models_owner_name", postgresql_nulls_not_distinct=True),
+    )
+
+
+class ModelVersion(Base):
+    """One version of a model: a weights file in the artifact store and where it came from."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    """1, 2, 3, ... per model."""
+    uri: Mapped[str] = mapped_column(Text)
+    """Artifact-store URI of the weights (`file://<state_dir>/artifacts/models/...` for the local store)."""
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    task: Mapped[str] = mapped_column(String(16))
+    class_names: Mapped[list[str]] = mapped_column(JSONB, default=list)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    source_run_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    """The training run that produced the weights (kept as provenance, also after the run is gone)."""
+    dataset_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    """The dataset the weights were trained on (provenance, like `source_run_id`)."""
+    parent_version_id: Mapped[str | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL"), nullable=True)
+    """The version training started from (fine-tuning), if it came from the library."""
+    format: Mapped[str] = mapped_column(String(16), default="pt")
+    """pt | onnx | torchscript."""
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (UniqueConstraint("model_id", "version", name="uq_model_versions_model_version"),)

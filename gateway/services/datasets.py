@@ -1,0 +1,317 @@
+"""Datasets: register (a server-side folder or an uploaded archive), inspect, list, page images, delete.
+
+Preparation (`gateway.datasets`, blocking) runs in a worker thread. A dataset row is inserted first with
+status `preparing` (which reserves its name), and marked `ready` with its inspection once prepared; if
+preparation fails the row and every file written for it are removed again, so a refused dataset leaves
+nothing behind.
+
+`resolve_dataset(session, ref)` turns a dataset reference (id or name) of a run request into its row; the
+`data` of a `yolo.*` job is `dataset.data_yaml`.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import anyio
+import msgspec
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.datasets import (
+    ArchiveError,
+    DatasetError,
+    ImagePage,
+    InspectionReport,
+    PathNotAllowed,
+    PreparedDataset,
+    SplitRatios,
+    list_images,
+    load_prepared,
+    prepare_from_archive,
+    prepare_from_path,
+)
+from gateway.datasets.listing import image_file
+from gateway.datasets.prepare import remove_dataset
+from gateway.db.models import Dataset, Run
+from gateway.errors import BadRequest, Conflict, GatewayError, NotFound, Unprocessable
+from shared.contracts.common import RunStatus, new_id
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN,
+                                   description="Letters, digits, `.`, `_`, `-`; up to 128")]
+Seed = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+ACTIVE_RUN_STATUSES = tuple(s.value for s in RunStatus if s.active)
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+class RegisterByPath(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Register a folder on the server (inside a configured data root)."""
+
+    name: Name
+    path: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    ratios: SplitRatios | None = None
+    """Split ratios for a dataset without splits (default train 0.8, val 0.2)."""
+    seed: Seed = 0
+
+
+class UploadOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The text fields of an upload form: `name`, optional `ratios` (JSON) and `seed`."""
+
+    name: Name
+    ratios: SplitRatios | None = None
+    seed: Seed = 0
+
+
+class DatasetSummary(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    status: str
+    """preparing | ready."""
+    source: str
+    """path | upload."""
+    source_path: str | None
+    format: str | None
+    task: str | None
+    classes: list[str]
+    splits: dict[str, int]
+    """Images per split."""
+    images: int
+    instances: int
+    images_without_labels: int
+    broken_images: int
+    problems_total: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class DatasetDetail(DatasetSummary, kw_only=True):
+    format_reason: str | None = None
+    split_by: Literal["source", "ratios"] | None = None
+    ratios: SplitRatios | None = None
+    seed: int | None = None
+    kpt_shape: list[int] | None = None
+    report: InspectionReport | None = None
+    """The full inspection: per split and class, problems with their reasons."""
+
+
+class DatasetPage(msgspec.Struct, kw_only=True):
+    items: list[DatasetSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+def dataset_error(exc: DatasetError) -> GatewayError:
+    """The HTTP error for a dataset library error: a path or archive problem is 400, the content 422."""
+    if isinstance(exc, PathNotAllowed | ArchiveError):
+        return BadRequest(str(exc))
+    return Unprocessable(str(exc))
+
+
+def check_ratios(ratios: SplitRatios | None) -> SplitRatios | None:
+    try:
+        return ratios.check() if ratios is not None else None
+    except DatasetError as exc:
+        raise dataset_error(exc) from None
+
+
+def archive_suffix(filename: str) -> str:
+    """The archive extension of an uploaded file name, or BadRequest."""
+    lowered = filename.lower()
+    for suffix in sorted(ARCHIVE_SUFFIXES, key=len, reverse=True):
+        if lowered.endswith(suffix):
+            return suffix
+    raise BadRequest(f"the upload {filename!r} is not an archive ({', '.join(ARCHIVE_SUFFIXES)})")
+
+
+def uploads_dir(settings: Settings) -> Path:
+    """Where uploaded archives wait while they are prepared (not a dataset id: ids have no dots)."""
+    return settings.datasets_dir / ".uploads"
+
+
+# -- registering ------------------------------------------------------------------------------------------
+
+
+async def register_from_path(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, request: RegisterByPath,
+    owner_id: str | None = None,
+) -> Dataset:
+    ratios = check_ratios(request.ratios)
+    return await _register(
+        sessions, settings, request.name, owner_id, "path", request.path,
+        lambda dataset_id: prepare_from_path(request.path, settings, dataset_id, ratios, request.seed),
+    )
+
+
+async def register_from_archive(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, options: UploadOptions, archive: Path,
+    owner_id: str | None = None,
+) -> Dataset:
+    """Prepare an uploaded archive (the caller deletes `archive` afterwards)."""
+    ratios = check_ratios(options.ratios)
+    return await _register(
+        sessions, settings, options.name, owner_id, "upload", None,
+        lambda dataset_id: prepare_from_archive(archive, settings, dataset_id, ratios, options.seed),
+    )
+
+
+async def _register(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, name: str, owner_id: str | None,
+    source: str, source_path: str | None, prepare: Any,
+) -> Dataset:
+    dataset_id = new_id()
+    async with sessions() as session:
+        session.add(Dataset(id=dataset_id, name=name, owner_id=owner_id, source=source,
+                            source_path=source_path, status="preparing"))
+        try:
+            await session.commit()
+        except IntegrityError:
+            raise Conflict(f"a dataset named {name!r} already exists") from None
+    try:
+        prepared: PreparedDataset = await anyio.to_thread.run_sync(prepare, dataset_id)
+    except BaseException as exc:
+        with anyio.CancelScope(shield=True):
+            await _forget(sessions, settings, dataset_id)
+        if isinstance(exc, DatasetError):
+            raise dataset_error(exc) from None
+        raise
+    async with sessions() as session:
+        done = await session.execute(update(Dataset).where(Dataset.id == dataset_id).values(
+            status="ready", format=prepared.format, task=prepared.task, classes=prepared.classes,
+            root_path=prepared.root, data_yaml=prepared.data, stats=msgspec.to_builtins(prepared.report),
+            source_path=prepared.source if source == "path" else None, updated_at=func.now(),
+        ).returning(Dataset))
+        row = done.scalar_one_or_none()
+        await session.commit()
+    if row is None:  # deleted while it was being prepared
+        await anyio.to_thread.run_sync(remove_dataset, settings, dataset_id)
+        raise Conflict(f"dataset {name!r} was deleted while it was being prepared")
+    return row
+
+
+async def _forget(sessions: async_sessionmaker[AsyncSession], settings: Settings, dataset_id: str) -> None:
+    async with sessions() as session:
+        await session.execute(delete(Dataset).where(Dataset.id == dataset_id))
+        await session.commit()
+    await anyio.to_thread.run_sync(remove_dataset, settings, dataset_id)
+
+
+# -- reading ----------------------------------------------------------------------------------------------
+
+
+async def resolve_dataset(
+    session: AsyncSession, ref: str, *, owner_id: str | None = None, ready: bool = True
+) -> Dataset:
+    """The dataset with id or name `ref`. With `ready` (the default), one still preparing is a Conflict.
+
+    For a run: `data=dataset.data_yaml` (the data YAML, or the classification folder) and
+    `dataset_id=dataset.id`.
+    """
+    owner = Dataset.owner_id.is_(None) if owner_id is None else Dataset.owner_id == owner_id
+    rows = (await session.execute(
+        select(Dataset).where(or_(Dataset.id == ref, Dataset.name == ref), owner))).scalars().all()
+    if not rows:
+        raise NotFound(f"no dataset {ref!r}")
+    dataset = next((r for r in rows if r.id == ref), rows[0])
+    if ready and (dataset.status != "ready" or not dataset.data_yaml):
+        raise Conflict(f"dataset {dataset.name!r} is {dataset.status}, not ready")
+    return dataset
+
+
+async def list_datasets(
+    session: AsyncSession, *, limit: int, offset: int, format: str | None = None, task: str | None = None,
+    owner_id: str | None = None,
+) -> DatasetPage:
+    where = [Dataset.owner_id.is_(None) if owner_id is None else Dataset.owner_id == owner_id]
+    if format:
+        where.append(Dataset.format == format)
+    if task:
+        where.append(Dataset.task == task)
+    total = (await session.execute(select(func.count()).select_from(Dataset).where(*where))).scalar_one()
+    rows = (await session.execute(
+        select(Dataset).where(*where).order_by(Dataset.created_at.desc(), Dataset.id)
+        .limit(limit).offset(offset))).scalars().all()
+    return DatasetPage(items=[summary(r) for r in rows], total=total, limit=limit, offset=offset)
+
+
+def summary(row: Dataset) -> DatasetSummary:
+    stats = row.stats or {}
+    splits = stats.get("splits") or {}
+    return DatasetSummary(
+        id=row.id, name=row.name, status=row.status, source=row.source, source_path=row.source_path,
+        format=row.format, task=row.task, classes=list(row.classes or []),
+        splits={name: int(s.get("images", 0)) for name, s in splits.items()},
+        images=int(stats.get("images", 0)), instances=int(stats.get("instances", 0)),
+        images_without_labels=int(stats.get("images_without_labels", 0)),
+        broken_images=int(stats.get("broken_images", 0)), problems_total=int(stats.get("problems_total", 0)),
+        created_at=row.created_at, updated_at=row.updated_at,
+    )
+
+
+async def detail(row: Dataset) -> DatasetDetail:
+    """The summary with the full inspection report and how the dataset was split."""
+    base = msgspec.structs.asdict(summary(row))
+    if row.status != "ready" or not row.root_path:
+        return DatasetDetail(**base)
+    try:
+        prepared = await anyio.to_thread.run_sync(load_prepared, Path(row.root_path))
+    except DatasetError:
+        log.warning("dataset %s: its prepared folder %s is unreadable", row.id, row.root_path)
+        report = msgspec.convert(row.stats, InspectionReport) if row.stats else None
+        return DatasetDetail(**base, report=report)
+    return DatasetDetail(**base, format_reason=prepared.format_reason, split_by=prepared.split_by,
+                         ratios=prepared.ratios, seed=prepared.seed, kpt_shape=prepared.kpt_shape,
+                         report=prepared.report)
+
+
+def _root(row: Dataset) -> Path:
+    if row.status != "ready" or not row.root_path:
+        raise Conflict(f"dataset {row.name!r} is {row.status}, not ready")
+    return Path(row.root_path)
+
+
+async def images(row: Dataset, split: str | None, offset: int, limit: int) -> ImagePage:
+    root = _root(row)
+    try:
+        return await anyio.to_thread.run_sync(lambda: list_images(root, split, offset, limit))
+    except DatasetError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+async def image_path(row: Dataset, split: str, index: int) -> Path:
+    root = _root(row)
+    try:
+        return await anyio.to_thread.run_sync(image_file, root, split, index)
+    except DatasetError as exc:
+        raise NotFound(str(exc)) from None
+
+
+# -- deleting ---------------------------------------------------------------------------------------------
+
+
+async def active_runs_using(session: AsyncSession, dataset_id: str) -> list[str]:
+    """Ids of active runs whose spec names the dataset (`spec->>'dataset_id'`)."""
+    return list((await session.execute(
+        select(Run.id).where(Run.spec["dataset_id"].astext == dataset_id, Run.status.in_(ACTIVE_RUN_STATUSES))
+        .limit(10))).scalars().all())
+
+
+async def delete_dataset(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, ref: str, owner_id: str | None = None
+) -> None:
+    """Delete a dataset and its files (a server-side source folder is left alone); Conflict while an active
+    run uses it."""
+    async with sessions() as session, session.begin():
+        row = await resolve_dataset(session, ref, owner_id=owner_id, ready=False)
+        if runs := await active_runs_using(session, row.id):
+            raise Conflict(f"dataset {row.name!r} is used by active runs: {', '.join(runs)}")
+        await session.execute(delete(Dataset).where(Dataset.id == row.id))
+    await anyio.to_thread.run_sync(remove_dataset, settings, row.id)

@@ -1,0 +1,237 @@
+"""/api/v1/datasets over the real app (NATS + Postgres): register by server path or upload, inspect, page
+images, serve image bytes, delete; refused input leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+from gateway.app import create_app
+from gateway.services.datasets import resolve_dataset
+from shared.settings import Settings
+from tests.dataset_factories import CLASSES, make_coco, make_yolo_flat, make_yolo_yaml, zip_folder, zip_with
+from tests.library_support import insert_run, sql
+
+API = "/api/v1/datasets"
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def lib_settings(settings: Settings, data_root: Path) -> Settings:
+    return msgspec.structs.replace(settings, data_roots=[data_root], max_upload_mb=1)
+
+
+@pytest.fixture
+async def client(lib_settings: Settings) -> AsyncIterator[AsyncTestClient]:
+    async with AsyncTestClient(create_app(lib_settings)) as c:
+        yield c
+
+
+async def _count_datasets(settings: Settings) -> int:
+    return (await sql(settings, "select count(*) from datasets"))[0][0]
+
+
+def _stored(settings: Settings) -> list[Path]:
+    """Everything left below the datasets folder (uploads in waiting included)."""
+    root = settings.datasets_dir
+    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+def _upload(name: str, archive: Path, **fields: str) -> dict:
+    return {"files": {"file": (archive.name, archive.read_bytes(), "application/zip")},
+            "data": {"name": name, **fields}}
+
+
+async def test_registering_a_yolo_folder_by_path_answers_its_inspection(
+    client: AsyncTestClient, data_root: Path
+) -> None:
+    make_yolo_yaml(data_root / "shapes", n_train=4, n_val=2)
+    response = await client.post(API, json={"name": "shapes", "path": str(data_root / "shapes")})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["name"] == "shapes" and body["status"] == "ready" and body["source"] == "path"
+    assert body["format"] == "yolo" and body["task"] == "detect" and body["classes"] == CLASSES
+    assert body["splits"] == {"train": 4, "val": 2} and body["images"] == 6
+    assert body["split_by"] == "source" and body["instances"] > 0
+    report = body["report"]
+    assert set(report["splits"]) == {"train", "val"}
+    per_class = {c["name"]: c for c in report["splits"]["train"]["classes"]}
+    assert set(per_class) <= set(CLASSES) and sum(c["instances"] for c in per_class.values()) > 0
+    assert "root_path" not in body and "data_yaml" not in body
+
+    detail = (await client.get(f"{API}/{body['id']}")).json()
+    by_name = (await client.get(f"{API}/shapes")).json()
+    assert detail == by_name == body
+
+
+async def test_a_name_is_registered_once(client: AsyncTestClient, data_root: Path) -> None:
+    make_yolo_yaml(data_root / "a", 2, 1)
+    assert (await client.post(API, json={"name": "same", "path": str(data_root / "a")})).status_code == 201
+    again = await client.post(API, json={"name": "same", "path": str(data_root / "a")})
+    assert again.status_code == 409 and again.json()["code"] == "conflict"
+
+
+async def test_a_coco_upload_is_converted_to_yolo_and_split_reproducibly(
+    client: AsyncTestClient, lib_settings: Settings, tmp_path: Path
+) -> None:
+    make_coco(tmp_path / "coco", n=9, splits=False)
+    archive = zip_folder(tmp_path / "coco", tmp_path / "coco.zip")
+    ratios = json.dumps({"train": 0.7, "val": 0.3})
+    first = await client.post(API, **_upload("coco-a", archive, ratios=ratios, seed="7"))
+    assert first.status_code == 201, first.text
+    body = first.json()
+    assert body["format"] == "coco" and body["task"] == "detect" and body["source"] == "upload"
+    assert body["classes"] == CLASSES and body["split_by"] == "ratios"
+    assert body["ratios"] == {"train": 0.7, "val": 0.3, "test": 0.0} and body["seed"] == 7
+    assert sum(body["splits"].values()) == 9 and body["splits"]["val"] >= 1
+    # the prepared copy is YOLO: a data.yaml training reads
+    [(data_yaml,)] = await sql(lib_settings, "select data_yaml from datasets where id=:i", i=body["id"])
+    assert data_yaml.endswith(".yaml") and Path(data_yaml).is_file()
+
+    second = (await client.post(API, **_upload("coco-b", archive, ratios=ratios, seed="7"))).json()
+    other_seed = (await client.post(API, **_upload("coco-c", archive, ratios=ratios, seed="8"))).json()
+
+    async def split_of(ref: str) -> dict[str, str]:
+        page = (await client.get(f"{API}/{ref}/images", params={"limit": 100})).json()
+        return {item["path"].rsplit("/", 1)[-1]: item["split"] for item in page["items"]}
+
+    assert await split_of("coco-a") == await split_of("coco-b")
+    assert await split_of("coco-a") != await split_of("coco-c")
+    assert not list(lib_settings.datasets_dir.joinpath(".uploads").iterdir())
+
+
+async def test_images_are_paged_with_their_labels_and_served(
+    client: AsyncTestClient, data_root: Path
+) -> None:
+    make_yolo_flat(data_root / "flat", n=10)
+    created = await client.post(API, json={"name": "flat", "path": str(data_root / "flat"),
+                                           "ratios": {"train": 0.8, "val": 0.2}, "seed": 1})
+    assert created.status_code == 201, created.text
+    assert created.json()["splits"] == {"train": 8, "val": 2}
+
+    page = (await client.get(f"{API}/flat/images", params={"split": "train", "offset": 2, "limit": 3})).json()
+    assert page["total"] == 8 and page["offset"] == 2 and page["limit"] == 3
+    assert [i["index"] for i in page["items"]] == [2, 3, 4]
+    item = page["items"][0]
+    assert item["split"] == "train" and item["width"] and item["labels"]
+    assert item["labels"][0]["class_name"].startswith("class_") and len(item["labels"][0]["values"]) == 4
+
+    everything = (await client.get(f"{API}/flat/images", params={"limit": 100})).json()
+    assert everything["total"] == 10
+
+    image = await client.get(f"{API}/flat/images/train/2/file")
+    assert image.status_code == 200 and image.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert image.headers["content-type"] == "image/png"
+    assert (await client.get(f"{API}/flat/images/train/99/file")).status_code == 404
+    assert (await client.get(f"{API}/flat/images", params={"split": "nope"})).status_code == 400
+
+
+async def test_listing_pages_and_filters_datasets(client: AsyncTestClient, data_root: Path) -> None:
+    make_yolo_yaml(data_root / "y", 2, 1)
+    make_coco(data_root / "c", n=6)
+    for name, folder in (("y1", "y"), ("y2", "y"), ("c1", "c")):
+        created = await client.post(API, json={"name": name, "path": str(data_root / folder)})
+        assert created.status_code == 201
+    page = (await client.get(API, params={"limit": 2})).json()
+    assert page["total"] == 3 and len(page["items"]) == 2 and page["limit"] == 2 and page["offset"] == 0
+    coco = (await client.get(API, params={"format": "coco"})).json()
+    assert [d["name"] for d in coco["items"]] == ["c1"] and coco["total"] == 1
+    assert (await client.get(API, params={"task": "classify"})).json()["total"] == 0
+    assert (await client.get(API, params={"limit": 0})).status_code == 400
+
+
+@pytest.mark.parametrize("body, status", [
+    ({"name": "x", "path": "/etc"}, 400),
+    ({"name": "x", "path": "relative/path"}, 400),
+    ({"name": "x", "path": "DATA/missing"}, 400),
+    ({"name": "x", "path": "DATA/ds", "ratios": {"train": 0.5, "val": 0.2}}, 422),
+    ({"name": "x", "path": "DATA/ds", "unknown": 1}, 422),
+    ({"name": "bad name!", "path": "DATA/ds"}, 422),
+    ({"path": "DATA/ds"}, 422),
+])
+async def test_refused_path_registrations_store_nothing(
+    client: AsyncTestClient, lib_settings: Settings, data_root: Path, body: dict, status: int
+) -> None:
+    make_yolo_flat(data_root / "ds", n=4)
+    if "path" in body:
+        body = {**body, "path": body["path"].replace("DATA", str(data_root))}
+    response = await client.post(API, json=body)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert await _count_datasets(lib_settings) == 0 and _stored(lib_settings) == []
+
+
+async def test_refused_uploads_store_nothing(
+    client: AsyncTestClient, lib_settings: Settings, tmp_path: Path
+) -> None:
+    evil = zip_with(tmp_path / "evil.zip", {"images/a.jpg": b"x", "../escape.txt": b"owned"})
+    response = await client.post(API, **_upload("evil", evil))
+    assert response.status_code == 400 and "outside" in response.json()["detail"]
+    assert not (lib_settings.datasets_dir / "escape.txt").exists()
+
+    make_yolo_flat(tmp_path / "ds", n=4)
+    good = zip_folder(tmp_path / "ds", tmp_path / "ds.zip")
+    cases = [
+        ({"files": {"file": ("ds.rar", b"Rar!", "application/octet-stream")}, "data": {"name": "x"}}, 400),
+        ({"files": {"file": ("ds.zip", b"", "application/zip")}, "data": {"name": "x"}}, 400),
+        ({"data": {"name": "x"}, "files": {"other": ("a.txt", b"a", "text/plain")}}, 400),
+        (_upload("x", good, ratios="not json"), 400),
+        (_upload("x", good, ratios=json.dumps({"train": 0.9, "val": 0.3})), 422),
+        (_upload("x", good, seed="-1"), 422),
+        (_upload("x", good, colour="red"), 400),
+        ({"files": {"file": ("junk.zip", b"not a zip", "application/zip")}, "data": {"name": "x"}}, 400),
+    ]
+    for request, status in cases:
+        response = await client.post(API, **request)
+        assert response.status_code == status, (request.get("data"), response.text)
+    no_form = await client.post(API, content=b"--b\r\nbroken",
+                                headers={"content-type": "multipart/form-data"})
+    assert no_form.status_code == 400
+    plain = await client.post(API, content=b"hello", headers={"content-type": "text/plain"})
+    assert plain.status_code == 415
+    assert await _count_datasets(lib_settings) == 0 and _stored(lib_settings) == []
+
+
+async def test_an_upload_over_the_limit_is_413_and_stores_nothing(
+    client: AsyncTestClient, lib_settings: Settings, tmp_path: Path
+) -> None:
+    big = tmp_path / "big.zip"
+    big.write_bytes(b"\0" * (lib_settings.max_upload_mb * 1024 * 1024 + 10))
+    response = await client.post(API, **_upload("big", big))
+    assert response.status_code == 413 and response.json()["code"] == "payload_too_large"
+    assert await _count_datasets(lib_settings) == 0 and _stored(lib_settings) == []
+
+
+async def test_a_dataset_used_by_an_active_run_cannot_be_deleted(
+    client: AsyncTestClient, lib_settings: Settings, data_root: Path
+) -> None:
+    make_yolo_yaml(data_root / "ds", 2, 1)
+    dataset = (await client.post(API, json={"name": "busy", "path": str(data_root / "ds")})).json()
+    await insert_run(lib_settings, "r1", "running", {"data": "x", "dataset_id": dataset["id"]})
+    refused = await client.delete(f"{API}/busy")
+    assert refused.status_code == 409 and "r1" in refused.json()["detail"]
+    await sql(lib_settings, "update runs set status='completed' where id='r1'")
+    engine = create_async_engine(lib_settings.database_url)
+    try:
+        async with AsyncSession(engine) as session:
+            assert (await resolve_dataset(session, "busy")).data_yaml.endswith(".yaml")
+    finally:
+        await engine.dispose()
+    assert (await client.delete(f"{API}/busy")).status_code == 204
+    assert (await client.get(f"{API}/busy")).status_code == 404
+    assert await _count_datasets(lib_settings) == 0 and _stored(lib_settings) == []
+    assert (data_root / "ds" / "data.yaml").is_file()  # the server-side source is left alone
+    assert (await client.delete(f"{API}/busy")).status_code == 404
+

@@ -1,0 +1,114 @@
+"""Uploaded weights are unpickled without running foreign code: only listed constructors are called, module
+classes are only filled from their state, and anything else is refused before it runs."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gateway.weights import InvalidWeights, UnsafeWeights, safe_load, weights_format
+
+
+def _with_pickle(path: Path, data: bytes) -> Path:
+    """A torch zip checkpoint whose pickle is replaced by `data` (the tensor records are kept)."""
+    torch.save({"x": 1}, path.with_suffix(".orig"))
+    with zipfile.ZipFile(path.with_suffix(".orig")) as src, zipfile.ZipFile(path, "w") as out:
+        for info in src.infolist():
+            out.writestr(info, data if info.filename.endswith("data.pkl") else src.read(info))
+    return path
+
+
+class _Reduce:
+    def __init__(self, func, args) -> None:  # noqa: ANN001
+        self.func, self.args = func, args
+
+    def __reduce__(self):  # noqa: ANN204
+        return self.func, self.args
+
+
+@pytest.mark.parametrize("func, args", [
+    (os.system, ("touch {marker}",)),
+    (eval, ("open({marker!r}, 'w')",)),
+    (getattr, (str, "join")),
+    (torch.nn.Linear, (3, 4)),  # an allowed layer class, but called: its __init__ would run
+    (torch.load, ("{marker}",)),
+])
+def test_checkpoints_that_call_anything_but_plain_constructors_are_refused(
+    tmp_path: Path, func, args  # noqa: ANN001
+) -> None:
+    marker = tmp_path / "owned"
+    args = tuple(a.format(marker=str(marker)) if isinstance(a, str) else a for a in args)
+    path = tmp_path / "evil.pt"
+    torch.save({"model": _Reduce(func, args)}, path)
+    with pytest.raises(UnsafeWeights, match="not allowed"):
+        safe_load(path)
+    assert not marker.exists()
+
+
+def test_setting_the_state_of_a_class_object_is_refused(tmp_path: Path) -> None:
+    # GLOBAL collections.OrderedDict; {"a": 1}; BUILD -> would set attributes on the class itself
+    data = b"\x80\x02ccollections\nOrderedDict\n}X\x01\x00\x00\x00aK\x01sb."
+    with pytest.raises(UnsafeWeights, match="sets the state"):
+        safe_load(_with_pickle(tmp_path / "build.pt", data))
+
+
+def test_opcodes_that_call_classes_directly_are_refused(tmp_path: Path) -> None:
+    data = b"(icollections\nOrderedDict\n."  # INST
+    with pytest.raises(UnsafeWeights, match="INST/OBJ"):
+        safe_load(_with_pickle(tmp_path / "inst.pt", data))
+
+
+def test_plain_values_tensors_and_layers_load(tmp_path: Path) -> None:
+    layer = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.SiLU())
+    value = {"model": layer, "metrics": {"map": np.float64(0.5)}, "array": np.arange(3),
+             "size": torch.Size([2]), "date": datetime.datetime(2026, 1, 2), "path": Path("/x"),
+             "tags": {"a"}, "raw": b"\x00\xff",
+             "ordered": OrderedDict(a=1), "half": torch.ones(2, dtype=torch.float16)}
+    path = tmp_path / "ok.pt"
+    torch.save(value, path)
+    loaded = safe_load(path)
+    assert isinstance(loaded["model"], torch.nn.Sequential)
+    assert torch.equal(loaded["model"][0].weight, layer[0].weight)
+    assert loaded["metrics"]["map"] == 0.5 and loaded["array"].tolist() == [0, 1, 2]
+    assert loaded["size"] == torch.Size([2]) and loaded["path"] == Path("/x") and loaded["raw"] == b"\x00\xff"
+    assert loaded["half"].dtype == torch.float16
+
+
+def test_files_that_are_not_torch_zip_checkpoints_are_invalid(tmp_path: Path) -> None:
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"x": 1}, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(InvalidWeights, match="not a PyTorch checkpoint"):
+        safe_load(legacy)
+
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), scripted)
+    with pytest.raises(InvalidWeights, match="TorchScript"):
+        safe_load(scripted)
+
+    compressed = tmp_path / "compressed.pt"
+    torch.save({"x": 1}, tmp_path / "plain.pt")
+    with zipfile.ZipFile(tmp_path / "plain.pt") as src, \
+            zipfile.ZipFile(compressed, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in src.infolist():
+            out.writestr(info.filename, src.read(info))
+    with pytest.raises(InvalidWeights, match="compressed"):
+        safe_load(compressed)
+
+    garbage = _with_pickle(tmp_path / "garbage.pt", b"\x80\x02}q\x00(")  # truncated pickle
+    with pytest.raises(InvalidWeights, match="cannot be loaded"):
+        safe_load(garbage)
+
+
+def test_the_format_comes_from_the_file_name() -> None:
+    assert [weights_format(n) for n in ("a.pt", "b.ONNX", "c.torchscript")] == ["pt", "onnx", "torchscript"]
+    with pytest.raises(InvalidWeights):
+        weights_format("d.bin")
+
+
