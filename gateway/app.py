@@ -16,8 +16,11 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from gateway.controllers.health import HealthController
+from gateway.controllers.projects import ProjectsController
+from gateway.controllers.runs import RunsController
 from gateway.db.session import create_engine, create_sessionmaker
 from gateway.errors import problem_details_plugin
+from gateway.services.runs import Republisher
 from gateway.state import GatewayState
 from shared.bus import connect, ensure_topology
 from shared.settings import Settings
@@ -30,7 +33,7 @@ API_PREFIX = "/api/v1"
 
 def api_controllers() -> list[type]:
     """Controllers mounted under /api/v1. One per resource."""
-    return []
+    return [ProjectsController, RunsController]
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -88,4 +91,4 @@ def create_app(settings: Settings) -> Litestar:
 
 def background_services() -> list[tuple[str, object]]:
     """(name, factory(gw)) of the long-lived services the lifespan starts, in start order."""
-    return []
+    return [("republisher", Republisher)]
