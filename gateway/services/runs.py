@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.bus import GATEWAY_RUNNER_ID, PublishFailed, job_msg_id, publish_event, publish_job, signal_cancel
 from gateway.db.models import Artifact, Checkpoint, EventRecord, Project, Run
-from gateway.errors import BadRequest, Conflict, NotFound, Unavailable
+from gateway.errors import BadRequest, Conflict, NotFound, Unavailable, Unprocessable
 from gateway.schemas import (
     ArtifactView,
     CheckpointView,
@@ -234,7 +234,8 @@ async def create_run(
     Idempotency-Key: the job's `Nats-Msg-Id` is made from it.
     """
     if not TOKEN_RE.fullmatch(pool):
-        raise BadRequest(f"invalid pool {pool!r}")
+        raise Unprocessable(f"invalid pool {pool!r}", errors=[
+            {"field": "pool", "message": f"Expected `str` matching regex {TOKEN_RE.pattern!r}"}])
     check_text(spec)
     run_id = new_id()
     async with gw.sessionmaker() as session, session.begin():

@@ -93,6 +93,7 @@ async def test_idempotency_key_returns_the_first_run_and_publishes_one_job(setti
         ({**CONTAINER, "priority": "high"}, 422, "int"),
         ({**CONTAINER, "pool": "no spaces"}, 422, "regex"),
         ({**CONTAINER, "pool": ""}, 422, "regex"),
+        ({**CONTAINER, "pool": "cpu\n"}, 422, "regex"),
         ({**CONTAINER, "backend": "ssh"}, 422, "backend"),
         ({**CONTAINER, "timeout_s": -1}, 422, "> 0"),
         ({**CONTAINER, "env": {"A": "nul\u0000"}}, 422, "NUL"),
