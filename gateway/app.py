@@ -19,10 +19,13 @@ from gateway.controllers.datasets import DatasetsController
 from gateway.controllers.events import EventsController
 from gateway.controllers.health import HealthController
 from gateway.controllers.models import ModelsController
+from gateway.controllers.projects import ProjectsController
+from gateway.controllers.runs import RunsController
 from gateway.db.session import create_engine, create_sessionmaker
 from gateway.errors import problem_details_plugin
 from gateway.eventhub import EventHub
 from gateway.projector import Projector
+from gateway.services.runs import Republisher
 from gateway.state import GatewayState
 from shared.bus import connect, ensure_topology
 from shared.settings import Settings
@@ -35,7 +38,7 @@ API_PREFIX = "/api/v1"
 
 def api_controllers() -> list[type]:
     """Controllers mounted under /api/v1. One per resource."""
-    return [EventsController, DatasetsController, ModelsController]
+    return [ProjectsController, RunsController, EventsController, DatasetsController, ModelsController]
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -93,4 +96,4 @@ def create_app(settings: Settings) -> Litestar:
 
 def background_services() -> list[tuple[str, object]]:
     """(name, factory(gw)) of the long-lived services the lifespan starts, in start order."""
-    return [("projector", Projector), ("eventhub", EventHub)]
+    return [("projector", Projector), ("eventhub", EventHub), ("republisher", Republisher)]

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -85,8 +86,15 @@ class Run(Base):
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    enqueued_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    """When JetStream took the run's job; NULL until then (the gateway publishes it again)."""
+    job_msg_id: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    """The `Nats-Msg-Id` of the run's job, reused when it is published again."""
 
-    __table_args__ = (Index("ix_runs_project_created", "project_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_runs_project_created", "project_id", "created_at"),
+        Index("ix_runs_unenqueued", "created_at", postgresql_where=text("enqueued_at IS NULL")),
+    )
 
 
 class EventRecord(Base):

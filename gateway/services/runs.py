@@ -1,0 +1,451 @@
+"""Runs: create (and enqueue), read, cancel, resume, delete; their logs, metrics, checkpoints, artifacts.
+
+The gateway writes a run's row when it creates it and when a client cancels, resumes or deletes it; every
+other status change comes from runner events, folded in by the projector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from datetime import timedelta
+from typing import Any
+
+import msgspec
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.bus import GATEWAY_RUNNER_ID, PublishFailed, job_msg_id, publish_event, publish_job, signal_cancel
+from gateway.db.models import Artifact, Checkpoint, EventRecord, Project, Run
+from gateway.errors import BadRequest, Conflict, NotFound, Unavailable, Unprocessable
+from gateway.schemas import (
+    ArtifactView,
+    CheckpointView,
+    LogLineView,
+    LogPage,
+    MetricsPage,
+    MetricsView,
+    RunDetail,
+    RunView,
+    from_row,
+)
+from gateway.services.projects import check_text, get_project
+from gateway.state import GatewayState
+from shared.contracts.commands import Job, ResumeFrom, RunSpec, RunSpecBase
+from shared.contracts.common import TOKEN_RE, RunStatus, new_id, utcnow
+from shared.contracts.events import RunCanceled, RunCancelRequested, RunQueued
+
+log = logging.getLogger(__name__)
+
+_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TERMINAL = [s.value for s in RunStatus if s.terminal]
+DETAIL_CHECKPOINTS = 20
+DETAIL_ARTIFACTS = 50
+DETAIL_LOG_LINES = 50
+
+
+class NotEnqueued(Unavailable):
+    """The run is saved, but NATS did not take its job; the gateway publishes it again when NATS is back."""
+
+    def __init__(self, run: Run) -> None:
+        super().__init__(
+            f"run {run.id} is saved as queued, but NATS did not take its job; "
+            "the gateway publishes it again when NATS is reachable"
+        )
+        self.run = run
+
+
+def parse_statuses(raw: str | None) -> list[str]:
+    """`?status=a,b` → ["a", "b"]; BadRequest for a status that does not exist."""
+    if not raw:
+        return []
+    values = [v.strip() for v in raw.split(",") if v.strip()]
+    allowed = {s.value for s in RunStatus}
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise BadRequest(f"unknown status {unknown[0]!r}; one of {', '.join(s.value for s in RunStatus)}")
+    return values
+
+
+# -- reading ---------------------------------------------------------------------------------------------
+
+
+async def get_run(session: AsyncSession, run_id: str, *, for_update: bool = False) -> Run:
+    """The run with id `run_id`; NotFound if none."""
+    if not _ID_RE.fullmatch(run_id):
+        raise NotFound(f"run {run_id!r} not found")
+    query = select(Run).where(Run.id == run_id)
+    if for_update:
+        query = query.with_for_update()
+    run = (await session.execute(query)).scalar_one_or_none()
+    if run is None:
+        raise NotFound(f"run {run_id!r} not found")
+    return run
+
+
+async def find_run(gw: GatewayState, run_id: str) -> Run:
+    async with gw.sessionmaker() as session:
+        return await get_run(session, run_id)
+
+
+async def list_runs(
+    gw: GatewayState, project_ref: str, *, statuses: list[str], kind: str | None, limit: int, offset: int
+) -> tuple[list[Run], int]:
+    """Runs of a project, newest first, and how many match in all."""
+    async with gw.sessionmaker() as session:
+        project = await get_project(session, project_ref)
+        where = [Run.project_id == project.id]
+        if statuses:
+            where.append(Run.status.in_(statuses))
+        if kind:
+            where.append(Run.kind == kind)
+        total = (await session.execute(select(func.count()).select_from(Run).where(*where))).scalar_one()
+        rows = await session.execute(
+            select(Run).where(*where).order_by(Run.created_at.desc(), Run.id.desc()).limit(limit).offset(offset)
+        )
+        return list(rows.scalars()), total
+
+
+async def run_detail(gw: GatewayState, run_id: str) -> RunDetail:
+    """A run with its latest checkpoints and artifacts and its last log lines."""
+    async with gw.sessionmaker() as session:
+        run = await get_run(session, run_id)
+        checkpoints = await session.execute(
+            select(Checkpoint).where(Checkpoint.run_id == run.id)
+            .order_by(Checkpoint.created_at.desc(), Checkpoint.id).limit(DETAIL_CHECKPOINTS)
+        )
+        artifacts = await session.execute(
+            select(Artifact).where(Artifact.run_id == run.id)
+            .order_by(Artifact.created_at.desc(), Artifact.id).limit(DETAIL_ARTIFACTS)
+        )
+        log_events = await session.execute(
+            select(EventRecord).where(EventRecord.run_id == run.id, EventRecord.type == "run.log")
+            .order_by(EventRecord.position.desc()).limit(DETAIL_LOG_LINES)
+        )
+        lines = [line for event in reversed(list(log_events.scalars())) for line in _log_lines(event)]
+        return from_row(
+            RunDetail,
+            run,
+            checkpoints=[from_row(CheckpointView, c) for c in checkpoints.scalars()],
+            artifacts=[from_row(ArtifactView, a) for a in artifacts.scalars()],
+            recent_logs=lines[-DETAIL_LOG_LINES:],
+        )
+
+
+def _log_lines(event: EventRecord) -> list[LogLineView]:
+    return [
+        LogLineView(position=event.position, attempt=event.attempt, ts=event.ts,
+                    stream=str(line.get("stream", "")), text=str(line.get("text", "")))
+        for line in event.body.get("lines") or []
+        if isinstance(line, dict)
+    ]
+
+
+async def run_logs(gw: GatewayState, run_id: str, *, after: int, limit: int, attempt: int | None) -> LogPage:
+    """Log lines after position `after`, oldest first. Events are never split: a page ends after the event
+    that reaches `limit` lines (a page holds at least one event, however long)."""
+    async with gw.sessionmaker() as session:
+        run = await get_run(session, run_id)
+        where = [EventRecord.run_id == run.id, EventRecord.type == "run.log", EventRecord.position > after]
+        if attempt is not None:
+            where.append(EventRecord.attempt == attempt)
+        events = await session.execute(
+            select(EventRecord).where(*where).order_by(EventRecord.position).limit(limit)
+        )
+        items: list[LogLineView] = []
+        next_after = after
+        for event in events.scalars():
+            lines = _log_lines(event)
+            if items and len(items) + len(lines) > limit:
+                break
+            items.extend(lines)
+            next_after = event.position
+        return LogPage(items=items, next_after=next_after)
+
+
+async def run_metrics(
+    gw: GatewayState, run_id: str, *, after: int, limit: int, attempt: int | None, name: str | None
+) -> MetricsPage:
+    """The run.metrics events after position `after`, oldest first; with `name`, only that metric."""
+    async with gw.sessionmaker() as session:
+        run = await get_run(session, run_id)
+        where = [EventRecord.run_id == run.id, EventRecord.type == "run.metrics", EventRecord.position > after]
+        if attempt is not None:
+            where.append(EventRecord.attempt == attempt)
+        if name is not None:
+            where.append(EventRecord.body["metrics"].has_key(name))
+        events = list(
+            (await session.execute(select(EventRecord).where(*where).order_by(EventRecord.position).limit(limit)))
+            .scalars()
+        )
+    items = []
+    for event in events:
+        metrics: dict[str, Any] = event.body.get("metrics") or {}
+        if name is not None:
+            metrics = {name: metrics[name]}
+        items.append(MetricsView(position=event.position, attempt=event.attempt, ts=event.ts,
+                                 step=event.body.get("step"), epoch=event.body.get("epoch"), metrics=metrics))
+    return MetricsPage(items=items, next_after=events[-1].position if events else after)
+
+
+async def list_checkpoints(gw: GatewayState, run_id: str, *, limit: int, offset: int) -> tuple[list[Checkpoint], int]:
+    """A run's checkpoints, latest first."""
+    async with gw.sessionmaker() as session:
+        run = await get_run(session, run_id)
+        where = Checkpoint.run_id == run.id
+        total = (await session.execute(select(func.count()).select_from(Checkpoint).where(where))).scalar_one()
+        rows = await session.execute(
+            select(Checkpoint).where(where).order_by(Checkpoint.created_at.desc(), Checkpoint.id)
+            .limit(limit).offset(offset)
+        )
+        return list(rows.scalars()), total
+
+
+async def list_artifacts(gw: GatewayState, run_id: str, *, limit: int, offset: int) -> tuple[list[Artifact], int]:
+    """A run's artifacts, latest first."""
+    async with gw.sessionmaker() as session:
+        run = await get_run(session, run_id)
+        where = Artifact.run_id == run.id
+        total = (await session.execute(select(func.count()).select_from(Artifact).where(where))).scalar_one()
+        rows = await session.execute(
+            select(Artifact).where(where).order_by(Artifact.created_at.desc(), Artifact.id).limit(limit).offset(offset)
+        )
+        return list(rows.scalars()), total
+
+
+# -- creating and enqueuing ------------------------------------------------------------------------------
+
+
+async def create_run(
+    gw: GatewayState,
+    project_ref: str,
+    spec: RunSpecBase,
+    *,
+    pool: str,
+    priority: int,
+    idempotency: tuple[str, str] | None = None,
+    resume: ResumeFrom | None = None,
+) -> Run:
+    """Save a queued run (counting it in its project's `runs_started`), then publish its job and run.queued.
+
+    NotEnqueued (503) if NATS does not take them: the run stays queued without `enqueued_at` and
+    `republish_unenqueued` publishes it again later. `idempotency` (scope, key) of the request, if it had an
+    Idempotency-Key: the job's `Nats-Msg-Id` is made from it.
+    """
+    if not TOKEN_RE.fullmatch(pool):
+        raise Unprocessable(f"invalid pool {pool!r}", errors=[
+            {"field": "pool", "message": f"Expected `str` matching regex {TOKEN_RE.pattern!r}"}])
+    check_text(spec)
+    run_id = new_id()
+    async with gw.sessionmaker() as session, session.begin():
+        project = await get_project(session, project_ref)
+        counted = await session.execute(
+            update(Project).where(Project.id == project.id, Project.status == "active")
+            .values(runs_started=Project.runs_started + 1).returning(Project.id)
+        )
+        if counted.first() is None:
+            raise Conflict(f"project {project.name!r} is archived; unarchive it to start runs")
+        run = Run(
+            id=run_id,
+            project_id=project.id,
+            kind=spec.__struct_config__.tag,
+            pool=pool,
+            priority=priority,
+            status=RunStatus.QUEUED.value,
+            spec=msgspec.to_builtins(spec),
+            gateway_seq=1,
+            resume_of=resume.source_run_id if resume else None,
+            resume_checkpoint_id=resume.checkpoint_id if resume else None,
+            job_msg_id=job_msg_id(run_id, idempotency),
+        )
+        session.add(run)
+    async with gw.sessionmaker() as session:
+        run = await get_run(session, run_id)
+    try:
+        await enqueue(gw, run, resume=resume)
+    except PublishFailed as exc:
+        raise NotEnqueued(run) from exc
+    return run
+
+
+async def enqueue(gw: GatewayState, run: Run, *, resume: ResumeFrom | None) -> None:
+    """Publish a queued run's job and its run.queued event (attempt 0, seq 1), then note `enqueued_at`.
+
+    Safe to repeat: the job's and the event's `Nats-Msg-Id` stay the same, so JetStream drops a duplicate.
+    """
+    spec = msgspec.convert(run.spec, RunSpec)
+    job = Job(run_id=run.id, project_id=run.project_id, pool=run.pool, spec=spec, resume=resume,
+              owner_id=run.owner_id, priority=run.priority, created_at=run.created_at)
+    await publish_job(gw, job, run.job_msg_id or run.id)
+    await publish_event(gw, RunQueued(run_id=run.id, project_id=run.project_id, attempt=0,
+                                      runner_id=GATEWAY_RUNNER_ID, seq=1, ts=run.created_at,
+                                      kind=run.kind, pool=run.pool, resume_of=run.resume_of))
+    async with gw.sessionmaker() as session, session.begin():
+        enqueued = await session.execute(
+            update(Run).where(Run.id == run.id, Run.enqueued_at.is_(None))
+            .values(enqueued_at=func.now()).returning(Run.enqueued_at)
+        )
+        run.enqueued_at = enqueued.scalar_one_or_none() or run.enqueued_at
+
+
+async def _resume_of(session: AsyncSession, run: Run) -> ResumeFrom | None:
+    if not run.resume_of or not run.resume_checkpoint_id:
+        return None
+    checkpoint = await session.get(Checkpoint, run.resume_checkpoint_id)
+    if checkpoint is None:
+        raise LookupError(f"checkpoint {run.resume_checkpoint_id} of run {run.resume_of} is gone")
+    return ResumeFrom(source_run_id=run.resume_of, checkpoint_id=checkpoint.id, uri=checkpoint.uri,
+                      step=checkpoint.step, epoch=checkpoint.epoch)
+
+
+async def republish_unenqueued(gw: GatewayState, *, min_age_s: float = 0.0) -> int:
+    """Publish again the jobs of queued runs NATS never confirmed; returns how many went out.
+
+    Stops at the first publish NATS refuses (it is down: the next sweep tries again).
+    """
+    cutoff = utcnow() - timedelta(seconds=min_age_s)
+    async with gw.sessionmaker() as session:
+        runs = list(
+            (
+                await session.execute(
+                    select(Run).where(Run.status == RunStatus.QUEUED.value, Run.enqueued_at.is_(None),
+                                      Run.created_at <= cutoff)
+                    .order_by(Run.created_at)
+                )
+            ).scalars()
+        )
+        published = 0
+        for run in runs:
+            try:
+                resume = await _resume_of(session, run)
+                await enqueue(gw, run, resume=resume)
+            except (LookupError, msgspec.ValidationError) as exc:
+                log.error("run %s cannot be enqueued again: %s", run.id, exc)
+                continue
+            except PublishFailed as exc:
+                log.warning("re-publishing queued runs stopped: %s", exc)
+                break
+            published += 1
+    if published:
+        log.info("re-published %d queued run(s) NATS had not confirmed", published)
+    return published
+
+
+class Republisher:
+    """Re-publishes unconfirmed jobs at gateway start, then every `interval_s` (runs older than `min_age_s`)."""
+
+    def __init__(self, gw: GatewayState, *, interval_s: float = 60.0, min_age_s: float = 30.0) -> None:
+        self.gw = gw
+        self.interval_s = interval_s
+        self.min_age_s = min_age_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="republish-unenqueued")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _loop(self) -> None:
+        min_age = 0.0
+        while True:
+            try:
+                await republish_unenqueued(self.gw, min_age_s=min_age)
+            except Exception:  # noqa: BLE001 - a failed sweep (database away) is retried by the next one
+                log.exception("re-publishing queued runs failed")
+            min_age = self.min_age_s
+            await asyncio.sleep(self.interval_s)
+
+
+# -- cancel, resume, delete ------------------------------------------------------------------------------
+
+
+async def cancel_run(gw: GatewayState, run_id: str) -> Run:
+    """Ask for a run to stop. A run no runner has claimed yet is canceled at once; otherwise it is
+    `canceling` until its runner reports. Conflict for a finished run; repeating a cancel is harmless."""
+    run = await find_run(gw, run_id)
+    _check_cancelable(run)
+    if run.status == RunStatus.CANCELING:
+        return run
+    await signal_cancel(gw, run.id)
+    async with gw.sessionmaker() as session, session.begin():
+        run = await get_run(session, run_id, for_update=True)
+        _check_cancelable(run)
+        if run.status == RunStatus.CANCELING:
+            return run
+        run.gateway_seq += 1
+        run.cancel_requested = True
+        run.updated_at = utcnow()
+        common = dict(run_id=run.id, project_id=run.project_id, attempt=0, runner_id=GATEWAY_RUNNER_ID,
+                      seq=run.gateway_seq)
+        if run.status == RunStatus.QUEUED and run.attempt == 0:
+            run.status = RunStatus.CANCELED.value
+            run.finished_at = run.updated_at
+            event: RunCanceled | RunCancelRequested = RunCanceled(**common, reason="requested")
+        else:
+            run.status = RunStatus.CANCELING.value
+            event = RunCancelRequested(**common)
+        await session.flush()
+        # Published before the commit: if NATS refuses it, nothing changed and the seq is not used up.
+        await publish_event(gw, event)
+    return run
+
+
+def _check_cancelable(run: Run) -> None:
+    if RunStatus(run.status).terminal:
+        raise Conflict(f"run {run.id} is already {run.status}")
+
+
+async def resume_run(
+    gw: GatewayState, run_id: str, *, checkpoint_id: str | None, pool: str | None,
+    idempotency: tuple[str, str] | None = None,
+) -> Run:
+    """A new run of the same spec that starts from a checkpoint of a finished run (default: its latest
+    resumable one)."""
+    async with gw.sessionmaker() as session:
+        source = await get_run(session, run_id)
+        if not RunStatus(source.status).terminal:
+            raise Conflict(f"run {source.id} is {source.status}; only a completed, failed or canceled run can be resumed")
+        if checkpoint_id is not None:
+            checkpoint = await session.get(Checkpoint, checkpoint_id) if _ID_RE.fullmatch(checkpoint_id) else None
+            if checkpoint is None or checkpoint.run_id != source.id:
+                raise NotFound(f"run {source.id} has no checkpoint {checkpoint_id!r}")
+            if not checkpoint.resumable:
+                raise Conflict(f"checkpoint {checkpoint.id} of run {source.id} is not resumable")
+        else:
+            checkpoint = (
+                await session.execute(
+                    select(Checkpoint).where(Checkpoint.run_id == source.id, Checkpoint.resumable.is_(True))
+                    .order_by(Checkpoint.created_at.desc(), Checkpoint.step.desc().nulls_last()).limit(1)
+                )
+            ).scalar_one_or_none()
+            if checkpoint is None:
+                raise Conflict(f"run {source.id} has no checkpoint to resume from")
+        try:
+            spec = msgspec.convert(source.spec, RunSpec)
+        except msgspec.ValidationError as exc:
+            raise Conflict(f"the spec of run {source.id} is not valid any more ({exc})") from exc
+    resume = ResumeFrom(source_run_id=source.id, checkpoint_id=checkpoint.id, uri=checkpoint.uri,
+                        step=checkpoint.step, epoch=checkpoint.epoch)
+    return await create_run(gw, source.project_id, spec, pool=pool or source.pool, priority=source.priority,
+                            idempotency=idempotency, resume=resume)
+
+
+async def delete_run(gw: GatewayState, run_id: str) -> None:
+    """Delete a finished run with its checkpoints, artifacts and events. Conflict while it is active."""
+    async with gw.sessionmaker() as session, session.begin():
+        run = await get_run(session, run_id, for_update=True)
+        if not RunStatus(run.status).terminal:
+            raise Conflict(f"run {run.id} is {run.status}; cancel it before deleting it")
+        await session.execute(delete(EventRecord).where(EventRecord.run_id == run.id))
+        await session.execute(delete(Run).where(Run.id == run.id))
+
+
+def run_view(run: Run) -> RunView:
+    return from_row(RunView, run)

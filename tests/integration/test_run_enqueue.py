@@ -1,0 +1,90 @@
+"""A run NATS did not take is kept queued (503) and published again later, exactly once on the stream."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import select
+
+from gateway.db.models import Run
+from gateway.services.runs import republish_unenqueued
+from shared.bus import ensure_topology
+from shared.contracts import job_decoder
+from shared.settings import Settings
+from shared.subjects import Subjects
+from tests.integration.rest_helpers import (
+    add_checkpoint,
+    api,
+    bus,
+    database,
+    in_app,
+    new_project,
+    problem,
+    set_run,
+    start_run,
+)
+
+
+async def _run_row(settings: Settings, run_id: str) -> Run:
+    async with database(settings) as sessions, sessions() as session:
+        return (await session.execute(select(Run).where(Run.id == run_id))).scalar_one()
+
+
+async def _wait_enqueued(settings: Settings, run_id: str) -> bool:
+    for _ in range(100):
+        if (await _run_row(settings, run_id)).enqueued_at is not None:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_run_is_kept_queued_when_nats_refuses_its_job_and_republished_later(settings: Settings) -> None:
+    names = Subjects(settings.bus_prefix)
+    async with api(settings) as client:
+        gw = client.app.state.gw
+        await new_project(client, "flaky")
+        in_app(client, gw.js.delete_stream, names.jobs_stream)  # nothing takes jobs now
+
+        failed = problem(await start_run(client, "flaky", headers={"Idempotency-Key": "k"}), 503)
+        [row] = (await client.get("/api/v1/projects/flaky/runs")).json()["items"]
+        assert row["id"] in failed["detail"] and row["status"] == "queued" and row["enqueued_at"] is None
+        replay = await start_run(client, "flaky", headers={"Idempotency-Key": "k"})
+        assert replay.status_code == 201 and replay.json()["id"] == row["id"]
+
+        in_app(client, ensure_topology, gw.js, settings)
+        assert in_app(client, republish_unenqueued, gw) == 1
+        assert in_app(client, republish_unenqueued, gw) == 0
+    async with bus(settings) as nc:
+        js = nc.jetstream()
+        msg = await js.get_last_msg(names.jobs_stream, names.job("cpu"))
+        assert job_decoder.decode(msg.data).run_id == row["id"]
+        assert msg.headers["Nats-Msg-Id"].endswith(":k")
+        assert (await _run_row(settings, row["id"])).enqueued_at is not None
+
+    await set_run(settings, row["id"], enqueued_at=None)  # as if the confirmation had been lost
+    async with api(settings) as client:  # its start publishes the job again ...
+        assert await _wait_enqueued(settings, row["id"])
+    async with bus(settings) as nc:  # ... and the stream drops the copy
+        assert (await nc.jetstream().stream_info(names.jobs_stream)).state.messages == 1
+
+
+async def test_republisher_at_start_publishes_a_resumed_run_with_its_checkpoint(settings: Settings) -> None:
+    names = Subjects(settings.bus_prefix)
+    async with api(settings) as client:
+        await new_project(client, "later")
+        source = (await start_run(client, "later")).json()
+        await set_run(settings, source["id"], status="failed", failure_cause="user")
+        checkpoint = await add_checkpoint(settings, source["id"], step=3)
+        resumed = (await client.post(f"/api/v1/runs/{source['id']}/resume")).json()
+    async with bus(settings) as nc:
+        await nc.jetstream().purge_stream(names.jobs_stream)
+    await set_run(settings, resumed["id"], enqueued_at=None, job_msg_id="fresh-id")
+
+    async with api(settings):  # a gateway start re-publishes what was not confirmed
+        assert await _wait_enqueued(settings, resumed["id"])
+    async with bus(settings) as nc:
+        msg = await nc.jetstream().get_last_msg(names.jobs_stream, names.job("cpu"))
+    job = job_decoder.decode(msg.data)
+    assert msg.headers["Nats-Msg-Id"] == "fresh-id"
+    assert job.run_id == resumed["id"] and job.resume is not None
+    assert (job.resume.source_run_id, job.resume.checkpoint_id, job.resume.step) == (source["id"], checkpoint, 3)
