@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from litestar.di import NamedDependency
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -22,3 +23,7 @@ class GatewayState:
     subjects: Subjects
     extras: dict[str, object] = field(default_factory=dict)
     """Long-lived helpers started by the lifespan (projector, event hub), by name."""
+
+
+Gateway = NamedDependency[GatewayState]
+"""How a route handler asks for the gateway's state: `async def handler(self, gw: Gateway) -> ...`."""

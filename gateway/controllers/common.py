@@ -14,7 +14,7 @@ from litestar.response import Response
 
 from gateway.errors import BadRequest, GatewayError
 from gateway.services import idempotency
-from gateway.state import GatewayState
+from gateway.state import Gateway, GatewayState
 
 MAX_OFFSET = 10**12
 MAX_POSITION = 2**63 - 1
@@ -35,7 +35,7 @@ After = Annotated[int, Parameter(ge=0, le=MAX_POSITION, description="Return what
 Attempt = Annotated[int | None, Parameter(ge=0, le=1_000_000, description="Only this attempt")]
 
 
-def page_limit(gw: GatewayState, limit: int) -> int:
+def page_limit(gw: Gateway, limit: int) -> int:
     if limit > gw.settings.page_size_max:
         raise BadRequest(f"limit must be at most {gw.settings.page_size_max}")
     return limit
@@ -52,7 +52,7 @@ class Reply:
 
 
 async def respond_once(
-    gw: GatewayState,
+    gw: Gateway,
     request: Request[Any, Any, Any],
     key: str | None,
     payload: msgspec.Struct | None,

@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, Text, cast, or_, select
 from gateway.db.models import EventRecord, Project, Run
 from gateway.errors import BadRequest, NotFound
 from gateway.eventhub import EventHub, HubEvent
-from gateway.state import GatewayState
+from gateway.state import Gateway, GatewayState
 from shared.contracts.common import RunStatus
 from shared.contracts.events import TERMINAL_EVENT_TYPES
 
@@ -41,7 +41,7 @@ class EventsController(Controller):
 
     @get("/runs/{run_id:str}/events", summary="Live events of a run (Server-Sent Events)")
     async def run_events(
-        self, gw: GatewayState, run_id: FromPath[str], last_event_id_header: LastEventIdHeader = None,
+        self, gw: Gateway, run_id: FromPath[str], last_event_id_header: LastEventIdHeader = None,
         last_event_id: LastEventIdQuery = None,
     ) -> ServerSentEvent:
         start = _resume_point(last_event_id_header, last_event_id)
@@ -53,7 +53,7 @@ class EventsController(Controller):
 
     @get("/projects/{ref:str}/events", summary="Live events of every run of a project (Server-Sent Events)")
     async def project_events(
-        self, gw: GatewayState, ref: FromPath[str], last_event_id_header: LastEventIdHeader = None,
+        self, gw: Gateway, ref: FromPath[str], last_event_id_header: LastEventIdHeader = None,
         last_event_id: LastEventIdQuery = None,
     ) -> ServerSentEvent:
         start = _resume_point(last_event_id_header, last_event_id)
@@ -67,7 +67,7 @@ class EventsController(Controller):
             _stream(gw, {"project_id": project_id}, EventRecord.project_id == project_id, start))
 
 
-def _hub(gw: GatewayState) -> EventHub:
+def _hub(gw: Gateway) -> EventHub:
     return gw.extras["eventhub"]  # type: ignore[return-value]
 
 
@@ -87,7 +87,7 @@ def _message(position: int, type_: str, data: str) -> ServerSentEventMessage:
     return ServerSentEventMessage(id=position, event=type_, data=data)
 
 
-async def _stream(gw: GatewayState, topic: dict[str, str], where: ColumnElement[bool], last: int,
+async def _stream(gw: Gateway, topic: dict[str, str], where: ColumnElement[bool], last: int,
                   run_id: str | None = None) -> AsyncIterator[ServerSentEventMessage]:
     """Replay past `last`, then live events; for a run, stop after the event that made it terminal."""
     keepalive = gw.settings.sse_keepalive_s
@@ -117,7 +117,7 @@ async def _stream(gw: GatewayState, topic: dict[str, str], where: ColumnElement[
                 return
 
 
-async def _replay(gw: GatewayState, where: ColumnElement[bool],
+async def _replay(gw: Gateway, where: ColumnElement[bool],
                   after: int) -> AsyncIterator[tuple[ServerSentEventMessage, int]]:
     query = select(EventRecord.position, EventRecord.type, cast(EventRecord.body, Text)).where(where)
     while True:
@@ -132,7 +132,7 @@ async def _replay(gw: GatewayState, where: ColumnElement[bool],
             return
 
 
-async def _is_terminal(gw: GatewayState, run_id: str) -> bool:
+async def _is_terminal(gw: Gateway, run_id: str) -> bool:
     async with gw.sessionmaker() as session:
         status = (await session.execute(select(Run.status).where(Run.id == run_id))).scalar_one_or_none()
     return status is None or RunStatus(status).terminal

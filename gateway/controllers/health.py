@@ -8,7 +8,7 @@ from litestar import Controller, get
 from litestar.response import Response
 from sqlalchemy import text
 
-from gateway.state import GatewayState
+from gateway.state import Gateway, GatewayState
 
 
 class HealthController(Controller):
@@ -19,7 +19,7 @@ class HealthController(Controller):
         return {"status": "ok"}
 
     @get("/ready", summary="Readiness: NATS and the database are reachable")
-    async def ready(self, gw: GatewayState) -> Response[dict[str, object]]:
+    async def ready(self, gw: Gateway) -> Response[dict[str, object]]:
         checks: dict[str, str] = {}
         try:
             async with gw.engine.connect() as conn:

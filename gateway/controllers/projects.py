@@ -11,7 +11,7 @@ from litestar.response import Response
 from gateway.controllers.common import IdempotencyKey, Limit, Offset, Reply, page_limit, respond_once
 from gateway.schemas import ProjectCreate, ProjectPage, ProjectUpdate, ProjectView, from_row
 from gateway.services import projects
-from gateway.state import GatewayState
+from gateway.state import Gateway, GatewayState
 
 
 class ProjectsController(Controller):
@@ -20,7 +20,7 @@ class ProjectsController(Controller):
 
     @post("/", summary="Create a project", status_code=201)
     async def create(
-        self, gw: GatewayState, request: Request[Any, Any, Any], data: ProjectCreate,
+        self, gw: Gateway, request: Request[Any, Any, Any], data: ProjectCreate,
         idempotency_key: IdempotencyKey = None,
     ) -> Response[ProjectView]:
         async def work() -> Reply:
@@ -30,19 +30,19 @@ class ProjectsController(Controller):
 
     @get("/", summary="List projects, newest first")
     async def index(
-        self, gw: GatewayState, status: str | None = None, limit: Limit = 50, offset: Offset = 0
+        self, gw: Gateway, status: str | None = None, limit: Limit = 50, offset: Offset = 0
     ) -> ProjectPage:
         rows, total = await projects.list_projects(gw, status=status, limit=page_limit(gw, limit), offset=offset)
         return ProjectPage(items=[from_row(ProjectView, p) for p in rows], total=total, limit=limit, offset=offset)
 
     @get("/{ref:str}", summary="A project, by id or name")
-    async def read(self, gw: GatewayState, ref: str = Parameter(description="Project id or name")) -> ProjectView:
+    async def read(self, gw: Gateway, ref: str = Parameter(description="Project id or name")) -> ProjectView:
         return from_row(ProjectView, await projects.find_project(gw, ref))
 
     @patch("/{ref:str}", summary="Change a project (only the fields sent); archive it with status=archived")
-    async def update(self, gw: GatewayState, ref: str, data: ProjectUpdate) -> ProjectView:
+    async def update(self, gw: Gateway, ref: str, data: ProjectUpdate) -> ProjectView:
         return from_row(ProjectView, await projects.update_project(gw, ref, data))
 
     @delete("/{ref:str}", summary="Delete a project with its runs (409 while a run is active)", status_code=204)
-    async def remove(self, gw: GatewayState, ref: str) -> None:
+    async def remove(self, gw: Gateway, ref: str) -> None:
         await projects.delete_project(gw, ref)
