@@ -36,6 +36,9 @@ class Request(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
 # -- projects --------------------------------------------------------------------------------------------
 
 
+TargetName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+
+
 class ProjectCreate(Request):
     name: ProjectName
     description: Text = ""
@@ -44,6 +47,8 @@ class ProjectCreate(Request):
     owner: Short = ""
     dataset_name: Annotated[str, Meta(max_length=256)] = ""
     training_yaml_name: Annotated[str, Meta(max_length=256)] = ""
+    container_target: TargetName | None = None
+    """Default container target of the project's `container` runs with backend `docker`."""
     tags: Tags = []
 
 
@@ -57,6 +62,7 @@ class ProjectUpdate(Request):
     owner: Short | UnsetType = UNSET
     dataset_name: Annotated[str, Meta(max_length=256)] | UnsetType = UNSET
     training_yaml_name: Annotated[str, Meta(max_length=256)] | UnsetType = UNSET
+    container_target: TargetName | None | UnsetType = UNSET
     tags: Tags | UnsetType = UNSET
     status: ProjectStatus | UnsetType = UNSET
 
@@ -70,6 +76,7 @@ class ProjectView(msgspec.Struct, kw_only=True):
     owner: str
     dataset_name: str
     training_yaml_name: str
+    container_target: str | None
     tags: list[str]
     status: str
     runs_started: int

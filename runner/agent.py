@@ -114,6 +114,8 @@ class RunnerAgent:
         self._stop_requested = asyncio.Event()
         self._hurry = asyncio.Event()
         self._finished = asyncio.Event()
+        self.ready = asyncio.Event()
+        """Set once the runner is subscribed (jobs, cancel, preflight) and about to take work."""
         self._running = False
         self._canceling_all = False
         self._stopped = False
@@ -175,6 +177,7 @@ class RunnerAgent:
                 "runner %s: pool %s, device %s, %d slot(s), kinds %s",
                 self.runner_id, self.pool, self.device, self.slots, ", ".join(self.registry.kinds()) or "none",
             )
+            self.ready.set()
             await self._serve(sub)
         finally:
             for task in self._jobs:  # only left when we are cancelled ourselves: stop their processes
@@ -207,11 +210,15 @@ class RunnerAgent:
         ]
         await asyncio.wait([stop_waiter, fetching, *helpers], return_when=asyncio.FIRST_COMPLETED)
         failure: RunnerError | None = None
+        stopping = self._stop_requested.is_set()
         for task in [fetching, *helpers]:
-            if task.done():
-                exc = task.exception() if not task.cancelled() else asyncio.CancelledError()
-                failure = RunnerError(f"runner {self.runner_id}: {task.get_name()} stopped: {exc!r}")
-                log.critical("%s; stopping the runner", failure, exc_info=exc)
+            if not task.done():
+                continue
+            if task is fetching and stopping and not task.cancelled() and task.exception() is None:
+                continue  # it ended because we asked it to
+            exc = task.exception() if not task.cancelled() else asyncio.CancelledError()
+            failure = RunnerError(f"runner {self.runner_id}: {task.get_name()} stopped: {exc!r}")
+            log.critical("%s; stopping the runner", failure, exc_info=exc)
         self._stop_requested.set()
         await self._publish_heartbeat()
         await asyncio.gather(fetching, return_exceptions=True)

@@ -40,6 +40,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     sse_keepalive_s: float = 15.0
     idempotency_ttl_h: float = 24.0
     page_size_max: int = 200
+    preflight_timeout_s: float = 2.0
+    """How long run creation waits for a runner to confirm a docker run's files (no answer: queued anyway)."""
 
     # -- jobs ------------------------------------------------------------------------------------------
     job_ack_wait_s: float = 30.0

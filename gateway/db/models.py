@@ -48,6 +48,7 @@ class Project(Base):
     owner: Mapped[str] = mapped_column(String(128), default="")
     dataset_name: Mapped[str] = mapped_column(String(256), default="")
     training_yaml_name: Mapped[str] = mapped_column(String(256), default="")
+    container_target: Mapped[str | None] = mapped_column(String(64), nullable=True)
     tags: Mapped[list[str]] = mapped_column(JSONB, default=list)
     status: Mapped[str] = mapped_column(String(16), default="active")
     runs_started: Mapped[int] = mapped_column(Integer, default=0)

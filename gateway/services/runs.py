@@ -30,9 +30,10 @@ from gateway.schemas import (
     RunView,
     from_row,
 )
+from gateway.services.container_runs import prepare_container_spec
 from gateway.services.projects import check_text, get_project
 from gateway.state import GatewayState
-from shared.contracts.commands import Job, ResumeFrom, RunSpec, RunSpecBase
+from shared.contracts.commands import ContainerSpec, Job, ResumeFrom, RunSpec, RunSpecBase
 from shared.contracts.common import TOKEN_RE, RunStatus, new_id, utcnow
 from shared.contracts.events import RunCanceled, RunCancelRequested, RunQueued
 
@@ -237,6 +238,9 @@ async def create_run(
         raise Unprocessable(f"invalid pool {pool!r}", errors=[
             {"field": "pool", "message": f"Expected `str` matching regex {TOKEN_RE.pattern!r}"}])
     check_text(spec)
+    if isinstance(spec, ContainerSpec):
+        async with gw.sessionmaker() as session:
+            spec = await prepare_container_spec(gw, await get_project(session, project_ref), spec, pool)
     run_id = new_id()
     async with gw.sessionmaker() as session, session.begin():
         project = await get_project(session, project_ref)

@@ -102,6 +102,11 @@ async def running_agent(settings: Settings, **kwargs: Any) -> AsyncIterator[Runn
     kwargs.setdefault("runner_id", f"test-{uuid.uuid4().hex[:8]}")
     agent = RunnerAgent(settings, POOL, **kwargs)
     task = asyncio.create_task(agent.run())
+    ready = asyncio.create_task(agent.ready.wait())
+    await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        ready.cancel()
+        await task  # it failed to start: raise why
     try:
         yield agent
     finally:

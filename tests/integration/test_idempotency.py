@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 from sqlalchemy import update
 
 from gateway.db.models import IdempotencyKey
+from gateway.schemas import ProjectCreate
 from gateway.services import idempotency
 from shared.settings import Settings
 from tests.integration.rest_helpers import api, database, in_app, new_project, problem, start_run
@@ -33,8 +35,7 @@ async def test_same_key_with_another_body_is_a_conflict(settings: Settings) -> N
 async def test_a_repeat_while_the_first_request_is_in_flight_is_a_conflict(settings: Settings) -> None:
     async with api(settings) as client:
         gw = client.app.state.gw
-        body = b'{"name":"slow","description":"","objective":"","task_type":"","owner":"","dataset_name":"",' \
-               b'"training_yaml_name":"","tags":[]}'
+        body = msgspec.json.encode(ProjectCreate(name="slow"))  # as the handler fingerprints it
         assert in_app(client, idempotency.begin, gw, f"POST {P}", "busy", idempotency.fingerprint(body)) is None
         error = problem(await client.post(P, json={"name": "slow"}, headers={"Idempotency-Key": "busy"}), 409)
         assert error["detail"] == "request with this Idempotency-Key is in progress"
