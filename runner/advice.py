@@ -356,11 +356,10 @@ def suggest(request: AdviceRequest, measurement: Measurement, settings: Settings
     """Turn a measurement into batch/workers/amp/cache and warnings (cheap: no measuring here)."""
     warnings: list[str] = []
     notes: list[str] = []
-    imgsz = request.imgsz
-    if imgsz % STRIDE:
-        rounded = math.ceil(imgsz / STRIDE) * STRIDE
-        warnings.append(f"imgsz {imgsz} is not a multiple of {STRIDE} (the model's largest stride); "
-                        f"Ultralytics rounds it up to {rounded}")
+    imgsz = measurement.imgsz
+    if request.imgsz % STRIDE:
+        warnings.append(f"imgsz {request.imgsz} is not a multiple of {STRIDE} (the model's largest stride); "
+                        f"Ultralytics rounds it up to {imgsz}, measured and suggested here")
     memory = psutil.virtual_memory()
     available_mb, total_mb = memory.available / MB, memory.total / MB
     cpu_count = psutil.cpu_count() or 1
@@ -438,9 +437,10 @@ async def advise(request: AdviceRequest, settings: Settings, runner_device: str,
         raise AdviceError(f"imgsz must be between {STRIDE} and 4096, got {request.imgsz}")
     device = target_device(request.device, runner_device)
     _model_yaml(request.model)
+    imgsz = math.ceil(request.imgsz / STRIDE) * STRIDE  # what Ultralytics trains at
     with anyio.fail_after(MEASURE_CAP_S + REPLY_SLACK_S):
         measurement = await anyio.to_thread.run_sync(
-            measure, request.model, request.imgsz, device, settings.state_dir, abandon_on_cancel=True)
+            measure, request.model, imgsz, device, settings.state_dir, abandon_on_cancel=True)
     return await anyio.to_thread.run_sync(
         lambda: suggest(request, measurement, settings, active_runs=active_runs))
 
@@ -458,14 +458,15 @@ async def serve_advice(
             request = advice_request_decoder.decode(msg.data)
             reply = await advise(request, settings, runner_device, active_runs=active)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            reply = AdviceReply(error=f"bad advice request: {exc}")
+            reply = AdviceReply(error=f"bad advice request: {exc}", error_kind="invalid")
         except AdviceError as exc:
-            reply = AdviceReply(error=str(exc))
+            reply = AdviceReply(error=str(exc), error_kind="invalid")
         except TimeoutError:
-            reply = AdviceReply(error=f"the measurement took longer than {MEASURE_CAP_S + REPLY_SLACK_S:g} s")
+            reply = AdviceReply(error=f"the measurement took longer than {MEASURE_CAP_S + REPLY_SLACK_S:g} s",
+                                error_kind="failed")
         except Exception as exc:  # noqa: BLE001 - a failed measurement is an answer, not a dead runner
             log.exception("advice for %r failed", msg.data[:200])
-            reply = AdviceReply(error=f"the measurement failed: {type(exc).__name__}: {exc}")
+            reply = AdviceReply(error=f"the measurement failed: {type(exc).__name__}: {exc}", error_kind="failed")
         reply = msgspec.structs.replace(reply, runner_id=runner_id, host=host)
         if msg.reply:
             await msg.respond(msgspec.json.encode(reply))

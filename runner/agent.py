@@ -239,7 +239,12 @@ class RunnerAgent:
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._control.listen(), name="cancel listener"),
         ]
-        await asyncio.wait([stop_waiter, fetching, *helpers], return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait([stop_waiter, fetching, *helpers], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # cancelled ourselves: leave no loop running behind
+            for task in (stop_waiter, fetching, *helpers):
+                task.cancel()
+            raise
         failure: RunnerError | None = None
         for task in [fetching, *helpers]:
             if task.done():

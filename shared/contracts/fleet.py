@@ -56,7 +56,9 @@ class AdviceReply(msgspec.Struct, frozen=True, kw_only=True):
     measurement: dict[str, Any] = {}
     """How the suggestion was derived (method, probed batch sizes, memory and step time per probe)."""
     error: str | None = None
-    """Why the runner could not advise (unknown model, a device it does not have)."""
+    """Why the runner could not advise."""
+    error_kind: Literal["invalid", "failed"] | None = None
+    """`invalid`: the request (unknown model, a device the runner does not have); `failed`: the measurement."""
 
 
 control_decoder = msgspec.json.Decoder(RunnerControl)
