@@ -245,7 +245,7 @@ async def test_cpu_advice_is_measured_and_shrinks_the_batch_for_larger_images(
     assert large_body["batch"] < small_body["batch"] <= 64
     assert large_m["estimated_memory_mb"] <= 512
     assert any("batch 64" in w for w in large_body["warnings"])
-    assert small_body["warnings"] == []
+    assert not any("batch" in w or "multiple of" in w for w in small_body["warnings"])
     assert any("multiple of 32" in w for w in odd.json()["warnings"])
 
 
