@@ -99,4 +99,5 @@ def create_app(settings: Settings) -> Litestar:
 
 def background_services() -> list[tuple[str, object]]:
     """(name, factory(gw)) of the long-lived services the lifespan starts, in start order."""
-    return [("projector", Projector), ("eventhub", EventHub), ("republisher", Republisher), ("fleet", FleetService)]
+    return [("projector", Projector), ("eventhub", EventHub), ("republisher", Republisher),
+            ("fleet", FleetService)]

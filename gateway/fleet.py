@@ -152,6 +152,12 @@ class FleetService:
             self.gw.subjects.runner_heartbeats_all, ordered_consumer=True,
             deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT)
         self._task = asyncio.create_task(self._follow(), name="fleet")
+        self._task.add_done_callback(self._followed)
+
+    def _followed(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("fleet: following runner heartbeats stopped; the registry is stale",
+                         exc_info=task.exception())
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -15,19 +15,18 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from sqlalchemy import func, select
 
+from gateway.controllers.common import Limit, Offset, page_limit
 from gateway.db.models import Run
 from gateway.errors import Conflict, NotFound, Unavailable, Unprocessable
 from gateway.fleet import FleetError, FleetService, HostSample, RunnerState, RunnerView, host_sample
 from gateway.model_catalog import ModelFamily, catalog, known_models
 from gateway.services.datasets import resolve_dataset
-from gateway.state import GatewayState
+from gateway.state import Gateway, GatewayState
 from shared.contracts.common import RunStatus
 from shared.contracts.events import DeviceInfo
 from shared.contracts.fleet import AdviceReply, AdviceRequest, RunnerControlReply
 from shared.hoststats import sample_host
 
-Offset = Annotated[int, QueryParameter(ge=0, description="Items to skip")]
-Limit = Annotated[int, QueryParameter(ge=1, description="Items per page (at most page_size_max)")]
 StateQuery = Annotated[RunnerState | None, QueryParameter(query="state", required=False,
                                                           description="Only runners in this state")]
 
@@ -98,23 +97,23 @@ class RunnersController(Controller):
     tags = ["fleet"]
 
     @get("/", summary="Runners from their heartbeats: state idle, busy, draining, stopped or lost")
-    async def list_runners(self, gw: GatewayState, pool: str | None = None, runner_state: StateQuery = None,
+    async def list_runners(self, gw: Gateway, pool: str | None = None, runner_state: StateQuery = None,
                            offset: Offset = 0, limit: Limit = 50) -> RunnerPage:
+        limit = page_limit(gw, limit)
         views = _fleet(gw).runners(pool=pool, state=runner_state)
-        limit = min(limit, gw.settings.page_size_max)
         return RunnerPage(items=views[offset:offset + limit], total=len(views), limit=limit, offset=offset)
 
     @get("/{runner_id:str}", summary="One runner")
-    async def get_runner(self, gw: GatewayState, runner_id: FromPath[str]) -> RunnerView:
+    async def get_runner(self, gw: Gateway, runner_id: FromPath[str]) -> RunnerView:
         return _known_runner(gw, runner_id)
 
     @post("/{runner_id:str}/drain", status_code=200,
           summary="Drain a runner: it finishes its runs and takes no new one")
-    async def drain(self, gw: GatewayState, runner_id: FromPath[str]) -> RunnerControlReply:
+    async def drain(self, gw: Gateway, runner_id: FromPath[str]) -> RunnerControlReply:
         return await _control(gw, runner_id, "drain")
 
     @post("/{runner_id:str}/resume", status_code=200, summary="Resume a drained runner: it takes work again")
-    async def resume(self, gw: GatewayState, runner_id: FromPath[str]) -> RunnerControlReply:
+    async def resume(self, gw: Gateway, runner_id: FromPath[str]) -> RunnerControlReply:
         return await _control(gw, runner_id, "resume")
 
 
@@ -133,11 +132,11 @@ class SystemController(Controller):
     tags = ["fleet"]
 
     @get("/resources", summary="CPU, memory, disk and GPUs of every runner host; active and maximum runs")
-    async def resources(self, gw: GatewayState) -> Resources:
+    async def resources(self, gw: Gateway) -> Resources:
         return await _resources(gw)
 
     @get("/resources/events", summary="Resource samples as Server-Sent Events (first: the full resources)")
-    async def resource_events(self, gw: GatewayState) -> ServerSentEvent:
+    async def resource_events(self, gw: Gateway) -> ServerSentEvent:
         return ServerSentEvent(_samples(gw))
 
 
@@ -174,7 +173,7 @@ class CatalogController(Controller):
     tags = ["fleet"]
 
     @get("/models/available", summary="Model families, sizes and tasks Ultralytics ships; devices of live runners")
-    async def available(self, gw: GatewayState) -> AvailableModels:
+    async def available(self, gw: Gateway) -> AvailableModels:
         families = await anyio.to_thread.run_sync(catalog)
         devices = [AvailableDevice(runner_id=v.id, pool=v.pool, host=v.host, device=v.device, kinds=v.kinds,
                                    info=info)
@@ -183,7 +182,7 @@ class CatalogController(Controller):
 
     @post("/advice", status_code=200,
           summary="Suggested batch, imgsz, workers, amp and cache for a model, measured by a runner of the pool")
-    async def advice(self, gw: GatewayState, data: AdviceBody) -> AdviceReply:
+    async def advice(self, gw: Gateway, data: AdviceBody) -> AdviceReply:
         model = data.model.removesuffix(".yaml").removesuffix(".pt")
         if model not in await anyio.to_thread.run_sync(known_models):
             raise Unprocessable(f"unknown model {data.model!r}; see GET /api/v1/models/available",
