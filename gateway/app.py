@@ -17,6 +17,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from gateway.controllers.datasets import DatasetsController
 from gateway.controllers.events import EventsController
+from gateway.controllers.fleet import CatalogController, RunnersController, SystemController
 from gateway.controllers.health import HealthController
 from gateway.controllers.models import ModelsController
 from gateway.controllers.projects import ProjectsController
@@ -24,6 +25,7 @@ from gateway.controllers.runs import RunsController
 from gateway.db.session import create_engine, create_sessionmaker
 from gateway.errors import problem_details_plugin
 from gateway.eventhub import EventHub
+from gateway.fleet import FleetService
 from gateway.projector import Projector
 from gateway.services.runs import Republisher
 from gateway.state import GatewayState
@@ -38,7 +40,8 @@ API_PREFIX = "/api/v1"
 
 def api_controllers() -> list[type]:
     """Controllers mounted under /api/v1. One per resource."""
-    return [ProjectsController, RunsController, EventsController, DatasetsController, ModelsController]
+    return [ProjectsController, RunsController, EventsController, DatasetsController, ModelsController,
+            RunnersController, SystemController, CatalogController]
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -96,4 +99,5 @@ def create_app(settings: Settings) -> Litestar:
 
 def background_services() -> list[tuple[str, object]]:
     """(name, factory(gw)) of the long-lived services the lifespan starts, in start order."""
-    return [("projector", Projector), ("eventhub", EventHub), ("republisher", Republisher)]
+    return [("projector", Projector), ("eventhub", EventHub), ("republisher", Republisher),
+            ("fleet", FleetService)]

@@ -7,6 +7,9 @@ dies stops sending it, so the job is delivered again (the next attempt) once `ac
 
 Stopping (`stop()`, SIGTERM): stop fetching, wait `shutdown_grace_s` for running jobs, cancel what is left
 (or give it back, `shutdown_action = "requeue"`), publish their final events, drain the connection.
+
+Draining (`drain()`, or a `drain` request on `Subjects.runner_control(runner_id)`): stop fetching, let running
+jobs finish, keep heartbeating with state `draining`; `resume()` takes work again.
 """
 
 from __future__ import annotations
@@ -32,9 +35,12 @@ from nats.js.errors import NotFoundError
 from shared.bus import connect, ensure_pool_consumer, ensure_topology
 from shared.contracts import FailureCause, Job, ResumeFrom, RunCheckpoint, RunnerHeartbeat, event_decoder, job_decoder
 from shared.contracts.common import TOKEN_RE
-from shared.contracts.events import TERMINAL_EVENT_TYPES, DeviceInfo
+from shared.contracts.events import TERMINAL_EVENT_TYPES, DeviceInfo, HostStats
+from shared.contracts.fleet import RunnerControlReply, control_decoder
+from shared.hoststats import sample_host
 from shared.settings import Settings
 from shared.subjects import Subjects
+from runner.advice import serve_advice
 from runner.control import CancelListener
 from runner.preflight import serve_preflight
 from runner.targets import load_targets
@@ -109,7 +115,14 @@ class RunnerAgent:
         self._js: JetStreamContext | None = None
         self._control: CancelListener | None = None
         self._preflight: Subscription | None = None
+        self._runner_control: Subscription | None = None
+        self._advice: Subscription | None = None
         self._device_info: DeviceInfo | None = None
+        self._host_stats: HostStats | None = None
+        self._draining = False
+        self._drain_changed = asyncio.Event()
+        self._fetch_idle = asyncio.Event()
+        self._fetch_idle.set()
         self._heartbeat_seq = 0
         self._stop_requested = asyncio.Event()
         self._hurry = asyncio.Event()
@@ -128,9 +141,25 @@ class RunnerAgent:
     def state(self) -> str:
         if self._stopped:
             return "stopped"
-        if self._stop_requested.is_set():
+        if self._stop_requested.is_set() or self._draining:
             return "draining"
         return "busy" if self._active else "idle"
+
+    async def drain(self) -> str:
+        """Take no new job (running ones finish); returns the state. Jobs fetched meanwhile are given back."""
+        self._draining = True
+        self._drain_changed.set()
+        with contextlib.suppress(TimeoutError):  # a fetch in flight ends within FETCH_TIMEOUT_S
+            await asyncio.wait_for(self._fetch_idle.wait(), FETCH_TIMEOUT_S + 1.0)
+        await self._heartbeat_now()
+        return self.state
+
+    async def resume(self) -> str:
+        """Undo `drain()` (not a stop); returns the state."""
+        self._draining = False
+        self._drain_changed.set()
+        await self._heartbeat_now()
+        return self.state
 
     @property
     def active_runs(self) -> list[str]:
@@ -173,6 +202,9 @@ class RunnerAgent:
             if self.settings.runner_targets_file is not None:
                 targets = await anyio.to_thread.run_sync(load_targets, self.settings.runner_targets_file)
                 self._preflight = await serve_preflight(self._nc, self.settings, self.pool, targets)
+            self._runner_control = await self._nc.subscribe(
+                self.subjects.runner_control(self.runner_id), cb=self._on_control)
+            self._advice = await serve_advice(self._nc, self.settings, self.pool, self.device, self._advice_context)
             log.info(
                 "runner %s: pool %s, device %s, %d slot(s), kinds %s",
                 self.runner_id, self.pool, self.device, self.slots, ", ".join(self.registry.kinds()) or "none",
@@ -189,6 +221,8 @@ class RunnerAgent:
                 sub.unsubscribe if sub else None,
                 self._control.close if self._control else None,
                 self._preflight.unsubscribe if self._preflight else None,
+                self._runner_control.unsubscribe if self._runner_control else None,
+                self._advice.unsubscribe if self._advice else None,
             )
             for close in closers:
                 if close is not None:
@@ -208,7 +242,12 @@ class RunnerAgent:
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._control.listen(), name="cancel listener"),
         ]
-        await asyncio.wait([stop_waiter, fetching, *helpers], return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait([stop_waiter, fetching, *helpers], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # cancelled ourselves: leave no loop running behind
+            for task in (stop_waiter, fetching, *helpers):
+                task.cancel()
+            raise
         failure: RunnerError | None = None
         stopping = self._stop_requested.is_set()
         for task in [fetching, *helpers]:
@@ -258,10 +297,16 @@ class RunnerAgent:
     # -- claiming jobs ---------------------------------------------------------------------------------
     async def _fetch_loop(self, sub: JetStreamContext.PullSubscription, stop_waiter: asyncio.Task[bool]) -> None:
         while not self._stop_requested.is_set():
-            while len(self._jobs) >= self.slots and not self._stop_requested.is_set():
-                await asyncio.wait([*self._jobs, stop_waiter], return_when=asyncio.FIRST_COMPLETED)
+            while (len(self._jobs) >= self.slots or self._draining) and not self._stop_requested.is_set():
+                self._drain_changed.clear()
+                changed = asyncio.create_task(self._drain_changed.wait())
+                try:
+                    await asyncio.wait([*self._jobs, stop_waiter, changed], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    changed.cancel()
             if self._stop_requested.is_set():
                 return
+            self._fetch_idle.clear()
             try:
                 msgs = await sub.fetch(1, timeout=FETCH_TIMEOUT_S)
             except nats.errors.TimeoutError:
@@ -270,8 +315,10 @@ class RunnerAgent:
                 log.warning("runner %s: fetch failed (%r)", self.runner_id, exc)
                 await asyncio.wait([stop_waiter], timeout=1.0)
                 continue
+            finally:
+                self._fetch_idle.set()
             for msg in msgs:
-                if self._stop_requested.is_set():  # arrived while stopping: give it straight back
+                if self._stop_requested.is_set() or self._draining:  # arrived while stopping: give it back
                     await msg.nak()
                     continue
                 task = asyncio.create_task(self._handle(msg), name=f"job {msg.metadata.sequence.stream}")
@@ -489,18 +536,55 @@ class RunnerAgent:
             log.info("run %s: cancel requested", run_id)
             active.ctx.cancel_requested.set()
 
+    # -- fleet control: drain/resume, advice -----------------------------------------------------------
+    async def _on_control(self, msg: Msg) -> None:
+        try:
+            request = control_decoder.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            reply = RunnerControlReply(runner_id=self.runner_id, state=self.state, active_runs=self.active_runs,
+                                       error=f"bad control request: {exc}")
+        else:
+            log.info("runner %s: %s requested", self.runner_id, request.action)
+            state = await (self.drain() if request.action == "drain" else self.resume())
+            reply = RunnerControlReply(runner_id=self.runner_id, state=state, active_runs=self.active_runs)
+        if msg.reply:
+            with contextlib.suppress(nats.errors.Error):
+                await msg.respond(msgspec.json.encode(reply))
+
+    def _advice_context(self) -> tuple[str, str, int]:
+        """(runner id, host, runs active now) for an advice reply."""
+        return self.runner_id, self.host, len(self._active)
+
     # -- runner heartbeats -----------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
         while True:
             await self._publish_heartbeat()
             await asyncio.sleep(self.settings.runner_heartbeat_s)
 
+    async def _heartbeat_now(self) -> None:
+        """An extra heartbeat after a state change, so the fleet view sees it at once."""
+        if self._js is not None:
+            await self._publish_heartbeat()
+
+    def _sample(self) -> tuple[DeviceInfo | None, HostStats]:
+        """The runner's device and its host, sampled together (one NVML session for both)."""
+        host = sample_host(self.settings.state_dir)
+        kind, index = parse_device(self.device)
+        if kind == "cpu":
+            return describe_device(self.device), host
+        device = next((gpu for gpu in host.gpus if gpu.index == index), None)
+        if device is None:
+            raise DeviceError(f"device {self.device} not found on this host")
+        return device, host
+
     async def _publish_heartbeat(self) -> None:
         assert self._js is not None
         try:
-            self._device_info = await anyio.to_thread.run_sync(describe_device, self.device)
+            self._device_info, self._host_stats = await anyio.to_thread.run_sync(self._sample)
         except DeviceError as exc:
             log.warning("runner %s: %s", self.runner_id, exc)
+        except OSError as exc:  # psutil could not read the host: beat without the numbers
+            log.warning("runner %s: host not sampled (%r)", self.runner_id, exc)
         self._heartbeat_seq += 1
         beat = RunnerHeartbeat(
             runner_id=self.runner_id,
@@ -512,6 +596,8 @@ class RunnerAgent:
             active_runs=self.active_runs,
             state=self.state,  # type: ignore[arg-type]
             kinds=self.registry.kinds(),
+            device=self.device,
+            host_stats=self._host_stats,
         )
         try:
             await self._js.publish(

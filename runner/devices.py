@@ -1,6 +1,7 @@
 """The device a runner runs its jobs on: `cpu` or `cuda:N`, described for the runner heartbeat.
 
-GPUs are read through NVML (nvidia-ml-py). A host without the NVIDIA driver simply has no GPUs.
+GPUs are read through NVML (nvidia-ml-py, `shared.hoststats.list_gpus`). A host without the NVIDIA driver simply
+has no GPUs.
 """
 
 from __future__ import annotations
@@ -8,9 +9,11 @@ from __future__ import annotations
 import os
 import platform
 import re
-from typing import Any
+
+import psutil
 
 from shared.contracts.events import DeviceInfo
+from shared.hoststats import list_gpus
 
 DEVICE_RE = re.compile(r"^(cpu|cuda:(\d{1,3}))$")
 
@@ -40,63 +43,13 @@ def describe_device(device: str) -> DeviceInfo:
 
 
 def _describe_cpu() -> DeviceInfo:
-    total_mb = None
-    try:
-        total_mb = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (1024 * 1024)
-    except (ValueError, OSError):
-        pass
+    memory = psutil.virtual_memory()
+    total_mb, used_mb = memory.total // (1024 * 1024), (memory.total - memory.available) // (1024 * 1024)
     utilization = None
     try:
         utilization = min(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
     except OSError:
         pass
     name = f"{platform.machine() or 'cpu'} ({os.cpu_count() or '?'} cores)"
-    return DeviceInfo(name=name, kind="cpu", memory_total_mb=total_mb, utilization=utilization)
-
-
-def list_gpus() -> list[DeviceInfo]:
-    """The NVIDIA GPUs of this host; empty when there is no driver or no NVML."""
-    try:
-        import pynvml
-    except ImportError:
-        return []
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError_LibraryNotFound:
-        return []
-    except pynvml.NVMLError:
-        return []  # driver present but unusable (e.g. no device nodes in this container)
-    try:
-        return [_describe_gpu(pynvml, i) for i in range(pynvml.nvmlDeviceGetCount())]
-    finally:
-        pynvml.nvmlShutdown()
-
-
-def _describe_gpu(pynvml: Any, index: int) -> DeviceInfo:
-    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-    name = pynvml.nvmlDeviceGetName(handle)
-    if isinstance(name, bytes):
-        name = name.decode()
-    memory_total = memory_used = utilization = temperature = None
-    try:
-        memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-        memory_total, memory_used = memory.total // (1024 * 1024), memory.used // (1024 * 1024)
-    except pynvml.NVMLError:
-        pass
-    try:
-        utilization = pynvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0
-    except pynvml.NVMLError:
-        pass
-    try:
-        temperature = float(pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU))
-    except pynvml.NVMLError:
-        pass
-    return DeviceInfo(
-        name=name,
-        kind="cuda",
-        index=index,
-        memory_total_mb=memory_total,
-        memory_used_mb=memory_used,
-        utilization=utilization,
-        temperature_c=temperature,
-    )
+    return DeviceInfo(name=name, kind="cpu", memory_total_mb=total_mb, memory_used_mb=used_mb,
+                      utilization=utilization)

@@ -92,3 +92,14 @@ class Subjects:
     @property
     def preflight_group(self) -> str:
         return "preflight"
+
+    # -- fleet: drain/resume one runner; resource advice from a runner of a pool (request/reply) -------
+    def runner_control(self, runner_id: str) -> str:
+        return f"{self.prefix}.control.v1.runner.{_token(runner_id, 'runner id')}"
+
+    def advice(self, pool: str) -> str:
+        return f"{self.prefix}.control.v1.advice.{_token(pool, 'pool')}"
+
+    @property
+    def advice_group(self) -> str:
+        return "advice"

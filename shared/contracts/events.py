@@ -137,6 +137,23 @@ class DeviceInfo(msgspec.Struct, frozen=True, kw_only=True):
     temperature_c: float | None = None
 
 
+class HostStats(msgspec.Struct, frozen=True, kw_only=True):
+    """What a runner's host has and uses, sampled for every heartbeat (psutil; GPUs through NVML)."""
+
+    cpu_percent: float | None = None
+    """CPU use of the whole host since the previous sample, 0..100."""
+    cpu_count: int | None = None
+    memory_total_mb: int | None = None
+    memory_used_mb: int | None = None
+    memory_available_mb: int | None = None
+    disk_total_mb: int | None = None
+    """The file system of the runner's state folder."""
+    disk_free_mb: int | None = None
+    load1: float | None = None
+    gpus: list[DeviceInfo] = []
+    """Every NVIDIA GPU of the host (empty without a driver), not only the runner's own device."""
+
+
 class RunnerHeartbeat(EventBase, kw_only=True, tag="runner.heartbeat"):
     """Periodic liveness of a runner. run_id/project_id are empty; attempt is 0."""
 
@@ -150,6 +167,9 @@ class RunnerHeartbeat(EventBase, kw_only=True, tag="runner.heartbeat"):
     active_runs: list[str] = []
     state: Literal["idle", "busy", "draining", "stopped"] = "idle"
     kinds: list[str] = []
+    device: str = ""
+    """The runner's device as configured (`cpu`, `cuda:0`)."""
+    host_stats: HostStats | None = None
 
 
 RunEvent = (

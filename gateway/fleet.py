@@ -1,0 +1,279 @@
+"""The fleet view: every runner's latest heartbeat, kept in memory from the `{P}_RUNNERS` stream.
+
+At start an ordered consumer reads the last heartbeat of every runner subject (`DeliverPolicy.LAST_PER_SUBJECT`)
+and then follows new ones. A runner is `lost` when its last heartbeat (the stream's timestamp, so only the
+NATS server's clock counts) is older than `LOST_AFTER_BEATS` × `runner_heartbeat_s`, and `stopped` when it
+said so. Each heartbeat with host numbers is also a resource sample, fanned out to live subscribers (the
+resources SSE stream) through bounded queues; a subscriber that falls behind is dropped (its stream ends).
+
+Also here: drain/resume of one runner and advice from a runner of a pool, both core NATS request/reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+from nats.js import api as js_api
+
+from gateway.state import GatewayState
+from shared.contracts import RunnerHeartbeat, event_decoder
+from shared.contracts.events import DeviceInfo, HostStats
+from shared.contracts.fleet import (
+    AdviceReply,
+    AdviceRequest,
+    RunnerControl,
+    RunnerControlReply,
+    advice_reply_decoder,
+    control_reply_decoder,
+)
+
+log = logging.getLogger(__name__)
+
+LOST_AFTER_BEATS = 3
+FORGET_AFTER = timedelta(days=7)
+"""Runners silent this long leave the registry (the stream keeps heartbeats as long)."""
+QUEUE_MAX = 256
+CONTROL_TIMEOUT_S = 5.0
+"""A drain answers once the runner's fetch in flight ended (at most ~2 s)."""
+ADVICE_TIMEOUT_S = 120.0
+"""The runner caps its measurement (`runner.advice.MEASURE_CAP_S` plus slack) below this."""
+
+RunnerState = Literal["idle", "busy", "draining", "stopped", "lost"]
+
+
+class RunnerView(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    host: str
+    pool: str
+    device: str
+    devices: list[DeviceInfo]
+    slots: int
+    kinds: list[str]
+    current_run: str | None
+    active_runs: list[str]
+    state: RunnerState
+    last_seen: datetime
+    host_stats: HostStats | None = None
+
+
+class HostSample(msgspec.Struct, frozen=True, kw_only=True):
+    """One host's resources, as its newest runner heartbeat (or the gateway itself) measured them."""
+
+    host: str
+    runners: list[str]
+    sampled_at: datetime
+    cpu_percent: float | None = None
+    cpu_count: int | None = None
+    load1: float | None = None
+    memory_total_mb: int | None = None
+    memory_used_mb: int | None = None
+    memory_available_mb: int | None = None
+    disk_total_mb: int | None = None
+    disk_free_mb: int | None = None
+    gpus: list[DeviceInfo] = []
+
+
+def host_sample(host: str, runners: list[str], sampled_at: datetime, stats: HostStats | None) -> HostSample:
+    if stats is None:
+        return HostSample(host=host, runners=runners, sampled_at=sampled_at)
+    fields = {f: getattr(stats, f) for f in HostStats.__struct_fields__}
+    return HostSample(host=host, runners=runners, sampled_at=sampled_at, **fields)
+
+
+class FleetError(Exception):
+    """A runner did not answer."""
+
+
+@dataclass
+class _Entry:
+    beat: RunnerHeartbeat
+    last_seen: datetime
+
+
+class SampleSubscription:
+    """Resource samples as they arrive. `await next(timeout)` → sample, None once ended; TimeoutError."""
+
+    def __init__(self, fleet: FleetService) -> None:
+        self._fleet = fleet
+        self._queue: asyncio.Queue[tuple[int, HostSample] | None] = asyncio.Queue(QUEUE_MAX)
+        self.ended = False
+
+    def _offer(self, item: tuple[int, HostSample] | None) -> bool:
+        try:
+            self._queue.put_nowait(item)
+            return True
+        except asyncio.QueueFull:
+            return False
+
+    def _end(self) -> None:
+        self.ended = True
+        self._offer(None)
+
+    async def next(self, timeout: float | None = None) -> tuple[int, HostSample] | None:
+        if self.ended and self._queue.empty():
+            return None
+        return await asyncio.wait_for(self._queue.get(), timeout)
+
+    def close(self) -> None:
+        self._fleet._subscribers.discard(self)
+
+    def __enter__(self) -> SampleSubscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FleetService:
+    """The runner registry and the resource sample fan-out (a background service of the gateway)."""
+
+    def __init__(self, gw: GatewayState) -> None:
+        self.gw = gw
+        self._runners: dict[str, _Entry] = {}
+        self._subscribers: set[SampleSubscription] = set()
+        self._sub: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._sample_id = 0
+
+    @property
+    def lost_after(self) -> timedelta:
+        return timedelta(seconds=LOST_AFTER_BEATS * self.gw.settings.runner_heartbeat_s)
+
+    async def start(self) -> None:
+        self._sub = await self.gw.js.subscribe(
+            self.gw.subjects.runner_heartbeats_all, ordered_consumer=True,
+            deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT)
+        self._task = asyncio.create_task(self._follow(), name="fleet")
+        self._task.add_done_callback(self._followed)
+
+    def _followed(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("fleet: following runner heartbeats stopped; the registry is stale",
+                         exc_info=task.exception())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+        for sub in list(self._subscribers):
+            sub._end()
+        self._subscribers.clear()
+
+    async def _follow(self) -> None:
+        async for msg in self._sub.messages:
+            self._take(msg)
+
+    def _take(self, msg: Msg) -> None:
+        try:
+            beat = event_decoder.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("fleet: undecodable heartbeat on %s: %s", msg.subject, exc)
+            return
+        if not isinstance(beat, RunnerHeartbeat):
+            return
+        seen = msg.metadata.timestamp
+        known = self._runners.get(beat.runner_id)
+        if known is not None and known.last_seen > seen:
+            return
+        self._runners[beat.runner_id] = _Entry(beat=beat, last_seen=seen)
+        if beat.host_stats is not None:
+            self._publish(host_sample(beat.host, [beat.runner_id], seen, beat.host_stats))
+
+    def _publish(self, sample: HostSample) -> None:
+        self._sample_id += 1
+        for sub in list(self._subscribers):
+            if not sub._offer((self._sample_id, sample)):
+                log.info("fleet: dropping a resources subscriber that fell %d samples behind", QUEUE_MAX)
+                self._subscribers.discard(sub)
+                sub._end()
+
+    def subscribe(self) -> SampleSubscription:
+        sub = SampleSubscription(self)
+        if self._task is None:
+            sub._end()
+        else:
+            self._subscribers.add(sub)
+        return sub
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def _state(self, entry: _Entry, now: datetime) -> RunnerState:
+        if entry.beat.state == "stopped":
+            return "stopped"
+        if now - entry.last_seen > self.lost_after:
+            return "lost"
+        return entry.beat.state
+
+    def runners(self, *, pool: str | None = None, state: str | None = None) -> list[RunnerView]:
+        """Runners by id, optionally of one pool and in one state."""
+        now = datetime.now(UTC)
+        for runner_id in [r for r, e in self._runners.items() if now - e.last_seen > FORGET_AFTER]:
+            del self._runners[runner_id]
+        views = [self._view(entry, now) for _, entry in sorted(self._runners.items())]
+        return [v for v in views if (pool is None or v.pool == pool) and (state is None or v.state == state)]
+
+    def runner(self, runner_id: str) -> RunnerView | None:
+        entry = self._runners.get(runner_id)
+        return self._view(entry, datetime.now(UTC)) if entry is not None else None
+
+    def _view(self, entry: _Entry, now: datetime) -> RunnerView:
+        beat = entry.beat
+        return RunnerView(
+            id=beat.runner_id, host=beat.host, pool=beat.pool, device=beat.device, devices=beat.devices,
+            slots=beat.slots, kinds=beat.kinds, current_run=beat.active_runs[0] if beat.active_runs else None,
+            active_runs=beat.active_runs, state=self._state(entry, now), last_seen=entry.last_seen,
+            host_stats=beat.host_stats,
+        )
+
+    def live(self) -> list[RunnerView]:
+        """Runners neither lost nor stopped."""
+        return [v for v in self.runners() if v.state not in ("lost", "stopped")]
+
+    def hosts(self) -> list[HostSample]:
+        """One sample per host of a live runner: the newest heartbeat's."""
+        newest: dict[str, RunnerView] = {}
+        runners: dict[str, list[str]] = {}
+        for view in self.live():
+            runners.setdefault(view.host, []).append(view.id)
+            if view.host not in newest or view.last_seen > newest[view.host].last_seen:
+                newest[view.host] = view
+        return [host_sample(host, runners[host], view.last_seen, view.host_stats)
+                for host, view in sorted(newest.items())]
+
+    # -- asking runners --------------------------------------------------------------------------------
+    async def control(self, runner_id: str, action: Literal["drain", "resume"]) -> RunnerControlReply:
+        """Ask the runner to drain or resume. Raises `FleetError` when it does not answer."""
+        subject = self.gw.subjects.runner_control(runner_id)
+        try:
+            msg = await self.gw.nc.request(subject, msgspec.json.encode(RunnerControl(action=action)),
+                                           timeout=CONTROL_TIMEOUT_S)
+        except (NatsTimeoutError, NoRespondersError) as exc:
+            raise FleetError(f"runner {runner_id!r} did not answer the {action} request") from exc
+        return control_reply_decoder.decode(msg.data)
+
+    async def advice(self, pool: str, request: AdviceRequest) -> AdviceReply:
+        """Advice measured by one runner of `pool`. Raises `FleetError` when none answers."""
+        subject = self.gw.subjects.advice(pool)
+        try:
+            msg = await self.gw.nc.request(subject, msgspec.json.encode(request), timeout=ADVICE_TIMEOUT_S)
+        except NoRespondersError as exc:
+            raise FleetError(f"no runner of pool {pool!r} is listening") from exc
+        except NatsTimeoutError as exc:
+            raise FleetError(f"no runner of pool {pool!r} answered within {ADVICE_TIMEOUT_S:g} s") from exc
+        return advice_reply_decoder.decode(msg.data)
