@@ -358,6 +358,7 @@ class Stack:
             "state_dir": str(self.state_dir),
             "api_url": self.api_base,
             "nats_url": self.nats_url,
+            "bus_prefix": self.settings.bus_prefix,
             "nats_embedded": self.nats is not None,
             "nats_pid": self.nats.process.pid if self.nats is not None and self.nats.process is not None else None,
             "database_url": self.database_url,
