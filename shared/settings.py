@@ -87,6 +87,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Folder of pretrained YOLO weights (`<name>.pt`). A model name without a file there is built untrained
     from Ultralytics' `<name>.yaml`; nothing is ever downloaded."""
 
+    # -- command-line client -----------------------------------------------------------------------------
+    api_url: str = "http://127.0.0.1:8000"
+    """The gateway the `trainforge train` and `trainforge runs` commands talk to."""
+    api_token: str | None = None
+    """Bearer token those commands send (an API token), when the gateway requires one."""
+
     # -- logs ------------------------------------------------------------------------------------------
     log_level: str = "INFO"
 

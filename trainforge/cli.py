@@ -110,7 +110,96 @@ def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _client(args: argparse.Namespace, settings: Settings):  # noqa: ANN202 - lazy import
+    from trainforge.api_client import ApiClient
+
+    return ApiClient(args.api or settings.api_url, token=settings.api_token)
+
+
+def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from trainforge.api_client import ApiError
+    from trainforge.watch import watch
+
+    body: dict[str, object] = {"kind": "yolo.train", "model": args.model, "epochs": args.epochs, "pool": args.pool}
+    for name in ("imgsz", "batch", "device", "patience", "seed", "lr0", "optimizer"):
+        if getattr(args, name) is not None:
+            body[name] = getattr(args, name)
+    try:
+        with _client(args, settings) as client:
+            client.ensure_project(args.project)
+            body["dataset"] = _dataset_ref(client, args.data)
+            run = client.post(f"/projects/{args.project}/runs", body)
+            print(f"run {run['id']} queued in project {args.project}")
+            if args.detach:
+                return 0
+            return watch(client, run["id"])
+    except ApiError as exc:
+        print(f"trainforge train: {exc}", file=sys.stderr)
+        return 1
+
+
+def _dataset_ref(client, data: str) -> str:  # noqa: ANN001
+    """A registered dataset's id or name as given; a local folder or archive is uploaded first."""
+    import shutil
+    import tempfile
+
+    path = Path(data).expanduser()
+    if not path.exists():
+        return data
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", path.name.split(".")[0])[:100] or "dataset"
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = path if path.is_file() else Path(shutil.make_archive(str(Path(tmp) / name), "zip", path))
+        print(f"uploading {path} as dataset {name!r} ({archive.stat().st_size / 1e6:.1f} MB)")
+        dataset = client.upload_dataset(name, archive)
+    print(f"dataset {dataset['id']}: {dataset.get('format')} / {dataset.get('task')}, classes {dataset.get('classes')}")
+    return dataset["id"]
+
+
+def _cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from trainforge.api_client import ApiError
+    from trainforge.watch import watch
+
+    try:
+        with _client(args, settings) as client:
+            if args.action == "watch":
+                return watch(client, args.run_id)
+            if args.action == "get":
+                print(json.dumps(client.get(f"/runs/{args.run_id}"), indent=2))
+            elif args.action == "cancel":
+                run = client.post(f"/runs/{args.run_id}/cancel")
+                print(f"run {run['id']}: {run['status']}")
+            elif args.action == "list":
+                page = client.get(f"/projects/{args.project}/runs", status=args.status, limit=args.limit)
+                for run in page["items"]:
+                    print(f"{run['id']}  {run['kind']:<13} {run['status']:<10} {run['progress']:>6.1%}  "
+                          f"{run['created_at']}")
+                print(f"{len(page['items'])} of {page['total']}")
+            return 0
+    except ApiError as exc:
+        print(f"trainforge runs {args.action}: {exc}", file=sys.stderr)
+        return 1
+
+
 # -- parser -------------------------------------------------------------------------------------------------
+
+TRAIN_EPILOG = """\
+--data is a registered dataset (id or name), or a local folder / .zip / .tar that is uploaded and registered
+first (YOLO, COCO, Pascal VOC or classification folders; see docs/yolo.md). The run is followed live unless
+--detach; the exit status is 0 completed, 1 failed, 2 canceled.
+
+examples:
+  trainforge train --project demo --data ./shapes --model yolov8n --epochs 10
+  trainforge train --project demo --data shapes --model yolov8n-cls --epochs 3 --imgsz 128 --detach
+"""
+
+RUNS_EPILOG = """\
+examples:
+  trainforge runs watch 3f2a...       # live progress bars, logs and metrics until the run ends
+  trainforge runs list --project demo --status running,queued
+  trainforge runs cancel 3f2a...
+"""
 
 UP_EPILOG = """\
 Starts NATS (JetStream) and Postgres from their wheels unless TRAINFORGE_NATS_URL / TRAINFORGE_DATABASE_URL
@@ -218,6 +307,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--revision", default="head", help="target revision (default: head)")
     p.set_defaults(func=_cmd_migrate)
+
+    api_help = "gateway URL (default: TRAINFORGE_API_URL or http://127.0.0.1:8000)"
+    p = sub.add_parser(
+        "train",
+        help="submit a YOLO training and follow it",
+        description="Submit a yolo.train run and follow it with live progress bars.",
+        epilog=TRAIN_EPILOG,
+        formatter_class=raw,
+    )
+    p.add_argument("--project", required=True, help="project name (created if missing)")
+    p.add_argument("--data", required=True, help="dataset id or name, or a local folder/archive to upload")
+    p.add_argument("--model", default="yolov8n", help="model name, e.g. yolov8n, yolo11s, yolov8n-cls (default: yolov8n)")
+    p.add_argument("--epochs", type=_at_least_one, default=10, help="epochs (default: 10)")
+    p.add_argument("--imgsz", type=_at_least_one, default=None, help="image size")
+    p.add_argument("--batch", type=int, default=None, help="batch size (-1: Ultralytics picks)")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda:N")
+    p.add_argument("--patience", type=_positive_int, default=None)
+    p.add_argument("--seed", type=_positive_int, default=None)
+    p.add_argument("--lr0", type=float, default=None, help="initial learning rate")
+    p.add_argument("--optimizer", default=None, help="SGD, Adam, AdamW, auto, ...")
+    p.add_argument("--pool", default="cpu", help="runner pool (default: cpu)")
+    p.add_argument("--detach", action="store_true", help="print the run id and return at once")
+    p.add_argument("--api", default=None, help=api_help)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "runs",
+        help="watch, list, inspect or cancel runs",
+        description="Work with runs through the API.",
+        epilog=RUNS_EPILOG,
+        formatter_class=raw,
+    )
+    p.add_argument("--api", default=None, help=api_help)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = actions.add_parser("watch", help="follow a run live: progress bars, metrics, logs")
+    a.add_argument("run_id")
+    a = actions.add_parser("get", help="print a run as JSON")
+    a.add_argument("run_id")
+    a = actions.add_parser("cancel", help="cancel a run")
+    a.add_argument("run_id")
+    a = actions.add_parser("list", help="list a project's runs, newest first")
+    a.add_argument("--project", required=True)
+    a.add_argument("--status", default=None, help="comma-separated statuses")
+    a.add_argument("--limit", type=_at_least_one, default=20)
+    p.set_defaults(func=_cmd_runs)
     return parser
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from trainforge.cli import build_parser, main
 
-SUBCOMMANDS = ["up", "gateway", "runner", "migrate"]
+SUBCOMMANDS = ["up", "gateway", "runner", "migrate", "train", "runs"]
 
 
 def _subcommands() -> set[str]:
