@@ -94,6 +94,7 @@ def create_app(settings: Settings) -> Litestar:
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
         ),
         debug=False,
+        logging_config=None,  # the process configures logging (trainforge.cli); one format for every line
     )
 
 
