@@ -85,6 +85,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Folder of pretrained YOLO weights (`<name>.pt`). A model name without a file there is built untrained
     from Ultralytics' `<name>.yaml`; nothing is ever downloaded."""
 
+    max_image_upload_mb: int = 20
+    """Largest image accepted by `POST /api/v1/uploads` and synchronous predict."""
+    predict_timeout_s: float = 60.0
+    """How long `POST /api/v1/models/{ref}/predict` waits for its run before answering 504."""
+
     # -- logs ------------------------------------------------------------------------------------------
     log_level: str = "INFO"
 
