@@ -58,13 +58,14 @@ async def create_config(gw: GatewayState, project_ref: str, data: ConfigCreate) 
     params = check_params(data.kind, data.params, prefix="params.")
     async with gw.sessionmaker() as session:
         project = await get_project(session, project_ref)
+        project_name = project.name
         row = RunConfig(id=new_id(), project_id=project.id, name=data.name, kind=data.kind, params=params,
                         description=data.description)
         session.add(row)
         try:
             await session.commit()
         except IntegrityError:
-            raise Conflict(f"project {project.name!r} already has a configuration {data.name!r}") from None
+            raise Conflict(f"project {project_name!r} already has a configuration {data.name!r}") from None
         await session.refresh(row)
         return row
 

@@ -61,6 +61,17 @@ class ResolvedRun:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+def field_errors(exc: msgspec.ValidationError, prefix: str = "") -> list[dict[str, str]]:
+    """msgspec's error with the field as REST clients name it (`epochs`, `extra.mosaic`, `images[0]`)."""
+    errors = validation_errors(exc)
+    for error in errors:
+        name = error["field"].removeprefix("$").lstrip(".")
+        if not name and (unknown := re.search(r"unknown field `([^`]+)`", error["message"])):
+            name = unknown.group(1)
+        error["field"] = prefix + name if name else (prefix.rstrip(".") or "$")
+    return errors
+
+
 def invalid(name: str, message: str) -> Unprocessable:
     return Unprocessable(f"{name}: {message}", errors=[{"field": name, "message": message}])
 
@@ -140,7 +151,7 @@ async def resolve_spec(session: AsyncSession, settings: Settings, project: Proje
     try:
         spec = msgspec.convert(fields, SPEC_TYPES[kind])
     except msgspec.ValidationError as exc:
-        raise Unprocessable("the run request is invalid", errors=validation_errors(exc)) from None
+        raise Unprocessable("the run request is invalid", errors=field_errors(exc)) from None
     return ResolvedRun(spec=spec, pool=pool, priority=priority,
                        options={k: v for k, v in options.items() if v is not None})
 
@@ -162,10 +173,7 @@ def check_params(kind: str, params: dict[str, Any], *, prefix: str) -> dict[str,
     try:
         request = msgspec.convert({**params, "kind": kind}, request_type)
     except msgspec.ValidationError as exc:
-        errors = validation_errors(exc)
-        for e in errors:
-            e["field"] = e["field"].replace("$", prefix.rstrip(".") or "$", 1)
-        raise Unprocessable("the parameters are invalid", errors=errors) from None
+        raise Unprocessable("the parameters are invalid", errors=field_errors(exc, prefix)) from None
     if kind == "yolo.train" and (problems := validate_train_extra(params.get("extra") or {})):
         raise Unprocessable("extra: " + "; ".join(f"{p}: {m}" for p, m in problems),
                             errors=[{"field": prefix + p, "message": m} for p, m in problems])
