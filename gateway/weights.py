@@ -57,6 +57,15 @@ CONSTRUCTORS: frozenset[tuple[str, str]] = frozenset({
 })
 """Globals a checkpoint may call: constructors of plain values that run no foreign code."""
 
+ENUM_LOOKUPS: frozenset[tuple[str, str]] = frozenset({("torchvision.transforms.functional", "InterpolationMode")})
+"""Enum classes a checkpoint may call: `Enum(value)` only looks a member up."""
+
+TRANSFORM_CLASSES: frozenset[tuple[str, str]] = frozenset(
+    ("torchvision.transforms.transforms", name) for name in ("Compose", "Resize", "CenterCrop", "Normalize", "ToTensor")
+)
+"""Preprocessing objects a classification checkpoint holds (`model.transforms`, written by Ultralytics'
+training). Created empty and filled from their pickled `__dict__`, like layers; none defines `__setstate__`."""
+
 OTHER_GLOBALS: frozenset[tuple[str, str]] = frozenset({("numpy", "ndarray")})
 """Globals a checkpoint may name without calling them (an argument of `_reconstruct`)."""
 
@@ -99,7 +108,7 @@ def _resolve(module: str, name: str) -> Any:
     if not _MODULE_PATH.fullmatch(module) or not _IDENTIFIER.fullmatch(name):
         raise UnsafeWeights(f"the file names a malformed global {module}.{name}")
     key = (module, name)
-    if key in CONSTRUCTORS or key in OTHER_GLOBALS:
+    if key in CONSTRUCTORS or key in OTHER_GLOBALS or key in ENUM_LOOKUPS or key in TRANSFORM_CLASSES:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             try:
@@ -123,7 +132,7 @@ def _resolve(module: str, name: str) -> Any:
 def _constructors() -> dict[int, Any]:
     """id -> object of every constructor this server has (numpy 1 and 2 name theirs differently)."""
     found = {}
-    for module, name in CONSTRUCTORS:
+    for module, name in CONSTRUCTORS | ENUM_LOOKUPS:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # numpy 2 warns about numpy.core
             try:
@@ -188,7 +197,7 @@ class _RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001
 
 
 def _check_module_class(cls: Any) -> type:
-    if isinstance(cls, type) and issubclass(cls, torch.nn.Module):
+    if isinstance(cls, type) and (issubclass(cls, torch.nn.Module) or _is_transform(cls)):
         return cls
     raise UnsafeWeights(f"the file creates {_name(cls)} objects, which is not allowed in model weights")
 
@@ -198,8 +207,14 @@ def _buildable(inst: Any) -> bool:
         return False
     if isinstance(inst, torch.nn.Module | torch.Tensor | OrderedDict | types.SimpleNamespace):
         return True
+    if _is_transform(type(inst)):
+        return True
     numpy = importlib.import_module("numpy")
     return isinstance(inst, numpy.ndarray | numpy.dtype)
+
+
+def _is_transform(cls: type) -> bool:
+    return (cls.__module__, cls.__qualname__) in TRANSFORM_CLASSES and "__setstate__" not in vars(cls)
 
 
 def _name(obj: Any) -> str:
