@@ -20,6 +20,7 @@ Blocking: call `inspect_weights` from a worker thread.
 
 from __future__ import annotations
 
+import enum
 import functools
 import importlib
 import math
@@ -132,7 +133,7 @@ def _resolve(module: str, name: str) -> Any:
 def _constructors() -> dict[int, Any]:
     """id -> object of every constructor this server has (numpy 1 and 2 name theirs differently)."""
     found = {}
-    for module, name in CONSTRUCTORS | ENUM_LOOKUPS:
+    for module, name in CONSTRUCTORS:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # numpy 2 warns about numpy.core
             try:
@@ -164,7 +165,7 @@ class _RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001
     def load_reduce(self) -> None:
         args = self.stack.pop()
         func = self.stack[-1]
-        if id(func) not in _constructors():
+        if id(func) not in _constructors() and not _is_enum_lookup(func, args):
             raise UnsafeWeights(f"the file calls {_name(func)}, which is not allowed in model weights")
         self.stack[-1] = func(*args)
 
@@ -211,6 +212,11 @@ def _buildable(inst: Any) -> bool:
         return True
     numpy = importlib.import_module("numpy")
     return isinstance(inst, numpy.ndarray | numpy.dtype)
+
+
+def _is_enum_lookup(func: Any, args: Any) -> bool:
+    return (isinstance(func, enum.EnumMeta) and (func.__module__, func.__qualname__) in ENUM_LOOKUPS
+            and isinstance(args, tuple) and len(args) == 1 and isinstance(args[0], str | int))
 
 
 def _is_transform(cls: type) -> bool:
