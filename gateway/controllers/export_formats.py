@@ -32,12 +32,10 @@ class ExportFormatList(msgspec.Struct, kw_only=True):
     items: list[ExportFormat]
 
 
-_lock = anyio.Lock()
-
-
 async def export_formats(gw: GatewayState) -> ExportFormatList:
     """Computed once per gateway (it imports Ultralytics and probes packages) in a worker thread."""
-    async with _lock:
+    lock = gw.extras.setdefault("export_formats_lock", anyio.Lock())
+    async with lock:  # type: ignore[attr-defined]
         cached = gw.extras.get("export_formats")
         if cached is None:
             from runner.yolo.export import export_formats as probe
