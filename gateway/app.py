@@ -15,11 +15,16 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
+from gateway.controllers.architectures import ArchitecturesController
+from gateway.controllers.artifacts import ArtifactsController
+from gateway.controllers.configs import ConfigsController
 from gateway.controllers.datasets import DatasetsController
 from gateway.controllers.events import EventsController
 from gateway.controllers.fleet import CatalogController, RunnersController, SystemController
 from gateway.controllers.health import HealthController
+from gateway.controllers.export_formats import ExportFormatsController
 from gateway.controllers.models import ModelsController
+from gateway.controllers.predict import PredictController
 from gateway.controllers.projects import ProjectsController
 from gateway.controllers.runs import RunsController
 from gateway.db.session import create_engine, create_sessionmaker
@@ -27,6 +32,7 @@ from gateway.errors import problem_details_plugin
 from gateway.eventhub import EventHub
 from gateway.fleet import FleetService
 from gateway.projector import Projector
+from gateway.registration import WeightsRegistrar
 from gateway.services.runs import Republisher
 from gateway.state import GatewayState
 from shared.bus import connect, ensure_topology
@@ -41,7 +47,8 @@ API_PREFIX = "/api/v1"
 def api_controllers() -> list[type]:
     """Controllers mounted under /api/v1. One per resource."""
     return [ProjectsController, RunsController, EventsController, DatasetsController, ModelsController,
-            RunnersController, SystemController, CatalogController]
+            RunnersController, SystemController, CatalogController, ConfigsController, ArchitecturesController,
+            ArtifactsController, ExportFormatsController, PredictController]
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -100,5 +107,5 @@ def create_app(settings: Settings) -> Litestar:
 
 def background_services() -> list[tuple[str, object]]:
     """(name, factory(gw)) of the long-lived services the lifespan starts, in start order."""
-    return [("projector", Projector), ("eventhub", EventHub), ("republisher", Republisher),
-            ("fleet", FleetService)]
+    return [("registrar", WeightsRegistrar), ("projector", Projector), ("eventhub", EventHub),
+            ("republisher", Republisher), ("fleet", FleetService)]

@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.db.models import Artifact, Checkpoint, Run
 from gateway.projection import RunRow, fold
 from gateway.state import GatewayState
-from shared.contracts import EventBase, FailureCause, RunFailed, RunnerHeartbeat, event_decoder
+from shared.contracts import EventBase, FailureCause, RunFailed, RunnerHeartbeat, RunStatus, event_decoder
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ MISSING_RUN_RETRIES = 5
 MISSING_RUN_DELAY_S = 1.0
 BACKOFF_MAX_S = 10.0
 STOP_GRACE_S = 5.0
+TRAIN_KIND = "yolo.train"
+"""Completed runs of this kind are handed to the weights registrar (`gw.extras["registrar"]`) after commit."""
 
 _INSERT_EVENTS = text(
     """
@@ -219,28 +221,34 @@ class Projector:
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     async def _store(self, items: list[_Item]) -> None:
+        trained: list[str] = []
         try:
             async with self.gw.engine.begin() as conn:
-                await self._store_in(conn, items)
+                await self._store_in(conn, items, trained)
         except DBAPIError as exc:
             sqlstate = getattr(exc.orig, "sqlstate", None) or ""
             if sqlstate[:2] in ("22", "23", "54"):  # data exception, integrity violation, too large
                 raise _Poison(str(exc)) from exc
             raise
+        if trained and (registrar := self.gw.extras.get("registrar")) is not None:
+            registrar.submit(trained)  # type: ignore[attr-defined]
 
-    async def _store_in(self, conn: AsyncConnection, items: list[_Item]) -> None:
+    async def _store_in(self, conn: AsyncConnection, items: list[_Item], trained: list[str]) -> None:
+        """Fold `items` in one transaction; `trained` gets the ids of `yolo.train` runs it completes."""
         await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": EVENTS_LOCK})
         run_ids = sorted({item.event.run_id for item in items})
         columns = [getattr(Run, name) for name in RunRow.columns()]
         result = await conn.execute(
-            select(Run.id, Run.owner_id, *columns)
+            select(Run.id, Run.owner_id, Run.kind, *columns)
             .where(Run.id.in_(run_ids)).order_by(Run.id).with_for_update()
         )
         rows: dict[str, RunRow] = {}
         owners: dict[str, str | None] = {}
+        kinds: dict[str, str] = {}
         for row in result:
             rows[row.id] = RunRow(**{name: getattr(row, name) for name in RunRow.columns()})
             owners[row.id] = row.owner_id
+            kinds[row.id] = row.kind
 
         for item in items:
             item.deferred = item.event.run_id not in rows and _deliveries(item.msg) < MISSING_RUN_RETRIES
@@ -281,6 +289,8 @@ class Projector:
                          result_.ignored)
             rows[run_id] = rows[run_id].apply(result_.changes)
             changes[run_id].update(result_.changes)
+            if kinds[run_id] == TRAIN_KIND and result_.changes.get("status") == RunStatus.COMPLETED:
+                trained.append(run_id)
             if result_.checkpoint:
                 checkpoints.append(result_.checkpoint)
             if result_.artifact:

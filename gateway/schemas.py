@@ -7,6 +7,7 @@ here with no change: each member gets a `Create<Spec>` twin with the REST-only f
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -92,6 +93,9 @@ def _run_spec_members() -> tuple[type[RunSpecBase], ...]:
 
 
 def _create_type(spec_cls: type[RunSpecBase]) -> type[msgspec.Struct]:
+    overlay = REQUEST_OVERLAYS.get(spec_cls.__struct_config__.tag)  # type: ignore[arg-type]
+    if overlay is not None:
+        return _request_type(spec_cls, overlay)
     return msgspec.defstruct(
         f"Create{spec_cls.__name__}",
         [("pool", Pool, "cpu"), ("priority", Priority, 50)],
@@ -104,17 +108,109 @@ def _create_type(spec_cls: type[RunSpecBase]) -> type[msgspec.Struct]:
     )
 
 
+# -- run kinds whose spec the gateway completes ------------------------------------------------------------
+# Clients never send server paths: a `yolo.*` request names a registered dataset, a model (built-in name,
+# library version or artifact), a saved architecture, uploaded images; `gateway.services.yolo_specs` turns
+# those references into the spec's paths and URIs. Every field of these requests is optional (UNSET), so
+# that a saved configuration (`config`) can supply what the request leaves out; the spec's defaults apply
+# to what neither gives.
+
+
+class RunRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True, tag_field="kind"):
+    """Base of REST run requests that `gateway.services.yolo_specs.resolve_spec` turns into a bus spec."""
+
+    def params(self) -> dict[str, Any]:
+        """The fields the client set, as JSON values (no `kind`)."""
+        values = msgspec.to_builtins(self)
+        values.pop("kind", None)
+        return values
+
+
+Ref = Annotated[str, Meta(min_length=1, max_length=256)]
+Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+                           description="Letters, digits, `.`, `_`, `-`; up to 128")]
+ImageRef = Annotated[str, Meta(min_length=1, max_length=512)]
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestOverlay:
+    """How a run kind's REST request differs from its bus spec."""
+
+    server_fields: frozenset[str]
+    """Spec fields only the gateway fills in (paths); a client sending one gets a 422."""
+    added: tuple[tuple[str, Any, str], ...]
+    """REST-only fields: (name, type, description)."""
+
+
+_DATASET = ("dataset", Ref, "Registered dataset, by id or name")
+_CONFIG = ("config", Name, "Saved configuration of the project whose params fill what this request leaves out")
+_MODEL_DOC = ("A built-in name (`yolov8n`, `yolo11s-cls`: the pretrained `.pt` when the deployment has it, else "
+              "the untrained architecture), `library:<model>[:<version>]` or `library:<version id>` (weights "
+              "library), or `artifact:<id>` (an exported or trained model file of a run)")
+
+REQUEST_OVERLAYS: dict[str, RequestOverlay] = {
+    "yolo.train": RequestOverlay(frozenset({"data", "dataset_id"}), (
+        _DATASET,
+        ("architecture", Name, "Saved architecture (POST /architectures) to train; `model` then names weights "
+                               "to transfer into it, or is left out"),
+        ("register_as", Name, "Weights-library model that receives the best weights (default: the project's "
+                              "name, or `<project>-<task>` if that model holds another task)"),
+        _CONFIG,
+    )),
+    "yolo.val": RequestOverlay(frozenset({"data", "dataset_id"}), (_DATASET, _CONFIG)),
+    "yolo.export": RequestOverlay(frozenset({"data"}), (
+        ("dataset", Ref, "Calibration dataset for int8 export"), _CONFIG)),
+    "yolo.predict": RequestOverlay(frozenset({"sources"}), (
+        ("images", Annotated[list[ImageRef], Meta(min_length=1, max_length=1000)],
+         "Upload ids (POST /uploads), `dataset:<ref>:<split>:<index>` or `dataset:<ref>:<split>` (a whole split)"),
+        _CONFIG,
+    )),
+}
+"""The run kinds whose requests carry references instead of paths."""
+
+FIELD_DOCS = {"model": _MODEL_DOC}
+
+
+def _request_type(spec_cls: type[RunSpecBase], overlay: RequestOverlay) -> type[msgspec.Struct]:
+    fields: list[tuple[str, Any, Any]] = []
+    for f in msgspec.structs.fields(spec_cls):
+        if f.name not in overlay.server_fields:
+            doc = FIELD_DOCS.get(f.name)
+            tp = Annotated[f.type, Meta(description=doc)] if doc else f.type
+            fields.append((f.name, typing.Union[tp, UnsetType], UNSET))  # noqa: UP007
+    for name, tp, doc in overlay.added:
+        fields.append((name, typing.Union[Annotated[tp, Meta(description=doc)], UnsetType], UNSET))  # noqa: UP007
+    fields += [("pool", Pool | UnsetType, UNSET), ("priority", Priority | UnsetType, UNSET)]
+    return msgspec.defstruct(
+        f"Create{spec_cls.__name__}",
+        fields,
+        bases=(RunRequest,),
+        tag=spec_cls.__struct_config__.tag,
+        forbid_unknown_fields=True,
+        kw_only=True,
+        frozen=True,
+        module=__name__,
+    )
+
+
 RUN_CREATE_TYPES: dict[type[msgspec.Struct], type[RunSpecBase]] = {
     _create_type(cls): cls for cls in _run_spec_members()
 }
 """REST request type → the bus spec it becomes."""
+REQUEST_TYPES: dict[str, type[msgspec.Struct]] = {
+    cls.__struct_config__.tag: request for request, cls in RUN_CREATE_TYPES.items()  # type: ignore[misc]
+}
+"""Run kind → its REST request type."""
 
 RunCreate = typing.Union[tuple(RUN_CREATE_TYPES)]  # type: ignore[valid-type]  # noqa: UP007
 """Body of `POST /projects/{ref}/runs`: a run spec tagged by `kind`, plus `pool` and `priority`."""
 
 
-def to_run_spec(request: msgspec.Struct) -> tuple[RunSpecBase, str, int]:
-    """(bus spec, pool, priority) of a run-creation request."""
+def to_run_spec(request: msgspec.Struct) -> tuple[RunSpecBase | RunRequest, str | None, int | None]:
+    """(bus spec, pool, priority) of a run-creation request; for a `RunRequest` the request itself and no
+    pool or priority (`create_run` resolves it, and they may come from a saved configuration)."""
+    if isinstance(request, RunRequest):
+        return request, None, None
     spec_cls = RUN_CREATE_TYPES[type(request)]
     spec = spec_cls(**{name: getattr(request, name) for name in spec_cls.__struct_fields__})
     return spec, request.pool, request.priority  # type: ignore[attr-defined]
@@ -192,6 +288,12 @@ class RunView(msgspec.Struct, kw_only=True):
     cancel_requested: bool
     resume_of: str | None
     resume_checkpoint_id: str | None
+    options: dict[str, Any] = {}
+    """What the request named beyond the spec (yolo kinds): model/dataset references as given, config,
+    register_as, model_version_id."""
+    registration: dict[str, Any] | None = None
+    """A completed `yolo.train` run: the library version its best weights became (`model`, `version`,
+    `model_version_id`), or `error`."""
     created_at: datetime
     enqueued_at: datetime | None
     claimed_at: datetime | None

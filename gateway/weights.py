@@ -20,6 +20,7 @@ Blocking: call `inspect_weights` from a worker thread.
 
 from __future__ import annotations
 
+import enum
 import functools
 import importlib
 import math
@@ -56,6 +57,15 @@ CONSTRUCTORS: frozenset[tuple[str, str]] = frozenset({
     ("types", "SimpleNamespace"), ("ultralytics.utils", "IterableSimpleNamespace"),
 })
 """Globals a checkpoint may call: constructors of plain values that run no foreign code."""
+
+ENUM_LOOKUPS: frozenset[tuple[str, str]] = frozenset({("torchvision.transforms.functional", "InterpolationMode")})
+"""Enum classes a checkpoint may call: `Enum(value)` only looks a member up."""
+
+TRANSFORM_CLASSES: frozenset[tuple[str, str]] = frozenset(
+    ("torchvision.transforms.transforms", name) for name in ("Compose", "Resize", "CenterCrop", "Normalize", "ToTensor")
+)
+"""Preprocessing objects a classification checkpoint holds (`model.transforms`, written by Ultralytics'
+training). Created empty and filled from their pickled `__dict__`, like layers; none defines `__setstate__`."""
 
 OTHER_GLOBALS: frozenset[tuple[str, str]] = frozenset({("numpy", "ndarray")})
 """Globals a checkpoint may name without calling them (an argument of `_reconstruct`)."""
@@ -99,7 +109,7 @@ def _resolve(module: str, name: str) -> Any:
     if not _MODULE_PATH.fullmatch(module) or not _IDENTIFIER.fullmatch(name):
         raise UnsafeWeights(f"the file names a malformed global {module}.{name}")
     key = (module, name)
-    if key in CONSTRUCTORS or key in OTHER_GLOBALS:
+    if key in CONSTRUCTORS or key in OTHER_GLOBALS or key in ENUM_LOOKUPS or key in TRANSFORM_CLASSES:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             try:
@@ -155,7 +165,7 @@ class _RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001
     def load_reduce(self) -> None:
         args = self.stack.pop()
         func = self.stack[-1]
-        if id(func) not in _constructors():
+        if id(func) not in _constructors() and not _is_enum_lookup(func, args):
             raise UnsafeWeights(f"the file calls {_name(func)}, which is not allowed in model weights")
         self.stack[-1] = func(*args)
 
@@ -188,7 +198,7 @@ class _RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001
 
 
 def _check_module_class(cls: Any) -> type:
-    if isinstance(cls, type) and issubclass(cls, torch.nn.Module):
+    if isinstance(cls, type) and (issubclass(cls, torch.nn.Module) or _is_transform(cls)):
         return cls
     raise UnsafeWeights(f"the file creates {_name(cls)} objects, which is not allowed in model weights")
 
@@ -198,8 +208,19 @@ def _buildable(inst: Any) -> bool:
         return False
     if isinstance(inst, torch.nn.Module | torch.Tensor | OrderedDict | types.SimpleNamespace):
         return True
+    if _is_transform(type(inst)):
+        return True
     numpy = importlib.import_module("numpy")
     return isinstance(inst, numpy.ndarray | numpy.dtype)
+
+
+def _is_enum_lookup(func: Any, args: Any) -> bool:
+    return (isinstance(func, enum.EnumMeta) and (func.__module__, func.__qualname__) in ENUM_LOOKUPS
+            and isinstance(args, tuple) and len(args) == 1 and isinstance(args[0], str | int))
+
+
+def _is_transform(cls: type) -> bool:
+    return (cls.__module__, cls.__qualname__) in TRANSFORM_CLASSES and "__setstate__" not in vars(cls)
 
 
 def _name(obj: Any) -> str:

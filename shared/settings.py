@@ -92,6 +92,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """The gateway the `trainforge train` and `trainforge runs` commands talk to."""
     api_token: str | None = None
     """Bearer token those commands send (an API token), when the gateway requires one."""
+    max_image_upload_mb: int = 20
+    """Largest image accepted by `POST /api/v1/uploads` and synchronous predict."""
+    predict_timeout_s: float = 60.0
+    """How long `POST /api/v1/models/{ref}/predict` waits for its run before answering 504."""
 
     # -- logs ------------------------------------------------------------------------------------------
     log_level: str = "INFO"

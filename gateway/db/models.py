@@ -91,10 +91,18 @@ class Run(Base):
     """When JetStream took the run's job; NULL until then (the gateway publishes it again)."""
     job_msg_id: Mapped[str | None] = mapped_column(String(320), nullable=True)
     """The `Nats-Msg-Id` of the run's job, reused when it is published again."""
+    options: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
+    """What the client asked for beyond the spec (REST only): references as given (`model`, `dataset`,
+    `architecture`, `config`), `register_as`, `model_version_id` (the library version it starts from)."""
+    registration: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    """A completed `yolo.train` run's weights in the library: `{model, version, model_version_id}`, or
+    `{error}`; NULL until registered."""
 
     __table_args__ = (
         Index("ix_runs_project_created", "project_id", "created_at"),
         Index("ix_runs_unenqueued", "created_at", postgresql_where=text("enqueued_at IS NULL")),
+        Index("ix_runs_unregistered", "finished_at",
+              postgresql_where=text("kind = 'yolo.train' AND status = 'completed' AND registration IS NULL")),
     )
 
 
@@ -251,3 +259,37 @@ class ModelVersion(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
     __table_args__ = (UniqueConstraint("model_id", "version", name="uq_model_versions_model_version"),)
+
+
+class RunConfig(Base):
+    """A saved set of run parameters of a project, reused by name (`config` of a run request)."""
+
+    __tablename__ = "run_configs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    """REST fields of a run request of `kind` (as a client would send them)."""
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_run_configs_project_name"),)
+
+
+class Architecture(Base):
+    """A validated custom model architecture (Ultralytics model YAML), usable as the model of a training."""
+
+    __tablename__ = "architectures"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    yaml: Mapped[str] = mapped_column(Text)
+    task: Mapped[str] = mapped_column(String(16))
+    summary: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    """What validation found: parameters, GFLOPs, layers, output shapes (at `imgsz`)."""
+    owner_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -21,6 +21,7 @@ from gateway.db.models import Artifact, Checkpoint, EventRecord, Project, Run
 from gateway.errors import BadRequest, Conflict, NotFound, Unavailable, Unprocessable
 from gateway.schemas import (
     ArtifactView,
+    RunRequest,
     CheckpointView,
     LogLineView,
     LogPage,
@@ -30,6 +31,7 @@ from gateway.schemas import (
     RunView,
     from_row,
 )
+from gateway.services import yolo_specs
 from gateway.services.container_runs import prepare_container_spec
 from gateway.services.projects import check_text, get_project
 from gateway.state import GatewayState
@@ -221,29 +223,37 @@ async def list_artifacts(gw: GatewayState, run_id: str, *, limit: int, offset: i
 async def create_run(
     gw: GatewayState,
     project_ref: str,
-    spec: RunSpecBase,
+    spec: RunSpecBase | RunRequest,
     *,
-    pool: str,
-    priority: int,
+    pool: str | None,
+    priority: int | None,
     idempotency: tuple[str, str] | None = None,
     resume: ResumeFrom | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Run:
     """Save a queued run (counting it in its project's `runs_started`), then publish its job and run.queued.
 
+    A `RunRequest` (the `yolo.*` kinds: references instead of paths) is first resolved into its spec by
+    `yolo_specs.resolve_spec`, which also gives pool, priority (when None here) and the run's `options`.
     NotEnqueued (503) if NATS does not take them: the run stays queued without `enqueued_at` and
     `republish_unenqueued` publishes it again later. `idempotency` (scope, key) of the request, if it had an
     Idempotency-Key: the job's `Nats-Msg-Id` is made from it.
     """
-    if not TOKEN_RE.fullmatch(pool):
-        raise Unprocessable(f"invalid pool {pool!r}", errors=[
-            {"field": "pool", "message": f"Expected `str` matching regex {TOKEN_RE.pattern!r}"}])
+    if pool is not None:
+        _check_pool(pool)
     check_text(spec)
     if isinstance(spec, ContainerSpec):
         async with gw.sessionmaker() as session:
-            spec = await prepare_container_spec(gw, await get_project(session, project_ref), spec, pool)
+            spec = await prepare_container_spec(gw, await get_project(session, project_ref), spec, pool or "cpu")
     run_id = new_id()
     async with gw.sessionmaker() as session, session.begin():
         project = await get_project(session, project_ref)
+        if isinstance(spec, RunRequest):
+            resolved = await yolo_specs.resolve_spec(session, gw.settings, project, spec)
+            spec, options = resolved.spec, {**resolved.options, **(options or {})}
+            pool = pool or resolved.pool
+            priority = resolved.priority if priority is None else priority
+            _check_pool(pool)
         counted = await session.execute(
             update(Project).where(Project.id == project.id, Project.status == "active")
             .values(runs_started=Project.runs_started + 1).returning(Project.id)
@@ -254,14 +264,15 @@ async def create_run(
             id=run_id,
             project_id=project.id,
             kind=spec.__struct_config__.tag,
-            pool=pool,
-            priority=priority,
+            pool=pool or "cpu",
+            priority=50 if priority is None else priority,
             status=RunStatus.QUEUED.value,
             spec=msgspec.to_builtins(spec),
             gateway_seq=1,
             resume_of=resume.source_run_id if resume else None,
             resume_checkpoint_id=resume.checkpoint_id if resume else None,
             job_msg_id=job_msg_id(run_id, idempotency),
+            options=options or {},
         )
         session.add(run)
     async with gw.sessionmaker() as session:
@@ -271,6 +282,12 @@ async def create_run(
     except PublishFailed as exc:
         raise NotEnqueued(run) from exc
     return run
+
+
+def _check_pool(pool: str) -> None:
+    if not TOKEN_RE.fullmatch(pool):
+        raise Unprocessable(f"invalid pool {pool!r}", errors=[
+            {"field": "pool", "message": f"Expected `str` matching regex {TOKEN_RE.pattern!r}"}])
 
 
 async def enqueue(gw: GatewayState, run: Run, *, resume: ResumeFrom | None) -> None:
@@ -438,7 +455,7 @@ async def resume_run(
     resume = ResumeFrom(source_run_id=source.id, checkpoint_id=checkpoint.id, uri=checkpoint.uri,
                         step=checkpoint.step, epoch=checkpoint.epoch)
     return await create_run(gw, source.project_id, spec, pool=pool or source.pool, priority=source.priority,
-                            idempotency=idempotency, resume=resume)
+                            idempotency=idempotency, resume=resume, options=source.options)
 
 
 async def delete_run(gw: GatewayState, run_id: str) -> None:

@@ -112,3 +112,17 @@ def test_the_format_comes_from_the_file_name() -> None:
         weights_format("d.bin")
 
 
+
+
+def test_the_preprocessing_transforms_of_classification_checkpoints_load(tmp_path: Path) -> None:
+    from runner.yolo.offline import prepare_ultralytics
+
+    prepare_ultralytics(tmp_path / "state")  # torchvision imports only once its ops are in place
+    from torchvision import transforms as T
+
+    pipeline = T.Compose([T.Resize(64, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(64),
+                          T.ToTensor(), T.Normalize((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))])
+    torch.save({"transforms": pipeline}, tmp_path / "cls.pt")
+    loaded = safe_load(tmp_path / "cls.pt")["transforms"]
+    assert [type(t).__name__ for t in loaded.transforms] == ["Resize", "CenterCrop", "ToTensor", "Normalize"]
+    assert loaded.transforms[0].interpolation is T.InterpolationMode.BILINEAR

@@ -1,0 +1,152 @@
+"""Custom model architectures: validate an Ultralytics model YAML (build it, one forward pass), save a valid
+one by name, use it as the model of a `yolo.train` (`architecture: <name>`).
+
+Validation imports torch and Ultralytics and builds the model: it runs in a worker thread, at most
+`VALIDATE_CONCURRENCY` at a time, so the event loop stays free and the CPU is not flooded.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import anyio
+import msgspec
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+
+from gateway.db.models import Architecture
+from gateway.errors import Conflict, NotFound, Unprocessable
+from gateway.schemas import Name, Request
+from gateway.services.projects import check_text
+from gateway.state import GatewayState
+from shared.contracts.common import new_id
+from shared.settings import Settings
+
+VALIDATE_CONCURRENCY = 2
+_limiter: anyio.CapacityLimiter | None = None
+
+ModelYaml = Annotated[str, msgspec.Meta(min_length=1, max_length=65_536, description="Ultralytics model YAML")]
+ValidateSize = Annotated[int, msgspec.Meta(ge=32, le=2048, description="Input size of the test forward pass")]
+
+
+class ValidateRequest(Request):
+    yaml: ModelYaml
+    imgsz: ValidateSize = 640
+    channels: Annotated[int, msgspec.Meta(ge=1, le=16)] = 3
+
+
+class ArchitectureCreate(Request):
+    name: Name
+    yaml: ModelYaml
+    description: Annotated[str, msgspec.Meta(max_length=4096)] = ""
+    imgsz: ValidateSize = 640
+
+
+class LayerView(msgspec.Struct, kw_only=True):
+    index: int
+    from_: Any = msgspec.field(name="from")
+    module: str
+    params: int
+    output_shape: Any
+    line: int | None
+
+
+class ArchitectureReport(msgspec.Struct, kw_only=True):
+    """A valid architecture: what it builds to at `imgsz`."""
+
+    valid: bool
+    task: str
+    nc: int
+    imgsz: int
+    layers: list[LayerView]
+    parameters: int
+    gflops: float
+    stride: list[int]
+    output_shapes: Any
+
+
+class ArchitectureView(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    description: str
+    task: str
+    yaml: str
+    summary: dict[str, Any]
+    """parameters, gflops, imgsz, layers (count), output_shapes."""
+    created_at: datetime
+
+
+class ArchitecturePage(msgspec.Struct, kw_only=True):
+    items: list[ArchitectureView]
+    total: int
+    limit: int
+    offset: int
+
+
+def architecture_view(row: Architecture) -> ArchitectureView:
+    return ArchitectureView(id=row.id, name=row.name, description=row.description, task=row.task, yaml=row.yaml,
+                            summary=row.summary, created_at=row.created_at)
+
+
+async def validate(settings: Settings, text: str, imgsz: int, channels: int = 3) -> ArchitectureReport:
+    """The report of a valid YAML; Unprocessable (with `error`, `line`, `layer`) for an invalid one."""
+    from runner.yolo.architecture import validate_architecture
+
+    global _limiter
+    if _limiter is None:
+        _limiter = anyio.CapacityLimiter(VALIDATE_CONCURRENCY)
+    check_text(text)
+    result = await anyio.to_thread.run_sync(
+        lambda: validate_architecture(text, imgsz, channels=channels, state_dir=settings.state_dir),
+        limiter=_limiter)
+    if not result["valid"]:
+        error = {"field": "yaml", "message": result["error"]}
+        for key in ("line", "layer"):
+            if result.get(key) is not None:
+                error[key] = result[key]
+        where = f" (line {result['line']})" if result.get("line") else ""
+        raise Unprocessable(f"invalid architecture{where}: {result['error']}", errors=[error])
+    result.pop("names_count", None)
+    return msgspec.convert(result, ArchitectureReport)
+
+
+async def create_architecture(gw: GatewayState, data: ArchitectureCreate) -> Architecture:
+    report = await validate(gw.settings, data.yaml, data.imgsz)
+    summary = {"parameters": report.parameters, "gflops": report.gflops, "imgsz": report.imgsz,
+               "layers": len(report.layers), "nc": report.nc, "output_shapes": report.output_shapes}
+    row = Architecture(id=new_id(), name=data.name, description=data.description, yaml=data.yaml,
+                       task=report.task, summary=summary)
+    async with gw.sessionmaker() as session:
+        session.add(row)
+        try:
+            await session.commit()
+        except IntegrityError:
+            raise Conflict(f"an architecture named {data.name!r} already exists") from None
+        await session.refresh(row)
+    return row
+
+
+async def list_architectures(gw: GatewayState, *, limit: int, offset: int) -> ArchitecturePage:
+    async with gw.sessionmaker() as session:
+        total = (await session.execute(select(func.count()).select_from(Architecture))).scalar_one()
+        rows = (await session.execute(select(Architecture).order_by(Architecture.name).limit(limit)
+                                      .offset(offset))).scalars()
+        return ArchitecturePage(items=[architecture_view(r) for r in rows], total=total, limit=limit,
+                                offset=offset)
+
+
+async def get_architecture(gw: GatewayState, ref: str) -> Architecture:
+    async with gw.sessionmaker() as session:
+        row = (await session.execute(select(Architecture).where(
+            (Architecture.name == ref) | (Architecture.id == ref)))).scalars().first()
+    if row is None:
+        raise NotFound(f"no architecture {ref!r}")
+    return row
+
+
+async def delete_architecture(gw: GatewayState, ref: str) -> None:
+    """Runs keep their own copy of the YAML (`model_yaml` of their spec): deleting never breaks one."""
+    row = await get_architecture(gw, ref)
+    async with gw.sessionmaker() as session, session.begin():
+        await session.execute(delete(Architecture).where(Architecture.id == row.id))

@@ -1,0 +1,102 @@
+"""Artifacts: a run's files (and uploaded images) by id, their bytes with HTTP ranges; image uploads.
+
+An uploaded image is an `artifacts` row of kind `upload` without a run, stored in the artifact store under
+`uploads/<id>/`: runners read it from the same store, so with the `local` store they must share the
+gateway's file system (`trainforge up` does), with the `nats` store they may run anywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+from litestar.response import Stream
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.db.models import Artifact
+from gateway.errors import NotFound, Unprocessable
+from gateway.ranges import byte_range, content_range
+from gateway.state import GatewayState
+from gateway.uploads import UploadedFile
+from shared.artifacts import ArtifactNotFound, ArtifactStore, artifact_store
+from shared.contracts.common import new_id, utcnow
+
+UPLOAD_KIND = "upload"
+IMAGE_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tiff", "MPO": ".jpg"}
+IMAGE_MEDIA_TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".bmp": "image/bmp", ".webp": "image/webp",
+                     ".tiff": "image/tiff"}
+_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+
+
+def store_of(gw: GatewayState) -> ArtifactStore:
+    return artifact_store(gw.settings, gw.js)
+
+
+async def get_artifact(session: AsyncSession, artifact_id: str) -> Artifact:
+    row = await session.get(Artifact, artifact_id) if _ID.match(artifact_id) else None
+    if row is None:
+        raise NotFound(f"no artifact {artifact_id!r}")
+    return row
+
+
+def _image_info(path: Path) -> tuple[str, int, int]:
+    """(suffix, width, height) of an image file; ValueError if it is not an image Ultralytics reads."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            fmt, size = im.format, im.size
+            im.verify()
+    except Exception as exc:  # noqa: BLE001 - whatever PIL (or a plugin) raises, it is not an image we take
+        raise ValueError(f"not a readable image ({exc})") from None
+    if fmt not in IMAGE_SUFFIXES:
+        raise ValueError(f"image format {fmt} is not accepted ({', '.join(sorted(set(IMAGE_SUFFIXES) - {'MPO'}))})")
+    return IMAGE_SUFFIXES[fmt], size[0], size[1]
+
+
+async def store_upload(gw: GatewayState, upload: UploadedFile, project_id: str | None = None) -> Artifact:
+    """Check an uploaded image and keep it in the artifact store; the row's id is the upload id."""
+    try:
+        suffix, width, height = await anyio.to_thread.run_sync(_image_info, upload.path)
+    except ValueError as exc:
+        raise Unprocessable(f"file: {exc}", errors=[{"field": "file", "message": str(exc)}]) from None
+    upload_id = new_id()
+    stem = re.sub(r"[^A-Za-z0-9_-]", "_", Path(upload.filename).stem)[:64] or "image"
+    uri = await store_of(gw).put_file(f"uploads/{upload_id}/{stem}{suffix}", upload.path)
+    row = Artifact(id=upload_id, run_id=None, project_id=project_id, name=f"{stem}{suffix}", kind=UPLOAD_KIND,
+                   uri=uri, size_bytes=upload.size, media_type=IMAGE_MEDIA_TYPES[suffix],
+                   meta={"width": width, "height": height, "sha256": upload.sha256, "filename": upload.filename},
+                   created_at=utcnow())
+    async with gw.sessionmaker() as session:
+        session.add(row)
+        await session.commit()
+    return row
+
+
+async def download(gw: GatewayState, row: Artifact, range_header: str | None) -> Stream:
+    """The artifact's bytes, all (200) or one range (206), as a streamed response."""
+    store = store_of(gw)
+    try:
+        size = (await store.stat(row.uri)).size
+    except ArtifactNotFound:
+        raise NotFound(f"the file of artifact {row.id} is missing from the artifact store") from None
+    span = byte_range(range_header, size)
+    start, end = span or (0, size)
+    filename = re.sub(r"[^A-Za-z0-9._-]", "_", Path(row.name).name) or "artifact"
+    headers: dict[str, Any] = {
+        "Accept-Ranges": "bytes",
+        "Content-Length": str(end - start),
+        "Content-Disposition": f'attachment; filename="{filename}"',
+    }
+    if span is not None:
+        headers["Content-Range"] = content_range(start, end, size)
+    return Stream(_chunks(store, row.uri, start, end), status_code=206 if span else 200, headers=headers,
+                  media_type=row.media_type or "application/octet-stream")
+
+
+async def _chunks(store: ArtifactStore, uri: str, start: int, end: int) -> AsyncIterator[bytes]:
+    async for chunk in store.open(uri, start, end):
+        yield chunk

@@ -1,0 +1,98 @@
+"""Saved run configurations of a project: named params of a `yolo.*` run request, reused with `config`.
+
+Params are stored as the client sends them in a run request (references, not paths) and checked against the
+request type of their kind when saved; a run request names one with `config` and its own fields win.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from gateway.db.models import RunConfig
+from gateway.errors import Conflict, NotFound
+from gateway.schemas import Name, Request
+from gateway.services.projects import check_text, get_project
+from gateway.services.yolo_specs import check_params, get_config_row, invalid
+from gateway.state import GatewayState
+from shared.contracts.common import new_id
+
+
+class ConfigCreate(Request):
+    name: Name
+    kind: Annotated[str, msgspec.Meta(max_length=32, description="yolo.train, yolo.val, yolo.export or yolo.predict")]
+    params: dict[str, Any] = {}
+    """Fields of a run request of `kind` (e.g. dataset, model, epochs, imgsz, extra)."""
+    description: Annotated[str, msgspec.Meta(max_length=4096)] = ""
+
+
+class ConfigView(msgspec.Struct, kw_only=True):
+    id: str
+    project_id: str
+    name: str
+    kind: str
+    params: dict[str, Any]
+    description: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class ConfigPage(msgspec.Struct, kw_only=True):
+    items: list[ConfigView]
+    total: int
+
+
+def config_view(row: RunConfig) -> ConfigView:
+    return ConfigView(id=row.id, project_id=row.project_id, name=row.name, kind=row.kind, params=row.params,
+                      description=row.description, created_at=row.created_at, updated_at=row.updated_at)
+
+
+async def create_config(gw: GatewayState, project_ref: str, data: ConfigCreate) -> RunConfig:
+    check_text(data)
+    if "config" in data.params:
+        raise invalid("params.config", "a configuration cannot name another configuration")
+    params = check_params(data.kind, data.params, prefix="params.")
+    async with gw.sessionmaker() as session:
+        project = await get_project(session, project_ref)
+        project_name = project.name
+        row = RunConfig(id=new_id(), project_id=project.id, name=data.name, kind=data.kind, params=params,
+                        description=data.description)
+        session.add(row)
+        try:
+            await session.commit()
+        except IntegrityError:
+            raise Conflict(f"project {project_name!r} already has a configuration {data.name!r}") from None
+        await session.refresh(row)
+        return row
+
+
+async def list_configs(gw: GatewayState, project_ref: str, kind: str | None) -> list[RunConfig]:
+    async with gw.sessionmaker() as session:
+        project = await get_project(session, project_ref)
+        where = [RunConfig.project_id == project.id]
+        if kind:
+            where.append(RunConfig.kind == kind)
+        return list((await session.execute(select(RunConfig).where(*where).order_by(RunConfig.name))).scalars())
+
+
+async def get_config(gw: GatewayState, project_ref: str, name: str) -> RunConfig:
+    async with gw.sessionmaker() as session:
+        project = await get_project(session, project_ref)
+        row = await get_config_row(session, project.id, name)
+        if row is None:
+            raise NotFound(f"project {project.name!r} has no configuration {name!r}")
+        return row
+
+
+async def delete_config(gw: GatewayState, project_ref: str, name: str) -> None:
+    async with gw.sessionmaker() as session, session.begin():
+        project = await get_project(session, project_ref)
+        done = await session.execute(delete(RunConfig).where(RunConfig.project_id == project.id,
+                                                             RunConfig.name == name).returning(RunConfig.id))
+        if done.first() is None:
+            raise NotFound(f"project {project.name!r} has no configuration {name!r}")
+
