@@ -1,7 +1,8 @@
 """The Litestar application: `create_app(settings)`.
 
 The lifespan connects NATS (declaring the JetStream topology) and the database, starts the projector (events
-→ Postgres) and the event hub (Postgres → SSE clients), and stops them in reverse order on shutdown.
+→ Postgres), the event hub (Postgres → SSE clients) and the dispatcher (queued runs → jobs on JetStream), and
+stops them in reverse order on shutdown.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from gateway.controllers.events import EventsController
 from gateway.controllers.health import HealthController
 from gateway.controllers.models import ModelsController
 from gateway.controllers.projects import ProjectsController
+from gateway.controllers.queue import QueueController
 from gateway.controllers.runs import RunsController
 from gateway.db.session import create_engine, create_sessionmaker
+from gateway.dispatcher import Dispatcher
 from gateway.errors import problem_details_plugin
 from gateway.eventhub import EventHub
 from gateway.projector import Projector
-from gateway.services.runs import Republisher
 from gateway.state import GatewayState
 from shared.bus import connect, ensure_topology
 from shared.settings import Settings
@@ -38,7 +40,8 @@ API_PREFIX = "/api/v1"
 
 def api_controllers() -> list[type]:
     """Controllers mounted under /api/v1. One per resource."""
-    return [ProjectsController, RunsController, EventsController, DatasetsController, ModelsController]
+    return [ProjectsController, RunsController, QueueController, EventsController, DatasetsController,
+            ModelsController]
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -96,4 +99,4 @@ def create_app(settings: Settings) -> Litestar:
 
 def background_services() -> list[tuple[str, object]]:
     """(name, factory(gw)) of the long-lived services the lifespan starts, in start order."""
-    return [("projector", Projector), ("eventhub", EventHub), ("republisher", Republisher)]
+    return [("projector", Projector), ("eventhub", EventHub), ("dispatcher", Dispatcher)]

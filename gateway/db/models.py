@@ -32,6 +32,10 @@ NAMING = {
 }
 
 
+ACTIVE_WHERE = "status IN ('queued', 'claimed', 'running', 'canceling')"
+"""Runs that are not finished (the dispatcher's working set)."""
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {dict[str, Any]: JSONB, list[str]: JSONB, datetime: DateTime(timezone=True)}
@@ -90,10 +94,17 @@ class Run(Base):
     """When JetStream took the run's job; NULL until then (the gateway publishes it again)."""
     job_msg_id: Mapped[str | None] = mapped_column(String(320), nullable=True)
     """The `Nats-Msg-Id` of the run's job, reused when it is published again."""
+    requirements: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    """What a runner must have (`Requirements`: device kind, GPU memory, GPU count); NULL: anything."""
+    queue_position: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """While the dispatcher holds the run: its place in its pool's line (1 = next)."""
+    wait_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """While the dispatcher holds the run: why it does not start now."""
 
     __table_args__ = (
         Index("ix_runs_project_created", "project_id", "created_at"),
         Index("ix_runs_unenqueued", "created_at", postgresql_where=text("enqueued_at IS NULL")),
+        Index("ix_runs_active", "pool", postgresql_where=text(ACTIVE_WHERE)),
     )
 
 
