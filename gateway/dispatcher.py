@@ -8,7 +8,9 @@ each run that may start now:
 - a live runner of the run's pool fits it (kind, device kind, GPU memory and count: `shared.scheduling.misfit`)
   and has a free slot (runners' latest heartbeats on `{P}_RUNNERS`; their busy slots from Postgres).
 The line: fair share between users first (the user with the fewest active runs, counting those ahead in line,
-goes next; ties: whose next run waits longest), then priority (higher first), then age. A run that may not
+goes next; ties: the user whose last run was published longest ago, then whose next run waits longest), then
+priority (higher first), then age. (Fewest active runs alone is not fair: with one free slot, every user has 0
+runs at the moment it frees, and the oldest waiting run would always win — one user's flood first.) A run that may not
 start gets its place in its pool's line and the reason (`runs.queue_position`, `runs.wait_reason`).
 
 One gateway dispatches at a time: it holds key `dispatcher` of KV `Subjects.leases_bucket`, renewed every pass;
@@ -23,12 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import asyncpg
@@ -38,7 +41,7 @@ from nats.aio.msg import Msg
 from nats.js import api as js_api
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
-from sqlalchemy import select, text
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.engine import make_url
 
 from gateway.bus import PublishFailed
@@ -266,7 +269,8 @@ class Dispatcher:
         verdicts: dict[str, tuple[int, str]] = {}
         positions: Counter[str] = Counter()
         nats_down = False
-        for run in self._line(waiting, per_user):
+        last_served = await self._last_served({r.owner_id for r in waiting})
+        for run in self._line(waiting, per_user, last_served):
             reason = self._limit_reason(run, limits, total, per_user, per_project)
             pool = pools.get(run.pool) or _Pool()
             if reason is None:
@@ -328,23 +332,40 @@ class Dispatcher:
                 pools[run.pool].unclaimed.append(run)
         return pools
 
+    async def _last_served(self, owners: set[str | None]) -> dict[str | None, datetime]:
+        """When each of `owners` last had a job published."""
+        named = [o for o in owners if o is not None]
+        where = Run.owner_id.in_(named)
+        if None in owners:
+            where = or_(where, Run.owner_id.is_(None))
+        async with self.gw.sessionmaker() as session:
+            result = await session.execute(
+                select(Run.owner_id, func.max(Run.enqueued_at)).where(where).group_by(Run.owner_id))
+        return {owner: last for owner, last in result if last is not None}
+
     @staticmethod
-    def _line(waiting: list[_Row], active_per_user: Counter[str | None]) -> Iterable[_Row]:
+    def _line(waiting: list[_Row], active_per_user: Counter[str | None],
+              last_served: dict[str | None, datetime]) -> Iterable[_Row]:
         """Waiting runs in the order they may start: fair share, then priority, then age."""
         queues: dict[str | None, list[_Row]] = defaultdict(list)
         for run in waiting:
             queues[run.owner_id].append(run)
         for runs in queues.values():
             runs.sort(key=lambda r: (-r.priority, r.created_at, r.id), reverse=True)  # pop() takes the best
-        heap = [(active_per_user[owner], runs[-1].created_at, n, owner) for n, (owner, runs) in
-                enumerate(queues.items())]
+        never = datetime.min.replace(tzinfo=UTC)
+        heap = [
+            (active_per_user[owner], (0, last_served.get(owner, never)), runs[-1].created_at, n, owner)
+            for n, (owner, runs) in enumerate(queues.items())
+        ]
         heapq.heapify(heap)
-        while heap:
-            count, _, n, owner = heapq.heappop(heap)
+        for turn in itertools.count():
+            if not heap:
+                return
+            count, _, _, n, owner = heapq.heappop(heap)
             runs = queues[owner]
             yield runs.pop()
-            if runs:
-                heapq.heappush(heap, (count + 1, runs[-1].created_at, n, owner))
+            if runs:  # served now: behind every user with as many runs who was served earlier
+                heapq.heappush(heap, (count + 1, (1, turn), runs[-1].created_at, n, owner))
 
     @staticmethod
     def _limit_reason(run: _Row, limits: Limits, total: int, per_user: Counter[str | None],

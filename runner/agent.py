@@ -230,6 +230,8 @@ class RunnerAgent:
         await asyncio.wait([stop_waiter, fetching, *helpers], return_when=asyncio.FIRST_COMPLETED)
         failure: RunnerError | None = None
         for task in [fetching, *helpers]:
+            if task is fetching and task.done() and not task.cancelled() and task.exception() is None:
+                continue  # it saw the stop request itself
             if task.done():
                 exc = task.exception() if not task.cancelled() else asyncio.CancelledError()
                 failure = RunnerError(f"runner {self.runner_id}: {task.get_name()} stopped: {exc!r}")

@@ -228,6 +228,7 @@ async def create_run(
     pool: str,
     priority: int,
     requirements: Requirements | None = None,
+    owner_id: str | None = None,
     idempotency: tuple[str, str] | None = None,
     resume: ResumeFrom | None = None,
 ) -> Run:
@@ -236,7 +237,8 @@ async def create_run(
 
     NotEnqueued (503) if NATS does not take run.queued or the job: the run stays queued without
     `enqueued_at` and the dispatcher publishes it when NATS is back. `idempotency` (scope, key) of the
-    request, if it had an Idempotency-Key: the job's `Nats-Msg-Id` is made from it.
+    request, if it had an Idempotency-Key: the job's `Nats-Msg-Id` is made from it. `owner_id`: the user
+    who starts it (None: the anonymous user); limits and fair share count runs per owner.
     """
     if not TOKEN_RE.fullmatch(pool):
         raise Unprocessable(f"invalid pool {pool!r}", errors=[
@@ -257,6 +259,7 @@ async def create_run(
             kind=spec.__struct_config__.tag,
             pool=pool,
             priority=priority,
+            owner_id=owner_id,
             status=RunStatus.QUEUED.value,
             spec=msgspec.to_builtins(spec),
             gateway_seq=1,
@@ -396,7 +399,8 @@ async def resume_run(
                         step=checkpoint.step, epoch=checkpoint.epoch)
     requirements = msgspec.convert(source.requirements, Requirements) if source.requirements else None
     return await create_run(gw, source.project_id, spec, pool=pool or source.pool, priority=source.priority,
-                            requirements=requirements, idempotency=idempotency, resume=resume)
+                            requirements=requirements, owner_id=source.owner_id, idempotency=idempotency,
+                            resume=resume)
 
 
 async def delete_run(gw: GatewayState, run_id: str) -> None:
