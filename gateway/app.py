@@ -1,7 +1,8 @@
 """The Litestar application: `create_app(settings)`.
 
 The lifespan connects NATS (declaring the JetStream topology) and the database, starts the projector (events
-→ Postgres) and the event hub (Postgres → SSE clients), and stops them in reverse order on shutdown.
+→ Postgres), the event hub (Postgres → SSE clients) and the dispatcher (queued runs → jobs on JetStream), and
+stops them in reverse order on shutdown.
 """
 
 from __future__ import annotations
@@ -26,14 +27,15 @@ from gateway.controllers.export_formats import ExportFormatsController
 from gateway.controllers.models import ModelsController
 from gateway.controllers.predict import PredictController
 from gateway.controllers.projects import ProjectsController
+from gateway.controllers.queue import QueueController
 from gateway.controllers.runs import RunsController
 from gateway.db.session import create_engine, create_sessionmaker
+from gateway.dispatcher import Dispatcher
 from gateway.errors import problem_details_plugin
 from gateway.eventhub import EventHub
 from gateway.fleet import FleetService
 from gateway.projector import Projector
 from gateway.registration import WeightsRegistrar
-from gateway.services.runs import Republisher
 from gateway.state import GatewayState
 from shared.bus import connect, ensure_topology
 from shared.settings import Settings
@@ -46,9 +48,9 @@ API_PREFIX = "/api/v1"
 
 def api_controllers() -> list[type]:
     """Controllers mounted under /api/v1. One per resource."""
-    return [ProjectsController, RunsController, EventsController, DatasetsController, ModelsController,
-            RunnersController, SystemController, CatalogController, ConfigsController, ArchitecturesController,
-            ArtifactsController, ExportFormatsController, PredictController]
+    return [ProjectsController, RunsController, QueueController, EventsController, DatasetsController,
+            ModelsController, RunnersController, SystemController, CatalogController, ConfigsController,
+            ArchitecturesController, ArtifactsController, ExportFormatsController, PredictController]
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -108,4 +110,4 @@ def create_app(settings: Settings) -> Litestar:
 def background_services() -> list[tuple[str, object]]:
     """(name, factory(gw)) of the long-lived services the lifespan starts, in start order."""
     return [("registrar", WeightsRegistrar), ("projector", Projector), ("eventhub", EventHub),
-            ("republisher", Republisher), ("fleet", FleetService)]
+            ("dispatcher", Dispatcher), ("fleet", FleetService)]

@@ -2,7 +2,8 @@
 
 Request types reject unknown fields (`forbid_unknown_fields=True`): a typo is a 422, not a silent default.
 The run-creation types are derived from the bus's `RunSpec` union, so every run kind added there is accepted
-here with no change: each member gets a `Create<Spec>` twin with the REST-only fields `pool` and `priority`.
+here with no change: each member gets a `Create<Spec>` twin with the REST-only fields `pool`, `priority` and
+`requirements`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from shared.contracts.commands import RunSpec, RunSpecBase
+from shared.contracts.commands import Requirements, RunSpec, RunSpecBase
 from shared.contracts.common import TOKEN_RE
 
 PROJECT_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -32,6 +33,10 @@ ProjectStatus = Literal["active", "archived"]
 
 class Request(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """Base of REST request bodies."""
+
+
+class RunRequirements(Requirements, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """What a runner must have to take the run: device kind (`cpu`, `cuda`, `any`), GPU memory, GPU count."""
 
 
 # -- projects --------------------------------------------------------------------------------------------
@@ -98,7 +103,7 @@ def _create_type(spec_cls: type[RunSpecBase]) -> type[msgspec.Struct]:
         return _request_type(spec_cls, overlay)
     return msgspec.defstruct(
         f"Create{spec_cls.__name__}",
-        [("pool", Pool, "cpu"), ("priority", Priority, 50)],
+        [("pool", Pool, "cpu"), ("priority", Priority, 50), ("requirements", RunRequirements | None, None)],
         bases=(spec_cls,),
         tag=spec_cls.__struct_config__.tag,
         forbid_unknown_fields=True,
@@ -180,7 +185,8 @@ def _request_type(spec_cls: type[RunSpecBase], overlay: RequestOverlay) -> type[
             fields.append((f.name, typing.Union[tp, UnsetType], UNSET))  # noqa: UP007
     for name, tp, doc in overlay.added:
         fields.append((name, typing.Union[Annotated[tp, Meta(description=doc)], UnsetType], UNSET))  # noqa: UP007
-    fields += [("pool", Pool | UnsetType, UNSET), ("priority", Priority | UnsetType, UNSET)]
+    fields += [("pool", Pool | UnsetType, UNSET), ("priority", Priority | UnsetType, UNSET),
+               ("requirements", RunRequirements | None | UnsetType, UNSET)]
     return msgspec.defstruct(
         f"Create{spec_cls.__name__}",
         fields,
@@ -206,14 +212,19 @@ RunCreate = typing.Union[tuple(RUN_CREATE_TYPES)]  # type: ignore[valid-type]  #
 """Body of `POST /projects/{ref}/runs`: a run spec tagged by `kind`, plus `pool` and `priority`."""
 
 
-def to_run_spec(request: msgspec.Struct) -> tuple[RunSpecBase | RunRequest, str | None, int | None]:
-    """(bus spec, pool, priority) of a run-creation request; for a `RunRequest` the request itself and no
-    pool or priority (`create_run` resolves it, and they may come from a saved configuration)."""
+def to_run_spec(
+    request: msgspec.Struct,
+) -> tuple[RunSpecBase | RunRequest, str | None, int | None, Requirements | None]:
+    """(bus spec, pool, priority, requirements) of a run-creation request; for a `RunRequest` the request
+    itself and no pool or priority (`create_run` resolves it, and they may come from a saved configuration)."""
+    req = request.requirements  # type: ignore[attr-defined]
+    requirements = (msgspec.convert(msgspec.to_builtins(req), Requirements)
+                    if req is not None and req is not UNSET else None)
     if isinstance(request, RunRequest):
-        return request, None, None
+        return request, None, None, requirements
     spec_cls = RUN_CREATE_TYPES[type(request)]
     spec = spec_cls(**{name: getattr(request, name) for name in spec_cls.__struct_fields__})
-    return spec, request.pool, request.priority  # type: ignore[attr-defined]
+    return spec, request.pool, request.priority, requirements  # type: ignore[attr-defined]
 
 
 class ResumeRequest(Request):
@@ -288,6 +299,7 @@ class RunView(msgspec.Struct, kw_only=True):
     cancel_requested: bool
     resume_of: str | None
     resume_checkpoint_id: str | None
+    requirements: dict[str, Any] | None
     options: dict[str, Any] = {}
     """What the request named beyond the spec (yolo kinds): model/dataset references as given, config,
     register_as, model_version_id."""
@@ -302,7 +314,37 @@ class RunView(msgspec.Struct, kw_only=True):
     updated_at: datetime
 
 
+class QueueInfo(msgspec.Struct, kw_only=True):
+    """Where a queued run stands in the gateway's line."""
+
+    position: int | None
+    """1 = the next run of its pool to start; None until the dispatcher has looked at it."""
+    reason: str | None
+    """Why it does not start now (a limit, no fitting runner, all runners busy)."""
+
+
+class QueueEntry(msgspec.Struct, kw_only=True):
+    position: int | None
+    reason: str | None
+    run_id: str
+    project_id: str
+    owner_id: str | None
+    pool: str
+    kind: str
+    priority: int
+    requirements: dict[str, Any] | None
+    created_at: datetime
+
+
+class QueuePage(msgspec.Struct, kw_only=True):
+    items: list[QueueEntry]
+    """The line: by pool, then place in it."""
+    total: int
+
+
 class RunDetail(RunView, kw_only=True):
+    queue: QueueInfo | None = None
+    """For a run the gateway holds back (queued, not yet handed to a runner): its place in line and why."""
     checkpoints: list[CheckpointView]
     """Latest first, up to 20."""
     artifacts: list[ArtifactView]

@@ -5,6 +5,12 @@ free. Per job: run.claimed, run.started, the executor's own events, then the ter
 ack. While the job runs, `msg.in_progress()` keeps JetStream from handing it to another runner; a runner that
 dies stops sending it, so the job is delivered again (the next attempt) once `ack_wait` has passed.
 
+Scheduling: a job that does not fit this runner (its kind, device, GPU memory or count: `Job.requirements`)
+is handed back at once (`nak`) for another runner of the pool; so is one whose leases (`Job.limits`,
+`runner.leases`) cannot all be taken now. Note that JetStream counts such a hand-back as a delivery: attempt
+numbers are delivery numbers and may skip, and hand-backs count against `job_max_deliver`. The gateway's
+dispatcher publishes a job only when it fits a live runner and the limits have room, so they are rare.
+
 Stopping (`stop()`, SIGTERM): stop fetching, wait `shutdown_grace_s` for running jobs, cancel what is left
 (or give it back, `shutdown_action = "requeue"`), publish their final events, drain the connection.
 
@@ -31,6 +37,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
 
 from shared.bus import connect, ensure_pool_consumer, ensure_topology
 from shared.contracts import FailureCause, Job, ResumeFrom, RunCheckpoint, RunnerHeartbeat, event_decoder, job_decoder
@@ -38,13 +45,16 @@ from shared.contracts.common import TOKEN_RE
 from shared.contracts.events import TERMINAL_EVENT_TYPES, DeviceInfo, HostStats
 from shared.contracts.fleet import RunnerControlReply, control_decoder
 from shared.hoststats import sample_host
+from shared.scheduling import misfit
 from shared.settings import Settings
 from shared.subjects import Subjects
 from runner.advice import serve_advice
 from runner.control import CancelListener
 from runner.preflight import serve_preflight
 from runner.targets import load_targets
-from runner.devices import DeviceError, describe_device, parse_device
+from runner.devices import DeviceError, describe_device, describe_devices, parse_device, pick_device
+from runner.gpu_sampler import cuda_indices
+from runner.leases import RunLeases
 from runner.executors.base import Canceled, Completed, Executor, Failed, Outcome, RunContext
 from runner.executors.registry import ExecutorRegistry, ExecutorUnavailable, spec_kind
 from runner.publisher import PUBLISH_TIMEOUT_S, RETRYABLE, PublishError, RunPublisher
@@ -56,6 +66,12 @@ FETCH_TIMEOUT_S = 1.0
 EXECUTOR_STOP_SLACK_S = 5.0
 """After a cancel, an executor gets cancel_grace_s plus this long to return before its task is cancelled."""
 ACK_DEADLINE_S = 10.0
+MISFIT_NAK_S = 0.5
+"""A job this runner cannot take goes back for this long (another runner of the pool takes it meanwhile)."""
+LEASE_RETRY_S = 2.0
+"""How long a runner keeps trying to take a job's leases (a finishing run may not have released its own yet)
+before it hands the job back."""
+LEASE_POLL_S = 0.2
 SHUTDOWN_REASON = "runner shutdown"
 
 
@@ -75,6 +91,7 @@ class ActiveJob:
     msg: Msg
     ctx: RunContext
     publisher: RunPublisher
+    leases: RunLeases | None = None
     shutdown: bool = False
     """Canceled because the runner stops (not because someone asked)."""
 
@@ -99,6 +116,9 @@ class RunnerAgent:
         self.subjects = Subjects(settings.bus_prefix)
         self.subjects.job(pool)  # validates the pool name
         parse_device(device)
+        if settings.lease_ttl_s <= 2 * settings.runner_heartbeat_s:
+            raise ValueError(f"lease_ttl_s ({settings.lease_ttl_s}) must be more than twice runner_heartbeat_s "
+                             f"({settings.runner_heartbeat_s}): leases are renewed on every heartbeat")
         if slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots}")
         self.runner_id = runner_id or default_runner_id(pool, device)
@@ -117,12 +137,13 @@ class RunnerAgent:
         self._preflight: Subscription | None = None
         self._runner_control: Subscription | None = None
         self._advice: Subscription | None = None
-        self._device_info: DeviceInfo | None = None
+        self._devices: list[DeviceInfo] = []
         self._host_stats: HostStats | None = None
         self._draining = False
         self._drain_changed = asyncio.Event()
         self._fetch_idle = asyncio.Event()
         self._fetch_idle.set()
+        self._leases_kv: KeyValue | None = None
         self._heartbeat_seq = 0
         self._stop_requested = asyncio.Event()
         self._hurry = asyncio.Event()
@@ -189,12 +210,13 @@ class RunnerAgent:
             self._finished.set()
 
     async def _run(self) -> None:
-        self._device_info = await anyio.to_thread.run_sync(describe_device, self.device)
+        self._devices = await anyio.to_thread.run_sync(describe_devices, self.device)
         self._nc = await connect(self.settings.effective_nats_url, name=f"trainforge-runner {self.runner_id}")
         sub: JetStreamContext.PullSubscription | None = None
         try:
             self._js = self._nc.jetstream()
             await ensure_topology(self._js, self.settings)
+            self._leases_kv = await self._js.key_value(self.subjects.leases_bucket)
             durable = await ensure_pool_consumer(self._js, self.settings, self.pool)
             sub = await self._js.pull_subscribe_bind(durable=durable, stream=self.subjects.jobs_stream)
             self._control = CancelListener(self._nc, self._js, self.subjects, self._on_cancel)
@@ -343,6 +365,9 @@ class RunnerAgent:
         if job.run_id in self._active:  # delivered again while we still run it (missed heartbeats)
             log.warning("run %s delivered again while running here; ignoring the duplicate", job.run_id)
             return
+        if (device := await self._device_for(job)) is None:
+            await msg.nak(delay=MISFIT_NAK_S)
+            return
         attempt = msg.metadata.num_delivered
         assert self._js is not None
         publisher = RunPublisher(self._js, self.subjects, job, attempt=attempt, runner_id=self.runner_id)
@@ -350,7 +375,7 @@ class RunnerAgent:
             job=job,
             attempt=attempt,
             runner_id=self.runner_id,
-            device=self.device,
+            device=device,
             settings=self.settings,
             emit=publisher,
             workdir=self.settings.work_root / job.run_id,
@@ -362,10 +387,47 @@ class RunnerAgent:
             self._cancel_for_shutdown(active)
         try:
             outcome = await self._attempt(active)
+            if active.leases is not None:  # the work is over: free its slots before reporting
+                await active.leases.release()
             if outcome is not None:
                 await self._finish(active, outcome)
         finally:
             del self._active[job.run_id]
+            if active.leases is not None:
+                await asyncio.shield(active.leases.release())
+
+    async def _device_for(self, job: Job) -> str | None:
+        """The device the job runs on here; None (logged) when it does not fit this runner now."""
+        why = misfit(spec_kind(job.spec), job.requirements, self._devices, self.registry.kinds())
+        if why is not None:
+            log.info("run %s: this runner %s; handing the job back", job.run_id, why)
+            return None
+        if parse_device(self.device)[0] != "auto":
+            return self.device
+        devices = await anyio.to_thread.run_sync(describe_devices, self.device)
+        busy = {i for active in self._active.values() for i in cuda_indices(active.ctx.device)}
+        device = pick_device(devices, busy, job.requirements)
+        if device is None:
+            log.info("run %s: no GPU of this host is free now; handing the job back", job.run_id)
+        return device
+
+    async def _take_leases(self, active: ActiveJob) -> str | None:
+        """Take the run's leases, retrying for a moment; None when held, else which limit is full."""
+        assert self._leases_kv is not None
+        leases = RunLeases(self._leases_kv, active.job, runner_id=self.runner_id, attempt=active.ctx.attempt)
+        deadline = time.monotonic() + LEASE_RETRY_S
+        while True:
+            try:
+                why = await leases.acquire()
+            except RETRYABLE as exc:
+                await leases.release()
+                why = f"the leases bucket cannot be reached ({exc!r})"
+            if why is None or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(LEASE_POLL_S)
+        if why is None:
+            active.leases = leases
+        return why
 
     async def _attempt(self, active: ActiveJob) -> Outcome | None:
         """Run one attempt; the outcome to report, or None when there is nothing to report."""
@@ -378,7 +440,11 @@ class RunnerAgent:
                 return None
             if ctx.cancel_requested.is_set() or await self._cancel_recorded(job.run_id):
                 return Canceled(reason="requested")
-            await publisher.claimed(host=self.host, device=self.device)
+            if (full := await self._take_leases(active)) is not None:
+                log.info("run %s: %s; handing the job back", job.run_id, full)
+                await active.msg.nak(delay=max(1.0, self.settings.lease_ttl_s / 3))
+                return None
+            await publisher.claimed(host=self.host, device=ctx.device)
             try:
                 executor = await self.registry.executor_for(job.spec)
             except ExecutorUnavailable as exc:
@@ -566,21 +632,27 @@ class RunnerAgent:
         if self._js is not None:
             await self._publish_heartbeat()
 
-    def _sample(self) -> tuple[DeviceInfo | None, HostStats]:
-        """The runner's device and its host, sampled together (one NVML session for both)."""
+    def _sample(self) -> tuple[list[DeviceInfo], HostStats]:
+        """The runner's devices and its host, sampled together (one NVML session for both): its one device,
+        or for `auto` every GPU of the host (else the CPU)."""
         host = sample_host(self.settings.state_dir)
         kind, index = parse_device(self.device)
+        if kind == "auto":
+            return (list(host.gpus) or describe_devices("cpu")), host
         if kind == "cpu":
-            return describe_device(self.device), host
+            return [describe_device(self.device)], host
         device = next((gpu for gpu in host.gpus if gpu.index == index), None)
         if device is None:
             raise DeviceError(f"device {self.device} not found on this host")
-        return device, host
+        return [device], host
 
     async def _publish_heartbeat(self) -> None:
         assert self._js is not None
+        for active in list(self._active.values()):
+            if active.leases is not None:
+                await active.leases.refresh()
         try:
-            self._device_info, self._host_stats = await anyio.to_thread.run_sync(self._sample)
+            self._devices, self._host_stats = await anyio.to_thread.run_sync(self._sample)
         except DeviceError as exc:
             log.warning("runner %s: %s", self.runner_id, exc)
         except OSError as exc:  # psutil could not read the host: beat without the numbers
@@ -591,7 +663,7 @@ class RunnerAgent:
             seq=self._heartbeat_seq,
             host=self.host,
             pool=self.pool,
-            devices=[self._device_info] if self._device_info else [],
+            devices=self._devices,
             slots=self.slots,
             active_runs=self.active_runs,
             state=self.state,  # type: ignore[arg-type]

@@ -113,6 +113,10 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
         await js.key_value(names.cancel_bucket)
     except Exception:  # noqa: BLE001 - nats-py raises BucketNotFoundError or NotFoundError by version
         await js.create_key_value(bucket=names.cancel_bucket, history=1, ttl=30 * 86400)
+    try:
+        await js.key_value(names.leases_bucket)
+    except Exception:  # noqa: BLE001 - as above
+        await js.create_key_value(bucket=names.leases_bucket, history=1, ttl=settings.lease_ttl_s)
 
 
 async def ensure_pool_consumer(js: JetStreamContext, settings: Settings, pool: str) -> str:

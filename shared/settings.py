@@ -49,9 +49,20 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     job_max_deliver: int = 5
     """Attempts per run before it fails with cause `infrastructure`."""
 
+    # -- scheduling ------------------------------------------------------------------------------------
+    max_running_global: int = 0
+    """Runs running at once across the fleet; 0: no limit."""
+    max_running_per_user: int = 0
+    """Runs one user has running at once; 0: no limit."""
+    max_running_per_project: int = 0
+    """Runs one project has running at once; 0: no limit."""
+    lease_ttl_s: float = 15.0
+    """A run's leases (and the dispatcher's lock) lapse this long after their holder stops renewing them."""
+
     # -- runner ----------------------------------------------------------------------------------------
     runner_pool: str = "cpu"
     runner_device: str = "cpu"
+    """`cpu`, `cuda:N`, or `auto` (each job takes a free GPU of the host when it is claimed)."""
     runner_id: str | None = None
     runner_slots: int = 1
     runner_local_backend: bool = False

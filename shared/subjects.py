@@ -80,6 +80,18 @@ class Subjects:
     def cancel_bucket(self) -> str:
         return f"{self.prefix}_cancels"
 
+    # -- scheduling: leases held while a run runs (limits), and the dispatcher's leader lock --------
+    @property
+    def leases_bucket(self) -> str:
+        """KV bucket of run leases (`global.<n>`, `user.<owner>.<n>`, `project.<id>.<n>`) and the key
+        `dispatcher` (which gateway dispatches); every key lapses `lease_ttl_s` after its last write."""
+        return f"{self.prefix}_leases"
+
+    @property
+    def dispatch_wake(self) -> str:
+        """Core NATS: a gateway that is not the dispatching one asks it to look at the queue now."""
+        return f"{self.prefix}.control.v1.dispatch"
+
     # -- artifacts: a JetStream object store (setting `artifact_store = nats`) ------------------------
     @property
     def artifacts_bucket(self) -> str:

@@ -73,10 +73,10 @@ class RunsController(Controller):
         self, gw: Gateway, request: Request[Any, Any, Any], ref: str, data: RunCreate,
         idempotency_key: IdempotencyKey = None,
     ) -> Response[RunView]:
-        spec, pool, priority = to_run_spec(data)
+        spec, pool, priority, requirements = to_run_spec(data)
         idempotency = (idempotency_scope(request), idempotency_key) if idempotency_key else None
         work = _reply(201, lambda: runs.create_run(gw, ref, spec, pool=pool, priority=priority,
-                                                   idempotency=idempotency))
+                                                   requirements=requirements, idempotency=idempotency))
         return await respond_once(gw, request, idempotency_key, data, work)
 
     @get("/projects/{ref:str}/runs", summary="List a project's runs, newest first")

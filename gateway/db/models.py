@@ -32,6 +32,10 @@ NAMING = {
 }
 
 
+ACTIVE_WHERE = "status IN ('queued', 'claimed', 'running', 'canceling')"
+"""Runs that are not finished (the dispatcher's working set)."""
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {dict[str, Any]: JSONB, list[str]: JSONB, datetime: DateTime(timezone=True)}
@@ -97,12 +101,19 @@ class Run(Base):
     registration: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     """A completed `yolo.train` run's weights in the library: `{model, version, model_version_id}`, or
     `{error}`; NULL until registered."""
+    requirements: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    """What a runner must have (`Requirements`: device kind, GPU memory, GPU count); NULL: anything."""
+    queue_position: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """While the dispatcher holds the run: its place in its pool's line (1 = next)."""
+    wait_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """While the dispatcher holds the run: why it does not start now."""
 
     __table_args__ = (
         Index("ix_runs_project_created", "project_id", "created_at"),
         Index("ix_runs_unenqueued", "created_at", postgresql_where=text("enqueued_at IS NULL")),
         Index("ix_runs_unregistered", "finished_at",
               postgresql_where=text("kind = 'yolo.train' AND status = 'completed' AND registration IS NULL")),
+        Index("ix_runs_active", "pool", postgresql_where=text(ACTIVE_WHERE)),
     )
 
 

@@ -1,15 +1,15 @@
-"""Runs: create (and enqueue), read, cancel, resume, delete; their logs, metrics, checkpoints, artifacts.
+"""Runs: create, read, cancel, resume, delete; their logs, metrics, checkpoints, artifacts.
 
 The gateway writes a run's row when it creates it and when a client cancels, resumes or deletes it; every
-other status change comes from runner events, folded in by the projector.
+other status change comes from runner events, folded in by the projector. A new run waits in the gateway's
+line until the dispatcher (`gateway.dispatcher`) publishes its job (`enqueue`): at once when the limits have
+room and a runner that fits is free.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -21,13 +21,14 @@ from gateway.db.models import Artifact, Checkpoint, EventRecord, Project, Run
 from gateway.errors import BadRequest, Conflict, NotFound, Unavailable, Unprocessable
 from gateway.schemas import (
     ArtifactView,
-    RunRequest,
     CheckpointView,
     LogLineView,
     LogPage,
     MetricsPage,
     MetricsView,
+    QueueInfo,
     RunDetail,
+    RunRequest,
     RunView,
     from_row,
 )
@@ -35,7 +36,7 @@ from gateway.services import yolo_specs
 from gateway.services.container_runs import prepare_container_spec
 from gateway.services.projects import check_text, get_project
 from gateway.state import GatewayState
-from shared.contracts.commands import ContainerSpec, Job, ResumeFrom, RunSpec, RunSpecBase
+from shared.contracts.commands import ContainerSpec, Job, Limits, Requirements, ResumeFrom, RunSpec, RunSpecBase
 from shared.contracts.common import TOKEN_RE, RunStatus, new_id, utcnow
 from shared.contracts.events import RunCanceled, RunCancelRequested, RunQueued
 
@@ -49,7 +50,7 @@ DETAIL_LOG_LINES = 50
 
 
 class NotEnqueued(Unavailable):
-    """The run is saved, but NATS did not take its job; the gateway publishes it again when NATS is back."""
+    """The run is saved, but NATS did not take it; the gateway publishes it again when NATS is back."""
 
     def __init__(self, run: Run) -> None:
         super().__init__(
@@ -127,9 +128,11 @@ async def run_detail(gw: GatewayState, run_id: str) -> RunDetail:
             .order_by(EventRecord.position.desc()).limit(DETAIL_LOG_LINES)
         )
         lines = [line for event in reversed(list(log_events.scalars())) for line in _log_lines(event)]
+        waiting = run.status == RunStatus.QUEUED and run.enqueued_at is None
         return from_row(
             RunDetail,
             run,
+            queue=QueueInfo(position=run.queue_position, reason=run.wait_reason) if waiting else None,
             checkpoints=[from_row(CheckpointView, c) for c in checkpoints.scalars()],
             artifacts=[from_row(ArtifactView, a) for a in artifacts.scalars()],
             recent_logs=lines[-DETAIL_LOG_LINES:],
@@ -227,17 +230,21 @@ async def create_run(
     *,
     pool: str | None,
     priority: int | None,
+    requirements: Requirements | None = None,
+    owner_id: str | None = None,
     idempotency: tuple[str, str] | None = None,
     resume: ResumeFrom | None = None,
     options: dict[str, Any] | None = None,
 ) -> Run:
-    """Save a queued run (counting it in its project's `runs_started`), then publish its job and run.queued.
+    """Save a queued run (counting it in its project's `runs_started`), publish run.queued and hand the run to
+    the dispatcher, which publishes its job at once if it may start now (else it waits in line).
 
     A `RunRequest` (the `yolo.*` kinds: references instead of paths) is first resolved into its spec by
     `yolo_specs.resolve_spec`, which also gives pool, priority (when None here) and the run's `options`.
-    NotEnqueued (503) if NATS does not take them: the run stays queued without `enqueued_at` and
-    `republish_unenqueued` publishes it again later. `idempotency` (scope, key) of the request, if it had an
-    Idempotency-Key: the job's `Nats-Msg-Id` is made from it.
+    NotEnqueued (503) if NATS does not take run.queued or the job: the run stays queued without
+    `enqueued_at` and the dispatcher publishes it when NATS is back. `idempotency` (scope, key) of the
+    request, if it had an Idempotency-Key: the job's `Nats-Msg-Id` is made from it. `owner_id`: the user
+    who starts it (None: the anonymous user); limits and fair share count runs per owner.
     """
     if pool is not None:
         _check_pool(pool)
@@ -266,6 +273,7 @@ async def create_run(
             kind=spec.__struct_config__.tag,
             pool=pool or "cpu",
             priority=50 if priority is None else priority,
+            owner_id=owner_id,
             status=RunStatus.QUEUED.value,
             spec=msgspec.to_builtins(spec),
             gateway_seq=1,
@@ -273,14 +281,24 @@ async def create_run(
             resume_checkpoint_id=resume.checkpoint_id if resume else None,
             job_msg_id=job_msg_id(run_id, idempotency),
             options=options or {},
+            requirements=msgspec.to_builtins(requirements) if requirements is not None else None,
         )
         session.add(run)
     async with gw.sessionmaker() as session:
         run = await get_run(session, run_id)
+    dispatcher = gw.extras.get("dispatcher")
     try:
-        await enqueue(gw, run, resume=resume)
+        await publish_event(gw, queued_event(run))
     except PublishFailed as exc:
         raise NotEnqueued(run) from exc
+    if dispatcher is None:
+        return run
+    dispatcher.announced(run.id)  # type: ignore[attr-defined]
+    outcome = await dispatcher.admit(run.id)  # type: ignore[attr-defined]
+    async with gw.sessionmaker() as session:
+        run = await get_run(session, run_id)
+    if outcome == "publish_failed":
+        raise NotEnqueued(run)
     return run
 
 
@@ -290,27 +308,37 @@ def _check_pool(pool: str) -> None:
             {"field": "pool", "message": f"Expected `str` matching regex {TOKEN_RE.pattern!r}"}])
 
 
-async def enqueue(gw: GatewayState, run: Run, *, resume: ResumeFrom | None) -> None:
-    """Publish a queued run's job and its run.queued event (attempt 0, seq 1), then note `enqueued_at`.
+def queued_event(run: Run) -> RunQueued:
+    """The run's run.queued (attempt 0, seq 1)."""
+    return RunQueued(run_id=run.id, project_id=run.project_id, attempt=0, runner_id=GATEWAY_RUNNER_ID, seq=1,
+                     ts=run.created_at, kind=run.kind, pool=run.pool, resume_of=run.resume_of)
+
+
+async def enqueue(gw: GatewayState, run: Run, *, resume: ResumeFrom | None, limits: Limits | None = None,
+                  announce: bool = True) -> None:
+    """Publish a run's job (and, with `announce`, its run.queued again), then note `enqueued_at` and clear
+    the run's place in the gateway's line.
 
     Safe to repeat: the job's and the event's `Nats-Msg-Id` stay the same, so JetStream drops a duplicate.
     """
     spec = msgspec.convert(run.spec, RunSpec)
+    requirements = msgspec.convert(run.requirements, Requirements) if run.requirements is not None else None
     job = Job(run_id=run.id, project_id=run.project_id, pool=run.pool, spec=spec, resume=resume,
-              owner_id=run.owner_id, priority=run.priority, created_at=run.created_at)
+              owner_id=run.owner_id, priority=run.priority, created_at=run.created_at,
+              requirements=requirements, limits=limits)
     await publish_job(gw, job, run.job_msg_id or run.id)
-    await publish_event(gw, RunQueued(run_id=run.id, project_id=run.project_id, attempt=0,
-                                      runner_id=GATEWAY_RUNNER_ID, seq=1, ts=run.created_at,
-                                      kind=run.kind, pool=run.pool, resume_of=run.resume_of))
+    if announce:
+        await publish_event(gw, queued_event(run))
     async with gw.sessionmaker() as session, session.begin():
         enqueued = await session.execute(
             update(Run).where(Run.id == run.id, Run.enqueued_at.is_(None))
-            .values(enqueued_at=func.now()).returning(Run.enqueued_at)
+            .values(enqueued_at=func.now(), queue_position=None, wait_reason=None).returning(Run.enqueued_at)
         )
         run.enqueued_at = enqueued.scalar_one_or_none() or run.enqueued_at
 
 
-async def _resume_of(session: AsyncSession, run: Run) -> ResumeFrom | None:
+async def resume_of(session: AsyncSession, run: Run) -> ResumeFrom | None:
+    """Where a resumed run starts (its source's checkpoint); LookupError when that checkpoint is gone."""
     if not run.resume_of or not run.resume_checkpoint_id:
         return None
     checkpoint = await session.get(Checkpoint, run.resume_checkpoint_id)
@@ -318,70 +346,6 @@ async def _resume_of(session: AsyncSession, run: Run) -> ResumeFrom | None:
         raise LookupError(f"checkpoint {run.resume_checkpoint_id} of run {run.resume_of} is gone")
     return ResumeFrom(source_run_id=run.resume_of, checkpoint_id=checkpoint.id, uri=checkpoint.uri,
                       step=checkpoint.step, epoch=checkpoint.epoch)
-
-
-async def republish_unenqueued(gw: GatewayState, *, min_age_s: float = 0.0) -> int:
-    """Publish again the jobs of queued runs NATS never confirmed; returns how many went out.
-
-    Stops at the first publish NATS refuses (it is down: the next sweep tries again).
-    """
-    cutoff = utcnow() - timedelta(seconds=min_age_s)
-    async with gw.sessionmaker() as session:
-        runs = list(
-            (
-                await session.execute(
-                    select(Run).where(Run.status == RunStatus.QUEUED.value, Run.enqueued_at.is_(None),
-                                      Run.created_at <= cutoff)
-                    .order_by(Run.created_at)
-                )
-            ).scalars()
-        )
-        published = 0
-        for run in runs:
-            try:
-                resume = await _resume_of(session, run)
-                await enqueue(gw, run, resume=resume)
-            except (LookupError, msgspec.ValidationError) as exc:
-                log.error("run %s cannot be enqueued again: %s", run.id, exc)
-                continue
-            except PublishFailed as exc:
-                log.warning("re-publishing queued runs stopped: %s", exc)
-                break
-            published += 1
-    if published:
-        log.info("re-published %d queued run(s) NATS had not confirmed", published)
-    return published
-
-
-class Republisher:
-    """Re-publishes unconfirmed jobs at gateway start, then every `interval_s` (runs older than `min_age_s`)."""
-
-    def __init__(self, gw: GatewayState, *, interval_s: float = 60.0, min_age_s: float = 30.0) -> None:
-        self.gw = gw
-        self.interval_s = interval_s
-        self.min_age_s = min_age_s
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="republish-unenqueued")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-    async def _loop(self) -> None:
-        min_age = 0.0
-        while True:
-            try:
-                await republish_unenqueued(self.gw, min_age_s=min_age)
-            except Exception:  # noqa: BLE001 - a failed sweep (database away) is retried by the next one
-                log.exception("re-publishing queued runs failed")
-            min_age = self.min_age_s
-            await asyncio.sleep(self.interval_s)
 
 
 # -- cancel, resume, delete ------------------------------------------------------------------------------
@@ -454,8 +418,10 @@ async def resume_run(
             raise Conflict(f"the spec of run {source.id} is not valid any more ({exc})") from exc
     resume = ResumeFrom(source_run_id=source.id, checkpoint_id=checkpoint.id, uri=checkpoint.uri,
                         step=checkpoint.step, epoch=checkpoint.epoch)
+    requirements = msgspec.convert(source.requirements, Requirements) if source.requirements else None
     return await create_run(gw, source.project_id, spec, pool=pool or source.pool, priority=source.priority,
-                            idempotency=idempotency, resume=resume, options=source.options)
+                            requirements=requirements, owner_id=source.owner_id, idempotency=idempotency,
+                            resume=resume, options=source.options)
 
 
 async def delete_run(gw: GatewayState, run_id: str) -> None:

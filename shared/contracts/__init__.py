@@ -3,6 +3,8 @@
 from shared.contracts.commands import (
     ContainerSpec,
     Job,
+    Limits,
+    Requirements,
     ResumeFrom,
     RunSpec,
     RunSpecBase,
@@ -37,6 +39,8 @@ __all__ = [
     "EventBase",
     "FailureCause",
     "Job",
+    "Limits",
+    "Requirements",
     "LogLine",
     "ResumeFrom",
     "RunArtifact",

@@ -60,6 +60,31 @@ class ResumeFrom(msgspec.Struct, frozen=True, kw_only=True):
     epoch: int | None = None
 
 
+class Requirements(msgspec.Struct, frozen=True, kw_only=True):
+    """What a runner must have to take a run; the dispatcher and the runner both check it."""
+
+    device: Literal["cpu", "cuda", "any"] = "any"
+    """Kind of device: `cuda` needs a GPU runner, `cpu` a CPU runner, `any` takes either."""
+    min_gpu_memory_mb: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    """Total memory each GPU must have (implies `device: cuda`)."""
+    gpus: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    """GPUs the run needs on one runner (counts only for `device: cuda` or a memory minimum)."""
+
+    @property
+    def needs_gpu(self) -> bool:
+        return self.device == "cuda" or self.min_gpu_memory_mb is not None
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """Limits on runs running at once, as the gateway had them when it published the job; 0 = none.
+
+    The runner enforces them with leases in KV `subjects.leases_bucket` when it claims the job."""
+
+    total: int = 0
+    per_user: int = 0
+    per_project: int = 0
+
+
 class Job(msgspec.Struct, frozen=True, kw_only=True):
     """The message on `subjects.job(pool)`. Its `Nats-Msg-Id` is the run id, so a retried publish is dropped."""
 
@@ -72,6 +97,10 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     owner_id: str | None = None
     priority: int = 50
     created_at: datetime = msgspec.field(default_factory=utcnow)
+    requirements: Requirements | None = None
+    """What the runner must have (device kind, GPU memory, GPU count); None: anything of the pool."""
+    limits: Limits | None = None
+    """Concurrency limits the claiming runner enforces with leases; None: none."""
 
 
 job_decoder = msgspec.json.Decoder(Job)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import nats
 from httpx import Response
 from litestar.testing import AsyncTestClient
@@ -17,8 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 
 from gateway.app import create_app
 from gateway.db.models import Checkpoint, Run
+from runner.executors.registry import executor_table
+from shared.bus import ensure_topology
+from shared.contracts import RunnerHeartbeat
 from shared.contracts.common import new_id
+from shared.contracts.events import DeviceInfo
 from shared.settings import Settings
+from shared.subjects import Subjects
 
 CONTAINER = {"kind": "container", "start_command": "echo hello"}
 
@@ -87,3 +95,34 @@ def problem(response: Response, status: int) -> dict[str, Any]:
     body = response.json()
     assert body["status"] == status and body["code"] and body["title"] and "detail" in body
     return body
+
+
+@asynccontextmanager
+async def runner_online(settings: Settings, pool: str = "cpu", *, slots: int = 100,
+                        devices: list[DeviceInfo] | None = None) -> AsyncIterator[str]:
+    """Heartbeats of a runner of `pool` with free slots (no runner behind them), so that the gateway's
+    dispatcher publishes the jobs of that pool; yields the runner id."""
+    runner_id = f"hb-{new_id()[:8]}"
+    names = Subjects(settings.bus_prefix)
+    kinds = sorted(executor_table())
+    devices = devices or [DeviceInfo(name="test cpu", kind="cpu")]
+
+    async def beat(nc: NATS, seq: int) -> None:
+        heartbeat = RunnerHeartbeat(runner_id=runner_id, seq=seq, pool=pool, slots=slots, devices=devices,
+                                    kinds=kinds)
+        await nc.jetstream().publish(names.runner_heartbeat(runner_id), msgspec.json.encode(heartbeat))
+
+    async def beating(nc: NATS) -> None:
+        for seq in itertools.count(2):
+            await asyncio.sleep(settings.runner_heartbeat_s / 2)
+            await beat(nc, seq)
+
+    async with bus(settings) as nc:
+        await ensure_topology(nc.jetstream(), settings)
+        await beat(nc, 1)
+        task = asyncio.create_task(beating(nc))
+        try:
+            yield runner_id
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

@@ -23,6 +23,7 @@ from tests.integration.rest_helpers import (
     database,
     new_project,
     problem,
+    runner_online,
     set_run,
     start_run,
 )
@@ -36,7 +37,7 @@ async def _stream_messages(settings: Settings, stream: str, subject: str) -> int
 
 async def test_creating_a_run_stores_it_queued_and_publishes_one_job_and_one_queued_event(settings: Settings) -> None:
     names = Subjects(settings.bus_prefix)
-    async with api(settings) as client:
+    async with runner_online(settings, "gpu-a"), api(settings) as client:
         project = await new_project(client, "llm")
         response = await start_run(client, "llm", {**CONTAINER, "pool": "gpu-a", "priority": 70})
         assert response.status_code == 201, response.text
@@ -64,7 +65,7 @@ async def test_creating_a_run_stores_it_queued_and_publishes_one_job_and_one_que
 async def test_idempotency_key_returns_the_first_run_and_publishes_one_job(settings: Settings) -> None:
     names = Subjects(settings.bus_prefix)
     headers = {"Idempotency-Key": "create-1"}
-    async with api(settings) as client:
+    async with runner_online(settings), api(settings) as client:
         await new_project(client, "idem")
         first = await start_run(client, "idem", headers=headers)
         again = await start_run(client, "idem", headers=headers)
@@ -213,7 +214,7 @@ async def test_delete_of_an_active_run_is_refused_and_of_a_finished_one_removes_
 
 async def test_resume_starts_a_linked_run_from_the_latest_resumable_checkpoint(settings: Settings) -> None:
     names = Subjects(settings.bus_prefix)
-    async with api(settings) as client:
+    async with runner_online(settings, "p1"), api(settings) as client:
         await new_project(client, "r")
         source = (await start_run(client, "r", {**CONTAINER, "pool": "p1"})).json()
         problem(await client.post(f"/api/v1/runs/{source['id']}/resume"), 409)  # still queued

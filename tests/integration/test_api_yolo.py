@@ -25,7 +25,7 @@ from shared.settings import Settings
 from shared.subjects import Subjects
 from tests.dataset_factories import make_classify, make_yolo_yaml
 from tests.integration.events_support import publish, wait_for
-from tests.integration.rest_helpers import bus, in_app, new_project, problem, start_run
+from tests.integration.rest_helpers import bus, in_app, new_project, problem, runner_online, start_run
 
 TINY_YAML = """\
 nc: 2
@@ -92,8 +92,9 @@ async def test_a_train_request_names_a_dataset_and_gets_its_prepared_data_in_the
     client: AsyncTestClient, settings: Settings
 ) -> None:
     dataset = (await client.get("/api/v1/datasets/shapes")).json()
-    created = await _train(client, dataset="shapes", model="yolov8n", epochs=2, imgsz=64, batch=8,
-                           extra={"mosaic": 0.0}, pool="gpu-a", priority=70)
+    async with runner_online(settings, "gpu-a"):  # the dispatcher publishes jobs for a pool with a runner
+        created = await _train(client, dataset="shapes", model="yolov8n", epochs=2, imgsz=64, batch=8,
+                               extra={"mosaic": 0.0}, pool="gpu-a", priority=70)
     assert created.status_code == 201, created.text
     run = created.json()
     assert run["kind"] == "yolo.train" and run["pool"] == "gpu-a" and run["priority"] == 70

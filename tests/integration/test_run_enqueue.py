@@ -1,4 +1,4 @@
-"""A run NATS did not take is kept queued (503) and published again later, exactly once on the stream."""
+"""A run NATS did not take is kept queued (503) and the dispatcher publishes it later, once on the stream."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import asyncio
 from sqlalchemy import select
 
 from gateway.db.models import Run
-from gateway.services.runs import republish_unenqueued
 from shared.bus import ensure_topology
 from shared.contracts import job_decoder
 from shared.settings import Settings
@@ -20,6 +19,7 @@ from tests.integration.rest_helpers import (
     in_app,
     new_project,
     problem,
+    runner_online,
     set_run,
     start_run,
 )
@@ -31,7 +31,7 @@ async def _run_row(settings: Settings, run_id: str) -> Run:
 
 
 async def _wait_enqueued(settings: Settings, run_id: str) -> bool:
-    for _ in range(100):
+    for _ in range(200):
         if (await _run_row(settings, run_id)).enqueued_at is not None:
             return True
         await asyncio.sleep(0.05)
@@ -40,7 +40,7 @@ async def _wait_enqueued(settings: Settings, run_id: str) -> bool:
 
 async def test_run_is_kept_queued_when_nats_refuses_its_job_and_republished_later(settings: Settings) -> None:
     names = Subjects(settings.bus_prefix)
-    async with api(settings) as client:
+    async with runner_online(settings), api(settings) as client:
         gw = client.app.state.gw
         await new_project(client, "flaky")
         in_app(client, gw.js.delete_stream, names.jobs_stream)  # nothing takes jobs now
@@ -52,8 +52,7 @@ async def test_run_is_kept_queued_when_nats_refuses_its_job_and_republished_late
         assert replay.status_code == 201 and replay.json()["id"] == row["id"]
 
         in_app(client, ensure_topology, gw.js, settings)
-        assert in_app(client, republish_unenqueued, gw) == 1
-        assert in_app(client, republish_unenqueued, gw) == 0
+        assert await _wait_enqueued(settings, row["id"])  # the dispatcher's next pass
     async with bus(settings) as nc:
         js = nc.jetstream()
         msg = await js.get_last_msg(names.jobs_stream, names.job("cpu"))
@@ -62,15 +61,15 @@ async def test_run_is_kept_queued_when_nats_refuses_its_job_and_republished_late
         assert (await _run_row(settings, row["id"])).enqueued_at is not None
 
     await set_run(settings, row["id"], enqueued_at=None)  # as if the confirmation had been lost
-    async with api(settings) as client:  # its start publishes the job again ...
+    async with runner_online(settings), api(settings):  # its start publishes the job again ...
         assert await _wait_enqueued(settings, row["id"])
     async with bus(settings) as nc:  # ... and the stream drops the copy
         assert (await nc.jetstream().stream_info(names.jobs_stream)).state.messages == 1
 
 
-async def test_republisher_at_start_publishes_a_resumed_run_with_its_checkpoint(settings: Settings) -> None:
+async def test_dispatcher_at_start_publishes_a_resumed_run_with_its_checkpoint(settings: Settings) -> None:
     names = Subjects(settings.bus_prefix)
-    async with api(settings) as client:
+    async with runner_online(settings), api(settings) as client:
         await new_project(client, "later")
         source = (await start_run(client, "later")).json()
         await set_run(settings, source["id"], status="failed", failure_cause="user")
@@ -80,7 +79,7 @@ async def test_republisher_at_start_publishes_a_resumed_run_with_its_checkpoint(
         await nc.jetstream().purge_stream(names.jobs_stream)
     await set_run(settings, resumed["id"], enqueued_at=None, job_msg_id="fresh-id")
 
-    async with api(settings):  # a gateway start re-publishes what was not confirmed
+    async with runner_online(settings), api(settings):  # a gateway start publishes what was not confirmed
         assert await _wait_enqueued(settings, resumed["id"])
     async with bus(settings) as nc:
         msg = await nc.jetstream().get_last_msg(names.jobs_stream, names.job("cpu"))

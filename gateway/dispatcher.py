@@ -1,0 +1,462 @@
+"""The dispatcher: decides which queued run starts next, and publishes its job only then.
+
+JetStream hands a pool's jobs out first in, first out, so the order is made before publishing. New runs wait
+in Postgres (status `queued`, `enqueued_at` NULL); a pass of the dispatcher orders them and publishes the job of
+each run that may start now:
+- the limits have room (settings `max_running_global`, `max_running_per_user`, `max_running_per_project`;
+  active runs count: claimed, running, canceling, and published but not yet claimed);
+- a live runner of the run's pool fits it (kind, device kind, GPU memory and count: `shared.scheduling.misfit`)
+  and has a free slot (runners' latest heartbeats on `{P}_RUNNERS`; their busy slots from Postgres).
+The line: fair share between users first (the user with the fewest active runs, counting those ahead in line,
+goes next; ties: the user whose last run was published longest ago, then whose next run waits longest), then
+priority (higher first), then age. (Fewest active runs alone is not fair: with one free slot, every user has 0
+runs at the moment it frees, and the oldest waiting run would always win — one user's flood first.) A run that may not
+start gets its place in its pool's line and the reason (`runs.queue_position`, `runs.wait_reason`).
+
+One gateway dispatches at a time: it holds key `dispatcher` of KV `Subjects.leases_bucket`, renewed every pass;
+when it stops renewing, the key lapses (`lease_ttl_s`) and another gateway takes over. A pass runs when a run
+is created (`admit`, in process; other gateways send `Subjects.dispatch_wake`), when the projector commits
+events (Postgres NOTIFY, while runs wait), when a runner appears or changes state, and every second.
+
+The runner enforces the same limits with leases when it claims a job (`runner.leases`): the job carries them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import asyncpg
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import api as js_api
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
+from sqlalchemy import func, or_, select, text
+from sqlalchemy.engine import make_url
+
+from gateway.bus import PublishFailed
+from gateway.db.models import ACTIVE_WHERE, Run
+from gateway.projector import NOTIFY_CHANNEL
+from gateway.services.runs import enqueue, queued_event, resume_of
+from gateway.state import GatewayState
+from shared.bus import DUPLICATE_WINDOW_S
+from shared.contracts import Limits, Requirements, RunnerHeartbeat, event_decoder
+from shared.contracts.common import RunStatus, new_id, utcnow
+from shared.scheduling import DISPATCHER_KEY, misfit, requirement_text
+
+log = logging.getLogger(__name__)
+
+PASS_INTERVAL_S = 1.0
+ADMIT_TIMEOUT_S = 5.0
+"""How long creating a run waits for the dispatcher's verdict on it (normally a few milliseconds)."""
+RUNNER_LIVE_BEATS = 3
+"""A runner counts as live while its last heartbeat is at most this many heartbeat intervals old."""
+ACCEPTING = ("idle", "busy")
+
+Outcome = Literal["published", "publish_failed", "waiting"]
+
+
+@dataclass(slots=True)
+class _Row:
+    id: str
+    project_id: str
+    owner_id: str | None
+    pool: str
+    kind: str
+    priority: int
+    status: str
+    runner_id: str | None
+    requirements: Requirements | None
+    created_at: datetime
+    waiting: bool
+    """Held by the dispatcher (no job published yet)."""
+    queue_position: int | None
+    wait_reason: str | None
+
+
+@dataclass(slots=True)
+class _Pool:
+    """The live runners of a pool, and the runs published to it that no runner has claimed yet."""
+
+    runners: list[RunnerHeartbeat] = field(default_factory=list)
+    free: dict[str, int] = field(default_factory=dict)
+    unclaimed: list[_Row] = field(default_factory=list)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+class Dispatcher:
+    """`start()` / `stop()` from the gateway's lifespan; `admit(run_id)` after creating a run."""
+
+    def __init__(self, gw: GatewayState) -> None:
+        self.gw = gw
+        self.instance = new_id()
+        self.runners: dict[str, RunnerHeartbeat] = {}
+        self.leader = False
+        self._revision = 0
+        self._renew_at = 0.0
+        self._wake = asyncio.Event()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._outcomes: dict[str, Outcome] = {}
+        self._announced: set[str] = set()
+        self._waiting_seen = False
+        self._task: asyncio.Task[None] | None = None
+        self._kv: KeyValue | None = None
+        self._subs: list[Any] = []
+        self._pg: asyncpg.Connection | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        names = self.gw.subjects
+        self._kv = await self.gw.js.key_value(names.leases_bucket)
+        self._subs.append(await self.gw.js.subscribe(
+            names.runner_heartbeats_all, cb=self._on_heartbeat, ordered_consumer=True,
+            deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT,
+        ))
+        self._subs.append(await self.gw.nc.subscribe(names.dispatch_wake, cb=self._on_wake))
+        await self._listen()
+        self._task = asyncio.create_task(self._run(), name="dispatcher")
+        self._task.add_done_callback(_log_crash)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error:
+                pass
+        self._subs.clear()
+        if self.leader and self._kv is not None:
+            try:  # hand over at once instead of after the lock's TTL
+                await self._kv.delete(DISPATCHER_KEY, last=self._revision)
+            except (nats.errors.Error, KeyWrongLastSequenceError, TimeoutError):
+                pass
+            self.leader = False
+        if self._pg is not None:
+            try:
+                await asyncio.wait_for(self._pg.close(), 2.0)
+            except Exception:  # noqa: BLE001 - going away anyway
+                self._pg.terminate()
+            self._pg = None
+
+    # -- wake-ups ----------------------------------------------------------------------------------------------
+    def announced(self, run_id: str) -> None:
+        """This gateway published the run's run.queued: the dispatcher need not publish it again."""
+        self._announced.add(run_id)
+
+    async def admit(self, run_id: str) -> Outcome | None:
+        """Look at the line now; what the pass did with `run_id` (None: another gateway dispatches, or no
+        answer within `ADMIT_TIMEOUT_S`)."""
+        if not self.leader:
+            try:
+                await self.gw.nc.publish(self.gw.subjects.dispatch_wake, b"")
+            except nats.errors.Error as exc:
+                log.warning("dispatcher: cannot wake the dispatching gateway (%r)", exc)
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), ADMIT_TIMEOUT_S)
+        except TimeoutError:
+            return None
+        return self._outcomes.get(run_id) if self.leader else None
+
+    async def _on_wake(self, _msg: Msg) -> None:
+        self._wake.set()
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        try:
+            beat = event_decoder.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return
+        if not isinstance(beat, RunnerHeartbeat):
+            return
+        before = self.runners.get(beat.runner_id)
+        self.runners[beat.runner_id] = beat
+        if before is None or (before.state, before.slots, before.devices, before.kinds) != (
+            beat.state, beat.slots, beat.devices, beat.kinds
+        ):
+            self._wake.set()
+
+    def _on_notify(self, *_args: object) -> None:
+        if self._waiting_seen:  # a run ended or was claimed: a waiting run may start
+            self._wake.set()
+
+    async def _listen(self) -> None:
+        url = make_url(self.gw.settings.database_url).set(drivername="postgresql")  # type: ignore[arg-type]
+        self._pg = await asyncpg.connect(url.render_as_string(hide_password=False))
+        await self._pg.add_listener(NOTIFY_CHANNEL, self._on_notify)
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), PASS_INTERVAL_S)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            waiters, self._waiters = self._waiters, []
+            try:
+                if self._pg is None or self._pg.is_closed():
+                    await self._listen()
+                if await self._lead():
+                    await self.dispatch_once()
+            except Exception:  # noqa: BLE001 - the database or NATS is away: the next pass tries again
+                log.exception("dispatcher: pass failed")
+                await asyncio.sleep(PASS_INTERVAL_S)
+            finally:
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+
+    async def _lead(self) -> bool:
+        """Take or renew the dispatcher lock; whether this gateway dispatches."""
+        assert self._kv is not None
+        now = time.monotonic()
+        if self.leader and now < self._renew_at:
+            return True
+        try:
+            if self.leader:
+                self._revision = await self._kv.update(DISPATCHER_KEY, self.instance.encode(), last=self._revision)
+            else:
+                self._revision = await self._kv.create(DISPATCHER_KEY, self.instance.encode())
+                log.info("dispatcher: this gateway dispatches queued runs")
+            self.leader = True
+            self._renew_at = now + self.gw.settings.lease_ttl_s / 3
+        except KeyWrongLastSequenceError:
+            if self.leader:
+                log.warning("dispatcher: the lock lapsed and another gateway took it")
+            self.leader = False
+        return self.leader
+
+    # -- one pass ----------------------------------------------------------------------------------------------
+    async def dispatch_once(self) -> dict[str, Outcome]:
+        """Order the waiting runs, publish the jobs of those that may start, note why the others wait."""
+        rows = await self._active_rows()
+        waiting = [r for r in rows if r.waiting]
+        self._waiting_seen = bool(waiting)
+        if not waiting:
+            self._outcomes = {}
+            return {}
+        active = [r for r in rows if not r.waiting]
+        pools = self._pools(active)
+        total = len(active)
+        per_user = Counter(r.owner_id for r in active)
+        per_project = Counter(r.project_id for r in active)
+        settings = self.gw.settings
+        limits = Limits(total=settings.max_running_global, per_user=settings.max_running_per_user,
+                        per_project=settings.max_running_per_project)
+
+        outcomes: dict[str, Outcome] = {}
+        verdicts: dict[str, tuple[int, str]] = {}
+        positions: Counter[str] = Counter()
+        nats_down = False
+        last_served = await self._last_served({r.owner_id for r in waiting})
+        for run in self._line(waiting, per_user, last_served):
+            reason = self._limit_reason(run, limits, total, per_user, per_project)
+            pool = pools.get(run.pool) or _Pool()
+            if reason is None:
+                reason = self._capacity_reason(run, pool)
+            if reason is None and nats_down:
+                reason = "NATS does not take jobs now; retrying"
+            if reason is None:
+                if await self._publish(run, limits):
+                    outcomes[run.id] = "published"
+                    total += 1
+                    per_user[run.owner_id] += 1
+                    per_project[run.project_id] += 1
+                    pool.unclaimed.append(run)
+                    continue
+                nats_down = True
+                outcomes[run.id] = "publish_failed"
+                reason = "NATS did not take its job; retrying"
+            else:
+                outcomes.setdefault(run.id, "waiting")
+            positions[run.pool] += 1
+            verdicts[run.id] = (positions[run.pool], reason)
+        await self._note(waiting, verdicts)
+        self._outcomes = outcomes
+        self._announced.difference_update(r for r, o in outcomes.items() if o == "published")
+        return outcomes
+
+    async def _active_rows(self) -> list[_Row]:
+        columns = (Run.id, Run.project_id, Run.owner_id, Run.pool, Run.kind, Run.priority, Run.status,
+                   Run.runner_id, Run.requirements, Run.created_at, Run.enqueued_at, Run.queue_position,
+                   Run.wait_reason)
+        async with self.gw.sessionmaker() as session:
+            result = await session.execute(select(*columns).where(text(ACTIVE_WHERE)))
+        rows = []
+        for r in result:
+            try:
+                req = msgspec.convert(r.requirements, Requirements) if r.requirements else None
+            except msgspec.ValidationError:
+                req = None
+            rows.append(_Row(
+                id=r.id, project_id=r.project_id, owner_id=r.owner_id, pool=r.pool, kind=r.kind,
+                priority=r.priority, status=r.status, runner_id=r.runner_id, requirements=req,
+                created_at=r.created_at, waiting=r.status == RunStatus.QUEUED and r.enqueued_at is None,
+                queue_position=r.queue_position, wait_reason=r.wait_reason,
+            ))
+        return rows
+
+    def _pools(self, active: list[_Row]) -> dict[str, _Pool]:
+        """Live runners by pool with their free slots, and each pool's published but unclaimed runs."""
+        busy = Counter(r.runner_id for r in active if r.status != RunStatus.QUEUED and r.runner_id)
+        horizon = utcnow() - timedelta(seconds=RUNNER_LIVE_BEATS * self.gw.settings.runner_heartbeat_s)
+        pools: dict[str, _Pool] = defaultdict(_Pool)
+        for beat in self.runners.values():
+            if beat.state in ACCEPTING and beat.ts >= horizon:
+                pool = pools[beat.pool]
+                pool.runners.append(beat)
+                pool.free[beat.runner_id] = max(0, beat.slots - busy[beat.runner_id])
+        for run in active:
+            if run.status == RunStatus.QUEUED:
+                pools[run.pool].unclaimed.append(run)
+        return pools
+
+    async def _last_served(self, owners: set[str | None]) -> dict[str | None, datetime]:
+        """When each of `owners` last had a job published."""
+        named = [o for o in owners if o is not None]
+        where = Run.owner_id.in_(named)
+        if None in owners:
+            where = or_(where, Run.owner_id.is_(None))
+        async with self.gw.sessionmaker() as session:
+            result = await session.execute(
+                select(Run.owner_id, func.max(Run.enqueued_at)).where(where).group_by(Run.owner_id))
+        return {owner: last for owner, last in result if last is not None}
+
+    @staticmethod
+    def _line(waiting: list[_Row], active_per_user: Counter[str | None],
+              last_served: dict[str | None, datetime]) -> Iterable[_Row]:
+        """Waiting runs in the order they may start: fair share, then priority, then age."""
+        queues: dict[str | None, list[_Row]] = defaultdict(list)
+        for run in waiting:
+            queues[run.owner_id].append(run)
+        for runs in queues.values():
+            runs.sort(key=lambda r: (-r.priority, r.created_at, r.id), reverse=True)  # pop() takes the best
+        never = datetime.min.replace(tzinfo=UTC)
+        heap = [
+            (active_per_user[owner], (0, last_served.get(owner, never)), runs[-1].created_at, n, owner)
+            for n, (owner, runs) in enumerate(queues.items())
+        ]
+        heapq.heapify(heap)
+        for turn in itertools.count():
+            if not heap:
+                return
+            count, _, _, n, owner = heapq.heappop(heap)
+            runs = queues[owner]
+            yield runs.pop()
+            if runs:  # served now: behind every user with as many runs who was served earlier
+                heapq.heappush(heap, (count + 1, (1, turn), runs[-1].created_at, n, owner))
+
+    @staticmethod
+    def _limit_reason(run: _Row, limits: Limits, total: int, per_user: Counter[str | None],
+                      per_project: Counter[str]) -> str | None:
+        if limits.total and total >= limits.total:
+            return f"global limit of {_plural(limits.total, 'running run')} reached"
+        if limits.per_user and per_user[run.owner_id] >= limits.per_user:
+            return f"your limit of {_plural(limits.per_user, 'running run')} reached"
+        if limits.per_project and per_project[run.project_id] >= limits.per_project:
+            return f"project limit of {_plural(limits.per_project, 'running run')} reached"
+        return None
+
+    @staticmethod
+    def _capacity_reason(run: _Row, pool: _Pool) -> str | None:
+        """None when a live runner of the pool fits the run and has a slot no published job will take."""
+        if not pool.runners:
+            return f"no runner of pool {run.pool} is online"
+        fitting = {b.runner_id for b in pool.runners if misfit(run.kind, run.requirements, b.devices, b.kinds) is None}
+        if not fitting:
+            if not any(run.kind in b.kinds for b in pool.runners):
+                return f"no runner of pool {run.pool} takes {run.kind} runs"
+            return f"no runner in pool {run.pool} has {requirement_text(run.requirements)}"
+        by_id = {b.runner_id: b for b in pool.runners}
+        competing = sum(
+            1 for other in pool.unclaimed
+            if any(misfit(other.kind, other.requirements, by_id[r].devices, by_id[r].kinds) is None for r in fitting)
+        )
+        if sum(pool.free[r] for r in fitting) - competing <= 0:
+            return f"all runners of pool {run.pool} that fit are busy"
+        return None
+
+    async def _publish(self, run: _Row, limits: Limits) -> bool:
+        """Publish the run's job; False when NATS did not take it."""
+        async with self.gw.sessionmaker() as session:
+            row = await session.get(Run, run.id)
+            if row is None or row.status != RunStatus.QUEUED or row.enqueued_at is not None:
+                return True  # canceled or published meanwhile: nothing to do, and not a NATS problem
+            try:
+                resume = await resume_of(session, row)
+                spec_ok = True
+            except LookupError as exc:
+                log.error("run %s cannot be published: %s", run.id, exc)
+                spec_ok = False
+        if not spec_ok:
+            return True
+        has_limits = limits.total or limits.per_user or limits.per_project
+        try:
+            announce = run.id not in self._announced and not await self._queued_event_stored(row)
+            await enqueue(self.gw, row, resume=resume, limits=limits if has_limits else None, announce=announce)
+        except msgspec.ValidationError as exc:
+            log.error("run %s cannot be published: its spec is not valid (%s)", run.id, exc)
+            return True
+        except PublishFailed as exc:
+            log.warning("dispatcher: %s", exc)
+            return False
+        return True
+
+    async def _queued_event_stored(self, run: Run) -> bool:
+        """Whether run.queued is in the events stream (a copy younger than the duplicate window is dropped
+        by the stream anyway, so it is just published again)."""
+        if utcnow() - run.created_at < timedelta(seconds=DUPLICATE_WINDOW_S * 0.9):
+            return False
+        subject = self.gw.subjects.run_event(run.project_id, run.id, "run.queued")
+        try:
+            await self.gw.js.get_last_msg(self.gw.subjects.events_stream, subject)
+        except NotFoundError:
+            return False
+        return True
+
+    async def _note(self, waiting: list[_Row], verdicts: dict[str, tuple[int, str]]) -> None:
+        """Store each waiting run's place and reason, where they changed (one statement)."""
+        changed = [r.id for r in waiting if r.id in verdicts and (r.queue_position, r.wait_reason) != verdicts[r.id]]
+        if not changed:
+            return
+        async with self.gw.engine.begin() as conn:
+            await conn.execute(_NOTE, {
+                "id": changed,
+                "position": [verdicts[i][0] for i in changed],
+                "reason": [verdicts[i][1] for i in changed],
+            })
+
+
+_NOTE = text(
+    """
+    UPDATE runs SET queue_position = v.position, wait_reason = v.reason
+    FROM unnest(CAST(:id AS text[]), CAST(:position AS int[]), CAST(:reason AS text[])) AS v(id, position, reason)
+    WHERE runs.id = v.id AND runs.enqueued_at IS NULL
+    """
+)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("dispatcher stopped unexpectedly", exc_info=task.exception())
