@@ -43,3 +43,18 @@ def test_watch_exits_1_for_a_failed_run_and_cancel_ends_a_run(stack: Stack) -> N
 def test_a_run_that_does_not_exist_is_a_clear_error(stack: Stack) -> None:
     result = cli(stack, "runs", "get", "0" * 32)
     assert result.returncode == 1 and "404" in result.stderr
+
+
+def test_train_uploads_a_local_dataset_submits_a_yolo_training_and_follows_it_to_the_end(
+    stack: Stack, tmp_path
+) -> None:
+    from tests.datagen import make_detect_dataset
+
+    data = tmp_path / "shapes"
+    make_detect_dataset(data, n_train=8, n_val=4, imgsz=64)
+    result = cli(stack, "train", "--project", "cli", "--data", str(data), "--model", "yolov8n",
+                 "--epochs", "1", "--imgsz", "64", "--batch", "4", "--device", "cpu", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "uploading" in out and "queued in project cli" in out
+    assert "epoch 1" in out and "completed" in out
