@@ -1,12 +1,13 @@
 """Executor of the `yolo.*` run kinds: Ultralytics in-process, in a worker thread.
 
 The event loop stays free: the job runs under `anyio.to_thread.run_sync`; its callbacks report through
-`ctx.emit` with `anyio.from_thread.run` (see `runner.yolo.bridge`). Inputs (weights, checkpoints, images) are
+`ctx.emit` through an ordered queue on the loop (see `runner.yolo.bridge`). Inputs (weights, checkpoints, images) are
 fetched from the artifact store before the job starts; outputs go to the store and are recorded as artifacts.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,8 @@ from shared.settings import Settings
 
 USER_ERRORS = (ExecutorError, ValueError, TypeError, KeyError, AssertionError, FileNotFoundError, SyntaxError)
 """Exceptions that mean the spec or its inputs are wrong (failure cause `user`); anything else: `infrastructure`."""
+
+log = logging.getLogger(__name__)
 
 
 class YoloExecutor:
@@ -116,12 +119,21 @@ class YoloExecutor:
                 finished.set()
 
         try:
-            return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+            outcome = await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
         except anyio.get_cancelled_exc_class():
             stop.set()
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(finished.wait)
+                try:
+                    await bridge.close()
+                except Exception:  # noqa: BLE001 - being cancelled wins over a failed publish
+                    log.warning("run %s: events lost while stopping", ctx.run_id, exc_info=True)
             raise
+        except BaseException:
+            await bridge.close()
+            raise
+        await bridge.close()  # every event of the job is out before the agent publishes the terminal one
+        return outcome
 
 
 async def _train_model(spec: YoloTrainSpec, resolver: InputResolver, workdir: Path) -> tuple[Any, str | None]:

@@ -1,12 +1,17 @@
 """The link between a YOLO job running in a worker thread and its run on the event loop.
 
-A job calls these methods from its worker thread; each hops onto the loop with `anyio.from_thread.run` and
-waits for the emitter (or the artifact store) there. Progress is throttled; cancellation is read from the
-run's `cancel_requested` event or the executor's own stop flag (set when the executor task is cancelled).
+A job calls these methods from its worker thread. They go, in the order they were made, through one queue
+that a task on the loop works off: progress, metrics and log lines are handed over without waiting (the
+training thread never waits for a publish), while calls that need an answer (storing a file, recording a
+checkpoint or artifact) wait for theirs. `close()` waits until everything handed over is done, so every event
+of the job precedes its terminal event. Progress is throttled; cancellation is read from the run's
+`cancel_requested` event or the executor's own stop flag (set when the executor task is cancelled).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import logging
 import re
@@ -15,8 +20,6 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
-
-import anyio.from_thread
 
 from runner.executors.base import RunContext
 from shared.artifacts import ArtifactStore, media_type
@@ -39,6 +42,12 @@ class JobBridge:
         self.store = store
         self.stop = stop
         self._last_progress = 0.0
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[tuple[Callable[[], Awaitable[Any]], concurrent.futures.Future[Any] | None]] = (
+            asyncio.Queue()
+        )
+        self._error: BaseException | None = None
+        self._pump = self._loop.create_task(self._work_off(), name=f"bridge {ctx.run_id}")
 
     # -- cancellation --------------------------------------------------------------------------------------
     @property
@@ -50,21 +59,57 @@ class JobBridge:
             raise JobStopped
 
     # -- calls onto the loop -------------------------------------------------------------------------------
+    async def _work_off(self) -> None:
+        while True:
+            work, answer = await self._queue.get()
+            try:
+                result = await work()
+            except Exception as exc:  # noqa: BLE001 - handed to whoever waits, or kept for close()
+                if answer is None:
+                    self._error = self._error or exc
+                else:
+                    answer.set_exception(exc)
+            else:
+                if answer is not None:
+                    answer.set_result(result)
+            finally:
+                self._queue.task_done()
+
+    def post(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> None:
+        """Hand a call to the loop without waiting for it (from the worker thread)."""
+        if self._error is not None:
+            raise self._error
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, (functools.partial(fn, *args, **kwargs), None))
+
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        return anyio.from_thread.run(functools.partial(fn, *args, **kwargs))
+        """Hand a call to the loop, after everything handed before it, and wait for its result."""
+        if self._error is not None:
+            raise self._error
+        answer: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, (functools.partial(fn, *args, **kwargs), answer))
+        return answer.result()
+
+    async def close(self) -> None:
+        """On the loop, after the job: wait until every call handed over is done; raise a failed publish."""
+        try:
+            await self._queue.join()
+        finally:
+            self._pump.cancel()
+        if self._error is not None:
+            raise self._error
 
     def progress(self, fraction: float, *, force: bool = False, **fields: Any) -> None:
         now = time.monotonic()
         if not force and now - self._last_progress < PROGRESS_INTERVAL_S:
             return
         self._last_progress = now
-        self.call(self.ctx.emit.progress, min(max(fraction, 0.0), 1.0), **fields)
+        self.post(self.ctx.emit.progress, min(max(fraction, 0.0), 1.0), **fields)
 
     def metrics(self, metrics: dict[str, float], *, epoch: int | None = None, step: int | None = None) -> None:
-        self.call(self.ctx.emit.metrics, metrics, epoch=epoch, step=step)
+        self.post(self.ctx.emit.metrics, metrics, epoch=epoch, step=step)
 
     def log(self, text: str, stream: str = "stdout") -> None:
-        self.call(self.ctx.emit.log, text, stream)
+        self.post(self.ctx.emit.log, text, stream)
 
     # -- files ---------------------------------------------------------------------------------------------
     def key(self, *parts: str) -> str:
