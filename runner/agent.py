@@ -385,8 +385,12 @@ class RunnerAgent:
         self._active[job.run_id] = active
         if self._canceling_all:
             self._cancel_for_shutdown(active)
+        keepalive = asyncio.create_task(self._keep_claimed(msg), name=f"keep-claimed {job.run_id}")
         try:
-            outcome = await self._attempt(active)
+            try:
+                outcome = await self._attempt(active)
+            finally:
+                keepalive.cancel()
             if active.leases is not None:  # the work is over: free its slots before reporting
                 await active.leases.release()
             if outcome is not None:
@@ -469,7 +473,6 @@ class RunnerAgent:
                 done, _ = await asyncio.wait([task], timeout=interval)
                 if done:
                     return task.result()
-                await self._in_progress(active.msg)
                 if not ctx.cancel_requested.is_set() and await self._cancel_recorded(ctx.run_id):
                     log.info("run %s: cancel found in the bucket", ctx.run_id)
                     ctx.cancel_requested.set()
@@ -554,6 +557,13 @@ class RunnerAgent:
                     log.error("run %s: ack not confirmed (%r); a redelivery will find it ended", active.job.run_id, exc)
                     return
                 await asyncio.sleep(0.5)
+
+    async def _keep_claimed(self, msg: Msg) -> None:
+        """Tell JetStream the job is being worked on, from the claim on (loading an executor the first time
+        can take longer than the ack wait), every third of `job_ack_wait_s`, until cancelled."""
+        while True:
+            await asyncio.sleep(self.settings.job_ack_wait_s / 3)
+            await self._in_progress(msg)
 
     async def _in_progress(self, msg: Msg) -> None:
         try:
