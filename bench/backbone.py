@@ -124,7 +124,8 @@ async def sse_fanout(api: httpx.AsyncClient, info: dict, project: str, clients: 
                         return
 
     limits = httpx.Limits(max_connections=clients + 10, max_keepalive_connections=clients + 10)
-    async with httpx.AsyncClient(base_url=str(api.base_url), limits=limits, timeout=httpx.Timeout(120)) as http:
+    async with httpx.AsyncClient(base_url=str(api.base_url), limits=limits, timeout=httpx.Timeout(120),
+                                 headers=dict(api.headers)) as http:
         tasks = [asyncio.create_task(client(i, http)) for i in range(clients)]
         await asyncio.wait_for(all_ready.wait(), 120)
         await asyncio.sleep(1.0)
@@ -152,7 +153,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     }
     with running_stack(runners=1) as stack:
         info = stack["info"]
-        async with httpx.AsyncClient(base_url=stack["url"] + "/api/v1", timeout=httpx.Timeout(120)) as api:
+        async with httpx.AsyncClient(base_url=stack["url"] + "/api/v1", timeout=httpx.Timeout(120),
+                                     headers=stack["headers"]) as api:
             project = "bench"
             (await api.post("/projects", json={"name": project})).raise_for_status()
             if args.runs:

@@ -27,11 +27,14 @@ def free_port() -> int:
 
 @contextmanager
 def running_stack(runners: int = 1, extra_env: dict[str, str] | None = None) -> Iterator[dict]:
-    """Yield {"url", "state_dir", "info"} of a fresh embedded stack; stop it afterwards."""
+    """Yield {"url", "state_dir", "info", "headers"} of a fresh embedded stack (`headers`: the admin's API
+    token); stop it afterwards. Rate limits are off: a benchmark is one client sending as fast as it can."""
     with tempfile.TemporaryDirectory(prefix="tf-bench-") as tmp:
         state = Path(tmp) / "state"
         port = free_port()
-        env = {**os.environ, "PYTHONPATH": str(REPO), "TRAINFORGE_LOG_LEVEL": "WARNING", **(extra_env or {})}
+        env = {**os.environ, "PYTHONPATH": str(REPO), "TRAINFORGE_LOG_LEVEL": "WARNING",
+               "TRAINFORGE_RATE_LIMIT_WRITES_PER_MINUTE": "0", "TRAINFORGE_RATE_LIMIT_ADDRESS_WRITES_PER_MINUTE": "0",
+               **(extra_env or {})}
         env.pop("TRAINFORGE_NATS_URL", None)
         env.pop("TRAINFORGE_DATABASE_URL", None)
         log = open(Path(tmp) / "up.log", "wb")  # noqa: SIM115
@@ -49,14 +52,16 @@ def running_stack(runners: int = 1, extra_env: dict[str, str] | None = None) -> 
                 try:
                     if httpx.get(url + "/ready", timeout=2).status_code == 200:
                         info = json.loads((state / "stack.json").read_text())
-                        if len([c for c in info.get("children", []) if c["name"].startswith("runner")]) >= runners:
+                        runners_up = [c for c in info.get("children", []) if c["name"].startswith("runner")]
+                        if len(runners_up) >= runners and info.get("status") == "running":
                             break
                 except (httpx.HTTPError, OSError, ValueError):
                     pass
                 if time.monotonic() > deadline:
                     raise RuntimeError("stack did not become ready")
                 time.sleep(0.3)
-            yield {"url": url, "state_dir": state, "info": info}
+            token = (state / "cli-token").read_text().strip()
+            yield {"url": url, "state_dir": state, "info": info, "headers": {"Authorization": f"Bearer {token}"}}
         finally:
             proc.send_signal(signal.SIGINT)
             try:

@@ -101,7 +101,7 @@ def main() -> None:
         data = make_dataset(Path(tmp) / "shapes", args.images, args.imgsz)
         archive = Path(tmp) / "shapes.zip"
         subprocess.run(["python3", "-m", "zipfile", "-c", str(archive), "."], cwd=data, check=True)
-        with httpx.Client(base_url=stack["url"] + "/api/v1", timeout=httpx.Timeout(300)) as api:
+        with httpx.Client(base_url=stack["url"] + "/api/v1", timeout=httpx.Timeout(300), headers=stack["headers"]) as api:
             api.post("/projects", json={"name": "bench"}).raise_for_status()
             with archive.open("rb") as f:
                 dataset = api.post("/datasets", data={"name": "shapes"}, files={"file": ("shapes.zip", f)})

@@ -16,8 +16,12 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
+from gateway.auth.caller import provide_me
+from gateway.auth.middleware import jwt_auth
+from gateway.auth.ratelimits import rate_limits
 from gateway.controllers.architectures import ArchitecturesController
 from gateway.controllers.artifacts import ArtifactsController
+from gateway.controllers.auth import AuditController, AuthController, TokensController, UsersController
 from gateway.controllers.configs import ConfigsController
 from gateway.controllers.datasets import DatasetsController
 from gateway.controllers.events import EventsController
@@ -36,6 +40,7 @@ from gateway.eventhub import EventHub
 from gateway.fleet import FleetService
 from gateway.projector import Projector
 from gateway.registration import WeightsRegistrar
+from gateway.services.accounts import ensure_first_admin
 from gateway.state import GatewayState
 from shared.bus import connect, ensure_topology
 from shared.settings import Settings
@@ -48,7 +53,7 @@ API_PREFIX = "/api/v1"
 
 def api_controllers() -> list[type]:
     """Controllers mounted under /api/v1. One per resource."""
-    return [ProjectsController, RunsController, QueueController, EventsController, DatasetsController,
+    return [AuthController, UsersController, TokensController, AuditController, ProjectsController, RunsController, QueueController, EventsController, DatasetsController,
             ModelsController, RunnersController, SystemController, CatalogController, ConfigsController,
             ArchitecturesController, ArtifactsController, ExportFormatsController, PredictController]
 
@@ -58,6 +63,7 @@ def create_app(settings: Settings) -> Litestar:
         raise ValueError("the gateway needs TRAINFORGE_DATABASE_URL")
 
     state_holder: dict[str, GatewayState] = {}
+    auth = jwt_auth(settings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -66,11 +72,12 @@ def create_app(settings: Settings) -> Litestar:
         js = nc.jetstream()
         await ensure_topology(js, settings)
         gw = GatewayState(settings=settings, engine=engine, sessionmaker=create_sessionmaker(engine), nc=nc, js=js,
-                          subjects=Subjects(settings.bus_prefix))
+                          subjects=Subjects(settings.bus_prefix), jwt_secret=auth.token_secret)
         state_holder["gw"] = gw
         app.state.gw = gw
         started: list[object] = []
         try:
+            await ensure_first_admin(gw)
             for name, factory in background_services():
                 service = factory(gw)
                 await service.start()  # type: ignore[attr-defined]
@@ -93,7 +100,9 @@ def create_app(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=[HealthController, Router(path=API_PREFIX, route_handlers=api_controllers())],
         lifespan=[lifespan],
-        dependencies={"gw": Provide(provide_state, sync_to_thread=False)},
+        dependencies={"gw": Provide(provide_state, sync_to_thread=False), "me": provide_me},
+        on_app_init=[auth.on_app_init],
+        middleware=rate_limits(settings),
         plugins=[problem_details_plugin()],
         openapi_config=OpenAPIConfig(
             title="Trainforge",

@@ -47,7 +47,7 @@ from sqlalchemy.engine import make_url
 from gateway.bus import PublishFailed
 from gateway.db.models import ACTIVE_WHERE, Run
 from gateway.projector import NOTIFY_CHANNEL
-from gateway.services.runs import enqueue, queued_event, resume_of
+from gateway.services.runs import enqueue, resume_of
 from gateway.state import GatewayState
 from shared.bus import DUPLICATE_WINDOW_S
 from shared.contracts import Limits, Requirements, RunnerHeartbeat, event_decoder

@@ -45,6 +45,18 @@ class BadRequest(GatewayError):
     status_code, code, title = 400, "bad_request", "Bad Request"
 
 
+class Unauthorized(GatewayError):
+    """Authentication is required, or the credentials are not valid."""
+
+    status_code, code, title = 401, "unauthorized", "Unauthorized"
+
+
+class Forbidden(GatewayError):
+    """You may see this resource but not do this to it."""
+
+    status_code, code, title = 403, "forbidden", "Forbidden"
+
+
 class NotFound(GatewayError):
     """No such resource."""
 

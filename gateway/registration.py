@@ -113,11 +113,12 @@ class WeightsRegistrar:
             metrics = {k: float(v) for k, v in ((run.result or {}).get("metrics") or {}).items()
                        if isinstance(v, int | float) and not isinstance(v, bool)} or info.metrics
             async with self.gw.sessionmaker() as session:
-                name = run.options.get("register_as") or await default_model_name(session, project.name, info.task)
-                version = await register_version(
+                name = run.options.get("register_as") or await default_model_name(
+                    session, project.name, info.task, run.owner_id)
+                version = await register_version(  # in the library of the user who started the run
                     session, store, name=name, file_path=path, task=info.task, class_names=info.class_names,
                     metrics=metrics, source_run_id=run.id, dataset_id=run.spec.get("dataset_id"),
-                    parent_version_id=run.options.get("model_version_id"), format="pt")
+                    owner_id=run.owner_id, parent_version_id=run.options.get("model_version_id"), format="pt")
                 registration = {"model": name, "version": version.version, "model_version_id": version.id,
                                 "ref": f"{name}:{version.version}"}
                 await session.execute(update(Run).where(Run.id == run.id).values(registration=registration))
@@ -135,10 +136,11 @@ class WeightsRegistrar:
         return registration
 
 
-async def default_model_name(session: Any, project_name: str, task: str) -> str:
-    """The project's name, unless a model of that name holds another task: then `<project>-<task>`."""
-    existing = (await session.execute(select(Model.task).where(Model.name == project_name,
-                                                               Model.owner_id.is_(None)))).scalar_one_or_none()
+async def default_model_name(session: Any, project_name: str, task: str, owner_id: str | None) -> str:
+    """The project's name, unless a model of that name (of the run's owner) holds another task: then
+    `<project>-<task>`."""
+    owned = Model.owner_id.is_(None) if owner_id is None else Model.owner_id == owner_id
+    existing = (await session.execute(select(Model.task).where(Model.name == project_name, owned))).scalar_one_or_none()
     if existing is None or existing == task:
         return project_name
     suffix = f"-{task}"

@@ -21,7 +21,7 @@ from shared.contracts.common import TOKEN_RE
 
 PROJECT_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
-ProjectName = Annotated[str, Meta(pattern=PROJECT_NAME_RE, description="Unique; letters, digits, '.', '_', '-'")]
+ProjectName = Annotated[str, Meta(pattern=PROJECT_NAME_RE, description="Unique per owner; letters, digits, '.', '_', '-'")]
 Text = Annotated[str, Meta(max_length=10_000)]
 Short = Annotated[str, Meta(max_length=128)]
 Tag = Annotated[str, Meta(min_length=1, max_length=64)]
@@ -73,9 +73,16 @@ class ProjectUpdate(Request):
     status: ProjectStatus | UnsetType = UNSET
 
 
+class MemberSet(Request):
+    role: Literal["owner", "member", "viewer"]
+    """owner: everything, members too; member: runs and configs; viewer: reads only."""
+
+
 class ProjectView(msgspec.Struct, kw_only=True):
     id: str
     name: str
+    owner_id: str | None
+    """The user who created the project."""
     description: str
     objective: str
     task_type: str

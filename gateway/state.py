@@ -21,6 +21,8 @@ class GatewayState:
     nc: NATS
     js: JetStreamContext
     subjects: Subjects
+    jwt_secret: str = ""
+    """Signs and checks access tokens (`gateway.auth`)."""
     extras: dict[str, object] = field(default_factory=dict)
     """Long-lived helpers started by the lifespan (projector, event hub), by name."""
 

@@ -43,6 +43,27 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     preflight_timeout_s: float = 2.0
     """How long run creation waits for a runner to confirm a docker run's files (no answer: queued anyway)."""
 
+    # -- users and access ----------------------------------------------------------------------------
+    admin_username: str = "admin"
+    """The first admin, created when the database has no user."""
+    admin_password: str | None = None
+    """That admin's password. Unset: a random one is generated and written to <state_dir>/admin-password."""
+    jwt_secret: str | None = None
+    """Signs access tokens; every gateway of one deployment needs the same. Unset: generated once and kept in
+    <state_dir>/jwt-secret."""
+    access_token_ttl_s: float = 900.0
+    """Lifetime of an access token (JWT); a refresh token gets a new one."""
+    refresh_token_ttl_h: float = 720.0
+    """Lifetime of a login session (its refresh token)."""
+    open_signup: bool = False
+    """Let anyone create an account with `POST /api/v1/auth/signup`. Off: only admins create users."""
+    rate_limit_login_per_minute: int = 10
+    """Login, refresh and sign-up attempts per client address per minute (429 with Retry-After beyond)."""
+    rate_limit_writes_per_minute: int = 300
+    """Writes (POST, PUT, PATCH, DELETE) per user per minute."""
+    rate_limit_address_writes_per_minute: int = 600
+    """Writes per client address per minute, whoever sends them."""
+
     # -- jobs ------------------------------------------------------------------------------------------
     job_ack_wait_s: float = 30.0
     """How long a claimed job may go without a heartbeat before JetStream hands it to another runner."""
@@ -102,7 +123,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     api_url: str = "http://127.0.0.1:8000"
     """The gateway the `trainforge train` and `trainforge runs` commands talk to."""
     api_token: str | None = None
-    """Bearer token those commands send (an API token), when the gateway requires one."""
+    """API token those commands send. Unset: the one `trainforge up` keeps in <state_dir>/cli-token, if any."""
     max_image_upload_mb: int = 20
     """Largest image accepted by `POST /api/v1/uploads` and synchronous predict."""
     predict_timeout_s: float = 60.0

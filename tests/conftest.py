@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from shared.settings import Settings
+from tests.auth_support import ADMIN_PASSWORD
 from trainforge.embedded import EmbeddedNats, EmbeddedPostgres
 
 # Ultralytics and matplotlib must never write to ~ or reach the network in tests.
@@ -113,6 +114,10 @@ async def settings(
             "shutdown_grace_s": 2.0,
             "cancel_grace_s": 2.0,
             "sse_keepalive_s": 1.0,
+            "admin_password": ADMIN_PASSWORD,
+            "rate_limit_login_per_minute": 0,
+            "rate_limit_writes_per_minute": 0,
+            "rate_limit_address_writes_per_minute": 0,
         }
     )
     await _delete_streams(nats_url, bus_prefix)

@@ -13,7 +13,7 @@ import msgspec
 
 from shared.settings import ENV_PREFIX, Settings, SettingsError
 
-DEVICE_PATTERN = re.compile(r"cpu|cuda:\d+")
+DEVICE_PATTERN = re.compile(r"cpu|cuda:\d+|auto")
 
 
 def _configure_logging(level: str) -> None:
@@ -34,7 +34,7 @@ def _settings_error(exc: SettingsError) -> str:
 
 def _device(value: str) -> str:
     if not DEVICE_PATTERN.fullmatch(value):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a device: use cpu or cuda:N (cuda:0, cuda:1, ...)")
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device: use cpu, cuda:N (cuda:0, cuda:1, ...) or auto")
     return value
 
 
@@ -113,7 +113,15 @@ def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 def _client(args: argparse.Namespace, settings: Settings):  # noqa: ANN202 - lazy import
     from trainforge.api_client import ApiClient
 
-    return ApiClient(args.api or settings.api_url, token=settings.api_token)
+    return ApiClient(args.api or settings.api_url, token=settings.api_token or _local_token(settings))
+
+
+def _local_token(settings: Settings) -> str | None:
+    """The API token `trainforge up` left in the state folder, when the CLI runs beside it."""
+    from trainforge.stack import cli_token_file
+
+    path = cli_token_file(settings)
+    return path.read_text().strip() if path.exists() else None
 
 
 def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
@@ -292,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--pool", default=None, help="pool to take jobs from (default: TRAINFORGE_RUNNER_POOL or cpu)")
     p.add_argument("--device", type=_device, default=None,
-                   help="cpu or cuda:N (default: TRAINFORGE_RUNNER_DEVICE or cpu)")
+                   help="cpu, cuda:N, or auto: each job takes a free GPU of the host "
+                        "(default: TRAINFORGE_RUNNER_DEVICE or cpu)")
     p.add_argument("--slots", type=_at_least_one, default=None,
                    help="jobs run at once (default: TRAINFORGE_RUNNER_SLOTS or 1)")
     p.add_argument("--id", default=None, help="runner id, stable across restarts (default: TRAINFORGE_RUNNER_ID, else the runner picks one)")

@@ -192,6 +192,7 @@ class Stack:
             await self._start_children()
             await self._wait_ready()
             if self.fatal is None and not self.stopping.is_set():
+                await self._ensure_cli_token()
                 self.ready = True
                 self._write_manifest("running")
                 print(self._banner(), flush=True)
@@ -243,6 +244,47 @@ class Stack:
             await anyio.to_thread.run_sync(upgrade, self.database_url)
         except Exception as exc:
             raise StackError(f"migrations failed: {type(exc).__name__}: {exc}") from exc
+
+    @property
+    def admin_password_file(self) -> Path:
+        return self.state_dir / "admin-password"
+
+    @property
+    def cli_token_file(self) -> Path:
+        return cli_token_file(self.settings)
+
+    async def _ensure_cli_token(self) -> None:
+        """An API token of the first admin in `<state_dir>/cli-token` (mode 0600), so that the CLI on this
+        machine works with no setup; kept while it works, made again when it does not. Skipped (with a
+        warning) when the admin's password is no longer the one `up` knows."""
+        password = self.settings.admin_password
+        if not password and self.admin_password_file.exists():
+            password = self.admin_password_file.read_text().strip()
+        async with httpx.AsyncClient(base_url=self.api_base + "/api/v1", timeout=30.0) as client:
+            if self.cli_token_file.exists():
+                token = self.cli_token_file.read_text().strip()
+                if (await client.get("/auth/me", headers={"Authorization": f"Bearer {token}"})).status_code == 200:
+                    return
+            if not password:
+                log.warning("no CLI token: the admin password is not known to `up`")
+                return
+            login = await client.post("/auth/login", json={"username": self.settings.admin_username,
+                                                          "password": password})
+            if login.status_code != 200:
+                log.warning("no CLI token: logging in as %r failed (%s); was the password changed?",
+                            self.settings.admin_username, login.status_code)
+                return
+            headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+            created = await client.post("/tokens", json={"name": "trainforge CLI (trainforge up)"}, headers=headers)
+            await client.post("/auth/logout", headers=headers)
+        if created.status_code != 201:
+            log.warning("no CLI token: creating it failed (%s)", created.status_code)
+            return
+        tmp = self.cli_token_file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(created.json()["token"] + "\n")
+        os.replace(tmp, self.cli_token_file)
 
     async def _start_children(self) -> None:
         specs = plan_children(self.settings, self.options, nats_url=self.nats_url, database_url=self.database_url)
@@ -359,6 +401,9 @@ class Stack:
             "api_url": self.api_base,
             "nats_url": self.nats_url,
             "bus_prefix": self.settings.bus_prefix,
+            "admin_username": self.settings.admin_username,
+            "admin_password_file": None if self.settings.admin_password else str(self.admin_password_file),
+            "cli_token_file": str(self.cli_token_file) if self.cli_token_file.exists() else None,
             "nats_embedded": self.nats is not None,
             "nats_pid": self.nats.process.pid if self.nats is not None and self.nats.process is not None else None,
             "database_url": self.database_url,
@@ -389,6 +434,11 @@ class Stack:
         runners = [c for c in self.children if c.spec.runner_id is not None]
         runner_lines = ", ".join(f"{c.spec.name} ({' '.join(c.spec.args[1:5])})" for c in runners) or "none"
         local = "on" if self.options.local_backend else "off"
+        password = ("the configured TRAINFORGE_ADMIN_PASSWORD" if self.settings.admin_password
+                    else f"password in {self.admin_password_file}")
+        cli = (f"{self.cli_token_file} (an API token of {self.settings.admin_username}; `trainforge train` and "
+               "`trainforge runs` on this machine use it)" if self.cli_token_file.exists()
+               else "none (set TRAINFORGE_API_TOKEN for the CLI; create one with POST /api/v1/tokens)")
         url = make_url(self.database_url)
         database = url.render_as_string(hide_password=True) if url.password else self.database_url
         lines = [
@@ -401,10 +451,19 @@ class Stack:
             f"  Postgres   {database} ({origin(self.postgres is not None)})",
             f"  Runners    {runner_lines}; local backend {local}",
             f"  State      {self.state_dir}",
+            f"  Log in     {self.settings.admin_username} / {password}",
+            f"             curl -X POST {self.api_base}/api/v1/auth/login -H 'Content-Type: application/json' \\",
+            f"               -d '{{\"username\": \"{self.settings.admin_username}\", \"password\": \"...\"}}'",
+            f"  CLI token  {cli}",
             f"Stop with Ctrl-C (or kill -TERM {os.getpid()}); the next `trainforge up` keeps the data.",
             "",
         ]
         return "\n".join(lines)
+
+
+def cli_token_file(settings: Settings) -> Path:
+    """Where `trainforge up` keeps an API token for the CLI on this machine."""
+    return settings.state_dir.resolve() / "cli-token"
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -15,6 +15,7 @@ from gateway.services.architectures import (
     ArchitectureView,
     ValidateRequest,
 )
+from gateway.auth.caller import Me
 from gateway.state import Gateway, GatewayState
 
 Offset = Annotated[int, QueryParameter(ge=0)]
@@ -36,17 +37,17 @@ class ArchitecturesController(Controller):
         return await service.validate(gw.settings, data.yaml, data.imgsz, data.channels)
 
     @post("/", status_code=201, summary="Save a valid architecture by name (then `architecture` of a yolo.train)")
-    async def create(self, gw: Gateway, data: ArchitectureCreate) -> ArchitectureView:
-        return service.architecture_view(await service.create_architecture(gw, data))
+    async def create(self, gw: Gateway, me: Me, data: ArchitectureCreate) -> ArchitectureView:
+        return service.architecture_view(await service.create_architecture(gw, data, me))
 
     @get("/", summary="Saved architectures, by name")
-    async def index(self, gw: Gateway, offset: Offset = 0, limit: Limit = 50) -> ArchitecturePage:
-        return await service.list_architectures(gw, limit=min(limit, gw.settings.page_size_max), offset=offset)
+    async def index(self, gw: Gateway, me: Me, offset: Offset = 0, limit: Limit = 50) -> ArchitecturePage:
+        return await service.list_architectures(gw, me, limit=min(limit, gw.settings.page_size_max), offset=offset)
 
     @get("/{ref:str}", summary="A saved architecture (by name or id), with its YAML")
-    async def read(self, gw: Gateway, ref: str) -> ArchitectureView:
-        return service.architecture_view(await service.get_architecture(gw, ref))
+    async def read(self, gw: Gateway, me: Me, ref: str) -> ArchitectureView:
+        return service.architecture_view(await service.get_architecture(gw, ref, me))
 
     @delete("/{ref:str}", status_code=204, summary="Delete a saved architecture (runs keep their copy)")
-    async def remove(self, gw: Gateway, ref: str) -> None:
-        await service.delete_architecture(gw, ref)
+    async def remove(self, gw: Gateway, me: Me, ref: str) -> None:
+        await service.delete_architecture(gw, ref, me)

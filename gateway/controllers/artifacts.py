@@ -12,6 +12,7 @@ from litestar.response import Stream
 from gateway.errors import BadRequest
 from gateway.schemas import ArtifactView, from_row
 from gateway.services import artifacts as service
+from gateway.auth.caller import Me
 from gateway.state import Gateway, GatewayState
 from gateway.uploads import MB, read_multipart
 from shared.contracts.common import new_id
@@ -25,23 +26,23 @@ class ArtifactsController(Controller):
     tags = ["artifacts"]
 
     @get("/artifacts/{artifact_id:str}", summary="An artifact: a run's file, or an uploaded image")
-    async def read(self, gw: Gateway, artifact_id: str) -> ArtifactView:
+    async def read(self, gw: Gateway, me: Me, artifact_id: str) -> ArtifactView:
         async with gw.sessionmaker() as session:
-            return from_row(ArtifactView, await service.get_artifact(session, artifact_id))
+            return from_row(ArtifactView, await service.get_artifact(session, artifact_id, me))
 
     @get("/artifacts/{artifact_id:str}/download", summary="An artifact's bytes (supports Range requests)",
          media_type="application/octet-stream")
-    async def download(self, gw: Gateway, request: Request[Any, Any, Any], artifact_id: str) -> Stream:
+    async def download(self, gw: Gateway, me: Me, request: Request[Any, Any, Any], artifact_id: str) -> Stream:
         async with gw.sessionmaker() as session:
-            row = await service.get_artifact(session, artifact_id)
+            row = await service.get_artifact(session, artifact_id, me)
         return await service.download(gw, row, request.headers.get("range"))
 
     @post("/uploads", status_code=201, request_max_body_size=None, summary="Upload an image for predictions",
           description=UPLOAD_DESCRIPTION)
-    async def upload(self, gw: Gateway, request: Request[Any, Any, Any]) -> ArtifactView:
+    async def upload(self, gw: Gateway, me: Me, request: Request[Any, Any, Any]) -> ArtifactView:
         form = await read_image_form(gw, request, frozenset())
         try:
-            row = await service.store_upload(gw, form.file)  # type: ignore[arg-type]
+            row = await service.store_upload(gw, form.file, me)  # type: ignore[arg-type]
         finally:
             form.discard()
         return from_row(ArtifactView, row)

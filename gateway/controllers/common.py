@@ -81,5 +81,6 @@ async def respond_once(
 
 
 def idempotency_scope(request: Request[Any, Any, Any]) -> str:
-    """What an Idempotency-Key is unique within: method and path (the caller, once there are users)."""
-    return f"{request.method} {request.url.path}"
+    """What an Idempotency-Key is unique within: the caller, method and path (two users' keys never meet)."""
+    user = request.scope.get("user")
+    return f"{getattr(user, 'user_id', '-')} {request.method} {request.url.path}"

@@ -15,6 +15,7 @@ from gateway.datasets import ImagePage
 from gateway.errors import BadRequest, Unprocessable, validation_errors
 from gateway.services import datasets as service
 from gateway.services.datasets import DatasetDetail, DatasetPage, RegisterByPath, UploadOptions
+from gateway.auth.caller import Me
 from gateway.state import Gateway, GatewayState
 from gateway.uploads import MB, read_json, read_multipart
 from shared.contracts.common import new_id
@@ -57,12 +58,12 @@ class DatasetsController(Controller):
 
     @post("/", status_code=201, request_max_body_size=None, summary="Register a dataset",
           description=REGISTER_DESCRIPTION)
-    async def register(self, gw: Gateway, request: Request[Any, Any, Any]) -> DatasetDetail:
+    async def register(self, gw: Gateway, me: Me, request: Request[Any, Any, Any]) -> DatasetDetail:
         media_type, _ = request.content_type
         settings = gw.settings
         if media_type == "application/json":
             body = _decode(await read_json(request), RegisterByPath)
-            row = await service.register_from_path(gw.sessionmaker, settings, body)
+            row = await service.register_from_path(gw.sessionmaker, settings, body, me)
         elif media_type == "multipart/form-data":
             dest = service.uploads_dir(settings) / f"{new_id()}.upload"
             form = await read_multipart(request, file_field="file", dest=dest,
@@ -75,7 +76,7 @@ class DatasetsController(Controller):
                 if form.file.size == 0:
                     raise BadRequest("the uploaded file is empty")
                 options = _upload_options(form.fields)
-                row = await service.register_from_archive(gw.sessionmaker, settings, options, form.file.path)
+                row = await service.register_from_archive(gw.sessionmaker, settings, options, form.file.path, me)
             finally:
                 form.discard()
         else:
@@ -85,37 +86,37 @@ class DatasetsController(Controller):
 
     @get("/", summary="List datasets")
     async def list_datasets(
-        self, gw: Gateway, offset: Offset = 0, limit: Limit = 50, format: FromQuery[str | None] = None,
+        self, gw: Gateway, me: Me, offset: Offset = 0, limit: Limit = 50, format: FromQuery[str | None] = None,
         task: FromQuery[str | None] = None,
     ) -> DatasetPage:
         async with gw.sessionmaker() as session:
-            return await service.list_datasets(session, limit=min(limit, gw.settings.page_size_max),
+            return await service.list_datasets(session, me, limit=min(limit, gw.settings.page_size_max),
                                                offset=offset, format=format, task=task)
 
     @get("/{ref:str}", summary="A dataset with its inspection (by id or name)")
-    async def get_dataset(self, gw: Gateway, ref: FromPath[str]) -> DatasetDetail:
+    async def get_dataset(self, gw: Gateway, me: Me, ref: FromPath[str]) -> DatasetDetail:
         async with gw.sessionmaker() as session:
-            row = await service.resolve_dataset(session, ref, ready=False)
+            row = await service.resolve_dataset(session, ref, me, ready=False)
         return await service.detail(row)
 
     @get("/{ref:str}/images", summary="A page of a dataset's images with their labels")
     async def list_images(
-        self, gw: Gateway, ref: FromPath[str], split: FromQuery[str | None] = None, offset: Offset = 0,
+        self, gw: Gateway, me: Me, ref: FromPath[str], split: FromQuery[str | None] = None, offset: Offset = 0,
         limit: Limit = 50,
     ) -> ImagePage:
         async with gw.sessionmaker() as session:
-            row = await service.resolve_dataset(session, ref)
+            row = await service.resolve_dataset(session, ref, me)
         return await service.images(row, split, offset, min(limit, gw.settings.page_size_max))
 
     @get("/{ref:str}/images/{split:str}/{index:int}/file", summary="The image file at an index of a split")
-    async def image_file(self, gw: Gateway, ref: FromPath[str], split: FromPath[str],
+    async def image_file(self, gw: Gateway, me: Me, ref: FromPath[str], split: FromPath[str],
                          index: FromPath[int]) -> File:
         async with gw.sessionmaker() as session:
-            row = await service.resolve_dataset(session, ref)
+            row = await service.resolve_dataset(session, ref, me)
         path = await service.image_path(row, split, index)
         media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return File(path=path, filename=path.name, content_disposition_type="inline", media_type=media_type)
 
     @delete("/{ref:str}", status_code=204, summary="Delete a dataset (409 while an active run uses it)")
-    async def delete_dataset(self, gw: Gateway, ref: FromPath[str]) -> None:
-        await service.delete_dataset(gw.sessionmaker, gw.settings, ref)
+    async def delete_dataset(self, gw: Gateway, me: Me, ref: FromPath[str]) -> None:
+        await service.delete_dataset(gw.sessionmaker, gw.settings, ref, me)

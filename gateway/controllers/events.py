@@ -15,12 +15,15 @@ from typing import Annotated
 from litestar import Controller, get
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
-from sqlalchemy import ColumnElement, Text, cast, or_, select
+from sqlalchemy import ColumnElement, Text, cast, select
 
-from gateway.db.models import EventRecord, Project, Run
-from gateway.errors import BadRequest, NotFound
+from gateway.db.models import EventRecord, Run
+from gateway.errors import BadRequest
 from gateway.eventhub import EventHub, HubEvent
-from gateway.state import Gateway, GatewayState
+from gateway.auth.caller import Me
+from gateway.services.projects import get_project
+from gateway.services.runs import get_run
+from gateway.state import Gateway
 from shared.contracts.common import RunStatus
 from shared.contracts.events import TERMINAL_EVENT_TYPES
 
@@ -29,6 +32,11 @@ REPLAY_PAGE = 500
 LastEventIdHeader = Annotated[
     str | None,
     HeaderParameter(name="Last-Event-ID", required=False, description="Resume after this event id"),
+]
+AccessTokenQuery = Annotated[
+    str | None,
+    QueryParameter(name="access_token", required=False, max_length=4096,
+                   description="For clients that cannot send headers (EventSource): the bearer token"),
 ]
 LastEventIdQuery = Annotated[
     int | None,
@@ -41,28 +49,23 @@ class EventsController(Controller):
 
     @get("/runs/{run_id:str}/events", summary="Live events of a run (Server-Sent Events)")
     async def run_events(
-        self, gw: Gateway, run_id: FromPath[str], last_event_id_header: LastEventIdHeader = None,
-        last_event_id: LastEventIdQuery = None,
+        self, gw: Gateway, me: Me, run_id: FromPath[str], last_event_id_header: LastEventIdHeader = None,
+        last_event_id: LastEventIdQuery = None, access_token: AccessTokenQuery = None,
     ) -> ServerSentEvent:
         start = _resume_point(last_event_id_header, last_event_id)
         async with gw.sessionmaker() as session:
-            if (await session.execute(select(Run.id).where(Run.id == run_id))).scalar_one_or_none() is None:
-                raise NotFound(f"no run {run_id!r}")
+            await get_run(session, run_id, me)
         return ServerSentEvent(
             _stream(gw, {"run_id": run_id}, EventRecord.run_id == run_id, start, run_id=run_id))
 
     @get("/projects/{ref:str}/events", summary="Live events of every run of a project (Server-Sent Events)")
     async def project_events(
-        self, gw: Gateway, ref: FromPath[str], last_event_id_header: LastEventIdHeader = None,
-        last_event_id: LastEventIdQuery = None,
+        self, gw: Gateway, me: Me, ref: FromPath[str], last_event_id_header: LastEventIdHeader = None,
+        last_event_id: LastEventIdQuery = None, access_token: AccessTokenQuery = None,
     ) -> ServerSentEvent:
         start = _resume_point(last_event_id_header, last_event_id)
         async with gw.sessionmaker() as session:
-            ids = (await session.execute(
-                select(Project.id).where(or_(Project.id == ref, Project.name == ref)))).scalars().all()
-        if not ids:
-            raise NotFound(f"no project {ref!r}")
-        project_id = ref if ref in ids else ids[0]
+            project_id = (await get_project(session, ref, me)).id
         return ServerSentEvent(
             _stream(gw, {"project_id": project_id}, EventRecord.project_id == project_id, start))
 

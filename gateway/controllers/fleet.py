@@ -20,6 +20,9 @@ from gateway.db.models import Run
 from gateway.errors import Conflict, NotFound, Unavailable, Unprocessable
 from gateway.fleet import FleetError, FleetService, HostSample, RunnerState, RunnerView, host_sample
 from gateway.model_catalog import ModelFamily, catalog, known_models
+from gateway.auth.access import admin_only, member_of
+from gateway.auth.caller import Caller, Me
+from gateway.services import audit
 from gateway.services.datasets import resolve_dataset
 from gateway.state import Gateway, GatewayState
 from shared.contracts.common import RunStatus
@@ -97,34 +100,51 @@ class RunnersController(Controller):
     tags = ["fleet"]
 
     @get("/", summary="Runners from their heartbeats: state idle, busy, draining, stopped or lost")
-    async def list_runners(self, gw: Gateway, pool: str | None = None, runner_state: StateQuery = None,
+    async def list_runners(self, gw: Gateway, me: Me, pool: str | None = None, runner_state: StateQuery = None,
                            offset: Offset = 0, limit: Limit = 50) -> RunnerPage:
         limit = page_limit(gw, limit)
         views = _fleet(gw).runners(pool=pool, state=runner_state)
-        return RunnerPage(items=views[offset:offset + limit], total=len(views), limit=limit, offset=offset)
+        page = await _visible_runs(gw, me, views[offset:offset + limit])
+        return RunnerPage(items=page, total=len(views), limit=limit, offset=offset)
 
     @get("/{runner_id:str}", summary="One runner")
-    async def get_runner(self, gw: Gateway, runner_id: FromPath[str]) -> RunnerView:
-        return _known_runner(gw, runner_id)
+    async def get_runner(self, gw: Gateway, me: Me, runner_id: FromPath[str]) -> RunnerView:
+        return (await _visible_runs(gw, me, [_known_runner(gw, runner_id)]))[0]
 
-    @post("/{runner_id:str}/drain", status_code=200,
-          summary="Drain a runner: it finishes its runs and takes no new one")
-    async def drain(self, gw: Gateway, runner_id: FromPath[str]) -> RunnerControlReply:
-        return await _control(gw, runner_id, "drain")
+    @post("/{runner_id:str}/drain", status_code=200, guards=[admin_only],
+          summary="Drain a runner: it finishes its runs and takes no new one (admins)")
+    async def drain(self, gw: Gateway, me: Me, runner_id: FromPath[str]) -> RunnerControlReply:
+        return await _control(gw, me, runner_id, "drain")
 
-    @post("/{runner_id:str}/resume", status_code=200, summary="Resume a drained runner: it takes work again")
-    async def resume(self, gw: Gateway, runner_id: FromPath[str]) -> RunnerControlReply:
-        return await _control(gw, runner_id, "resume")
+    @post("/{runner_id:str}/resume", status_code=200, guards=[admin_only],
+          summary="Resume a drained runner: it takes work again (admins)")
+    async def resume(self, gw: Gateway, me: Me, runner_id: FromPath[str]) -> RunnerControlReply:
+        return await _control(gw, me, runner_id, "resume")
 
 
-async def _control(gw: GatewayState, runner_id: str, action: Literal["drain", "resume"]) -> RunnerControlReply:
+async def _visible_runs(gw: GatewayState, caller: Caller, views: list[RunnerView]) -> list[RunnerView]:
+    """The views with `current_run` blanked where the caller may not see that run."""
+    running = [v.current_run for v in views if v.current_run]
+    if caller.is_admin or not running:
+        return views
+    async with gw.sessionmaker() as session:
+        visible = set((await session.execute(select(Run.id).where(
+            Run.id.in_(running), member_of(caller, Run.project_id)))).scalars())
+    return [v if v.current_run in visible or v.current_run is None else msgspec.structs.replace(v, current_run=None)
+            for v in views]
+
+
+async def _control(gw: GatewayState, caller: Caller, runner_id: str,
+                   action: Literal["drain", "resume"]) -> RunnerControlReply:
     view = _known_runner(gw, runner_id)
     if view.state in ("lost", "stopped"):
         raise Conflict(f"runner {runner_id!r} is {view.state}")
     try:
-        return await _fleet(gw).control(runner_id, action)
+        reply = await _fleet(gw).control(runner_id, action)
     except FleetError as exc:
         raise Unavailable(str(exc)) from None
+    await audit.record_now(gw, caller, f"runner.{action}", "runner", runner_id, host=view.host, pool=view.pool)
+    return reply
 
 
 class SystemController(Controller):
@@ -182,7 +202,7 @@ class CatalogController(Controller):
 
     @post("/advice", status_code=200,
           summary="Suggested batch, imgsz, workers, amp and cache for a model, measured by a runner of the pool")
-    async def advice(self, gw: Gateway, data: AdviceBody) -> AdviceReply:
+    async def advice(self, gw: Gateway, me: Me, data: AdviceBody) -> AdviceReply:
         model = data.model.removesuffix(".yaml").removesuffix(".pt")
         if model not in await anyio.to_thread.run_sync(known_models):
             raise Unprocessable(f"unknown model {data.model!r}; see GET /api/v1/models/available",
@@ -190,7 +210,7 @@ class CatalogController(Controller):
         request = AdviceRequest(model=model, imgsz=data.imgsz, device=data.device, batch=data.batch,
                                 memory_limit_mb=data.memory_limit_mb)
         if data.dataset is not None:
-            request = await _with_dataset(gw, request, data.dataset)
+            request = await _with_dataset(gw, me, request, data.dataset)
         pool = data.pool or _pool_for(gw, data.device)
         try:
             reply = await _fleet(gw).advice(pool, request)
@@ -213,10 +233,10 @@ def _pool_for(gw: GatewayState, device: str) -> str:
     return gw.settings.runner_pool if gw.settings.runner_pool in pools else pools[0]
 
 
-async def _with_dataset(gw: GatewayState, request: AdviceRequest, ref: str) -> AdviceRequest:
+async def _with_dataset(gw: GatewayState, caller: Caller, request: AdviceRequest, ref: str) -> AdviceRequest:
     async with gw.sessionmaker() as session:
         try:
-            dataset = await resolve_dataset(session, ref)
+            dataset = await resolve_dataset(session, ref, caller)
         except (NotFound, Conflict) as exc:
             raise Unprocessable(exc.detail, errors=[{"field": "$.dataset", "message": exc.detail}]) from None
     images = (dataset.stats or {}).get("images")

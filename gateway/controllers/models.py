@@ -17,6 +17,7 @@ from gateway.errors import BadRequest, NotFound, Unprocessable, validation_error
 from gateway.ranges import byte_range, content_range
 from gateway.services import models as service
 from gateway.services.models import ModelDetail, ModelPage, ModelVersionView, UploadOptions
+from gateway.auth.caller import Me
 from gateway.state import Gateway, GatewayState
 from gateway.uploads import MB, read_multipart
 from shared.artifacts import ArtifactNotFound, ArtifactStore, artifact_store
@@ -43,7 +44,7 @@ class ModelsController(Controller):
 
     @post("/", status_code=201, request_max_body_size=None, summary="Upload weights as a new model version",
           description=UPLOAD_DESCRIPTION)
-    async def upload(self, gw: Gateway, request: Request[Any, Any, Any]) -> ModelVersionView:
+    async def upload(self, gw: Gateway, me: Me, request: Request[Any, Any, Any]) -> ModelVersionView:
         if request.content_type[0] != "multipart/form-data":
             raise HTTPException(status_code=415, detail="send multipart/form-data with name and file (.pt)")
         form = await read_multipart(
@@ -57,36 +58,36 @@ class ModelsController(Controller):
             except msgspec.ValidationError as exc:
                 raise Unprocessable("the form is invalid", errors=validation_errors(exc)) from None
             model, version = await service.upload_weights(gw.sessionmaker, gw.settings, _store(gw), options,
-                                                          form.file)
+                                                          form.file, me)
         finally:
             form.discard()
         return service.version_view(model, version)
 
     @get("/", summary="List models, each with its latest version")
-    async def list_models(self, gw: Gateway, offset: Offset = 0, limit: Limit = 50,
+    async def list_models(self, gw: Gateway, me: Me, offset: Offset = 0, limit: Limit = 50,
                           task: FromQuery[str | None] = None) -> ModelPage:
         async with gw.sessionmaker() as session:
-            return await service.list_models(session, limit=min(limit, gw.settings.page_size_max),
+            return await service.list_models(session, me, limit=min(limit, gw.settings.page_size_max),
                                              offset=offset, task=task)
 
     @get("/{ref:str}", summary="A model with its versions (by id or name)")
-    async def get_model(self, gw: Gateway, ref: FromPath[str]) -> ModelDetail:
+    async def get_model(self, gw: Gateway, me: Me, ref: FromPath[str]) -> ModelDetail:
         async with gw.sessionmaker() as session:
-            model = await service.resolve_model(session, ref)
+            model = await service.resolve_model(session, ref, me)
             return await service.model_view(session, model, with_versions=True)  # type: ignore[return-value]
 
     @get("/{ref:str}/versions/{version:int}", summary="One version of a model")
-    async def get_version(self, gw: Gateway, ref: FromPath[str], version: Version) -> ModelVersionView:
+    async def get_version(self, gw: Gateway, me: Me, ref: FromPath[str], version: Version) -> ModelVersionView:
         async with gw.sessionmaker() as session:
-            model = await service.resolve_model(session, ref)
+            model = await service.resolve_model(session, ref, me)
             return service.version_view(model, await service.get_version(session, model, version))
 
     @get("/{ref:str}/versions/{version:int}/download", summary="The weights file (supports Range requests)",
          media_type="application/octet-stream")
-    async def download(self, gw: Gateway, request: Request[Any, Any, Any], ref: FromPath[str],
+    async def download(self, gw: Gateway, me: Me, request: Request[Any, Any, Any], ref: FromPath[str],
                        version: Version) -> Stream:
         async with gw.sessionmaker() as session:
-            model = await service.resolve_model(session, ref)
+            model = await service.resolve_model(session, ref, me)
             row = await service.get_version(session, model, version)
         store = _store(gw)
         try:
@@ -108,13 +109,13 @@ class ModelsController(Controller):
                       media_type="application/octet-stream")
 
     @delete("/{ref:str}", status_code=204, summary="Delete a model and all its versions (409 while in use)")
-    async def delete_model(self, gw: Gateway, ref: FromPath[str]) -> None:
-        await service.delete_model(gw.sessionmaker, _store(gw), ref)
+    async def delete_model(self, gw: Gateway, me: Me, ref: FromPath[str]) -> None:
+        await service.delete_model(gw.sessionmaker, _store(gw), ref, me)
 
     @delete("/{ref:str}/versions/{version:int}", status_code=204,
             summary="Delete one version of a model (409 while in use)")
-    async def delete_version(self, gw: Gateway, ref: FromPath[str], version: Version) -> None:
-        await service.delete_model(gw.sessionmaker, _store(gw), ref, version)
+    async def delete_version(self, gw: Gateway, me: Me, ref: FromPath[str], version: Version) -> None:
+        await service.delete_model(gw.sessionmaker, _store(gw), ref, me, version)
 
 
 async def _chunks(store: ArtifactStore, uri: str, start: int, end: int) -> AsyncIterator[bytes]:

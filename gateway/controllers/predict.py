@@ -11,6 +11,7 @@ from gateway.controllers.artifacts import read_image_form
 from gateway.errors import Unprocessable, validation_errors
 from gateway.services import predict as service
 from gateway.services.predict import PredictOptions, PredictResponse
+from gateway.auth.caller import Me
 from gateway.state import Gateway, GatewayState
 
 DESCRIPTION = """\
@@ -29,13 +30,13 @@ class PredictController(Controller):
 
     @post("/{ref:str}/predict", status_code=200, request_max_body_size=None, summary="Predict one image",
           description=DESCRIPTION)
-    async def predict(self, gw: Gateway, request: Request[Any, Any, Any], ref: str) -> PredictResponse:
+    async def predict(self, gw: Gateway, me: Me, request: Request[Any, Any, Any], ref: str) -> PredictResponse:
         form = await read_image_form(gw, request, FIELDS)
         try:
             try:
                 options = msgspec.convert(form.fields, PredictOptions, strict=False)
             except msgspec.ValidationError as exc:
                 raise Unprocessable("the form is invalid", errors=validation_errors(exc)) from None
-            return await service.predict(gw, ref, options, form.file)
+            return await service.predict(gw, ref, options, form.file, me)
         finally:
             form.discard()

@@ -10,6 +10,7 @@ from litestar.params import Parameter
 from gateway.controllers.common import Limit, Offset, page_limit
 from gateway.schemas import QueuePage
 from gateway.services.queue import list_queue
+from gateway.auth.caller import Me
 from gateway.state import Gateway
 from shared.contracts.common import TOKEN_RE
 
@@ -21,5 +22,5 @@ class QueueController(Controller):
     tags = ["runs"]
 
     @get("/", summary="Queued runs in line (by pool), with their place and why they wait")
-    async def index(self, gw: Gateway, pool: PoolFilter = None, limit: Limit = 50, offset: Offset = 0) -> QueuePage:
-        return await list_queue(gw, pool=pool, limit=page_limit(gw, limit), offset=offset)
+    async def index(self, gw: Gateway, me: Me, pool: PoolFilter = None, limit: Limit = 50, offset: Offset = 0) -> QueuePage:
+        return await list_queue(gw, me, pool=pool, limit=page_limit(gw, limit), offset=offset)

@@ -129,10 +129,11 @@ def dataset_dir(settings: Settings, dataset_id: str) -> Path:
 
 
 def prepare_from_path(
-    path: str | Path, settings: Settings, dataset_id: str, ratios: SplitRatios | None = None, seed: int = 0
+    path: str | Path, settings: Settings, dataset_id: str, ratios: SplitRatios | None = None, seed: int = 0,
+    roots: list[Path] | None = None,
 ) -> PreparedDataset:
-    """Prepare a server-side folder, which must lie inside `settings.data_roots`."""
-    source = confine(path, settings.data_roots)
+    """Prepare a server-side folder, which must lie inside one of `roots` (default: `settings.data_roots`)."""
+    source = confine(path, settings.data_roots if roots is None else roots)
     return prepare_dataset(source, dataset_dir(settings, dataset_id) / "prepared", ratios, seed)
 
 

@@ -45,7 +45,10 @@ class Project(Base):
     __tablename__ = "projects"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    name: Mapped[str] = mapped_column(String(128), unique=True)
+    name: Mapped[str] = mapped_column(String(128))
+    """Unique among its owner's projects."""
+    owner_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    """The user who created it (also its first member, role owner)."""
     description: Mapped[str] = mapped_column(Text, default="")
     objective: Mapped[str] = mapped_column(Text, default="")
     task_type: Mapped[str] = mapped_column(String(64), default="")
@@ -58,6 +61,10 @@ class Project(Base):
     runs_started: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("owner_id", "name", name="uq_projects_owner_name", postgresql_nulls_not_distinct=True),
+    )
 
 
 class Run(Base):
@@ -296,7 +303,7 @@ class Architecture(Base):
     __tablename__ = "architectures"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    name: Mapped[str] = mapped_column(String(128), unique=True)
+    name: Mapped[str] = mapped_column(String(128))
     description: Mapped[str] = mapped_column(Text, default="")
     yaml: Mapped[str] = mapped_column(Text)
     task: Mapped[str] = mapped_column(String(16))
@@ -304,3 +311,89 @@ class Architecture(Base):
     """What validation found: parameters, GFLOPs, layers, output shapes (at `imgsz`)."""
     owner_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("owner_id", "name", name="uq_architectures_owner_name", postgresql_nulls_not_distinct=True),
+    )
+
+
+# -- users and access ------------------------------------------------------------------------------------
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(Text)
+    """argon2id (argon2-cffi's encoded form)."""
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    """A disabled user cannot log in, and its sessions and API tokens stop working."""
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class LoginSession(Base):
+    """One login: its refresh token (stored hashed) and the access tokens issued from it (they carry its id)."""
+
+    __tablename__ = "login_sessions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    refresh_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    """sha256 of the current refresh token; a refresh replaces it (the old token stops working)."""
+    expires_at: Mapped[datetime] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    client_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    refreshed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class ApiToken(Base):
+    """A long-lived bearer token (`tfp_...`) for services and the CLI, stored hashed."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    """The token's first characters, to tell tokens apart in a listing."""
+    expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ProjectMember(Base):
+    """Who may reach a project besides admins, and how: `owner` (everything, members too), `member` (runs,
+    configs: reads and writes), `viewer` (reads)."""
+
+    __tablename__ = "project_members"
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class AuditEntry(Base):
+    """Who did what to which resource, and when. Written in the same transaction as the change where there
+    is one, so an entry exists exactly when the change does."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(server_default=func.now(), index=True)
+    actor_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    """The actor's username when it acted (kept if the user is deleted)."""
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    """`<resource>.<verb>`: run.create, run.cancel, run.resume, run.delete, project.delete, model.export, ..."""
+    resource_type: Mapped[str] = mapped_column(String(32))
+    resource_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    project_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    client_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)

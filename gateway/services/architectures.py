@@ -16,6 +16,9 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
 from gateway.db.models import Architecture
+from gateway.auth.access import owned_by, pick
+from gateway.auth.caller import Caller
+from gateway.services import audit
 from gateway.errors import Conflict, NotFound, Unprocessable
 from gateway.schemas import Name, Request
 from gateway.services.projects import check_text
@@ -111,42 +114,45 @@ async def validate(settings: Settings, text: str, imgsz: int, channels: int = 3)
     return msgspec.convert(result, ArchitectureReport)
 
 
-async def create_architecture(gw: GatewayState, data: ArchitectureCreate) -> Architecture:
+async def create_architecture(gw: GatewayState, data: ArchitectureCreate, caller: Caller) -> Architecture:
     report = await validate(gw.settings, data.yaml, data.imgsz)
     summary = {"parameters": report.parameters, "gflops": report.gflops, "imgsz": report.imgsz,
                "layers": len(report.layers), "nc": report.nc, "output_shapes": report.output_shapes}
     row = Architecture(id=new_id(), name=data.name, description=data.description, yaml=data.yaml,
-                       task=report.task, summary=summary)
+                       task=report.task, summary=summary, owner_id=caller.user_id)
     async with gw.sessionmaker() as session:
         session.add(row)
         try:
             await session.commit()
         except IntegrityError:
-            raise Conflict(f"an architecture named {data.name!r} already exists") from None
+            raise Conflict(f"you already have an architecture named {data.name!r}") from None
         await session.refresh(row)
     return row
 
 
-async def list_architectures(gw: GatewayState, *, limit: int, offset: int) -> ArchitecturePage:
+async def list_architectures(gw: GatewayState, caller: Caller, *, limit: int, offset: int) -> ArchitecturePage:
+    mine = owned_by(caller, Architecture.owner_id)
     async with gw.sessionmaker() as session:
-        total = (await session.execute(select(func.count()).select_from(Architecture))).scalar_one()
-        rows = (await session.execute(select(Architecture).order_by(Architecture.name).limit(limit)
-                                      .offset(offset))).scalars()
+        total = (await session.execute(select(func.count()).select_from(Architecture).where(mine))).scalar_one()
+        rows = (await session.execute(select(Architecture).where(mine).order_by(Architecture.name, Architecture.id)
+                                      .limit(limit).offset(offset))).scalars()
         return ArchitecturePage(items=[architecture_view(r) for r in rows], total=total, limit=limit,
                                 offset=offset)
 
 
-async def get_architecture(gw: GatewayState, ref: str) -> Architecture:
+async def get_architecture(gw: GatewayState, ref: str, caller: Caller) -> Architecture:
     async with gw.sessionmaker() as session:
-        row = (await session.execute(select(Architecture).where(
-            (Architecture.name == ref) | (Architecture.id == ref)))).scalars().first()
+        row = pick((await session.execute(select(Architecture).where(
+            (Architecture.name == ref) | (Architecture.id == ref), owned_by(caller, Architecture.owner_id)
+        ))).scalars().all(), ref, caller)
     if row is None:
         raise NotFound(f"no architecture {ref!r}")
     return row
 
 
-async def delete_architecture(gw: GatewayState, ref: str) -> None:
+async def delete_architecture(gw: GatewayState, ref: str, caller: Caller) -> None:
     """Runs keep their own copy of the YAML (`model_yaml` of their spec): deleting never breaks one."""
-    row = await get_architecture(gw, ref)
+    row = await get_architecture(gw, ref, caller)
     async with gw.sessionmaker() as session, session.begin():
         await session.execute(delete(Architecture).where(Architecture.id == row.id))
+        audit.record(session, caller, "architecture.delete", "architecture", row.id, name=row.name)

@@ -17,6 +17,8 @@ from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.models import Artifact
+from gateway.auth.access import check_artifact
+from gateway.auth.caller import Caller
 from gateway.errors import NotFound, Unprocessable
 from gateway.ranges import byte_range, content_range
 from gateway.state import GatewayState
@@ -35,10 +37,12 @@ def store_of(gw: GatewayState) -> ArtifactStore:
     return artifact_store(gw.settings, gw.js)
 
 
-async def get_artifact(session: AsyncSession, artifact_id: str) -> Artifact:
+async def get_artifact(session: AsyncSession, artifact_id: str, caller: Caller) -> Artifact:
+    """A run's artifact (its project's members see it) or an upload (its uploader sees it)."""
     row = await session.get(Artifact, artifact_id) if _ID.match(artifact_id) else None
     if row is None:
         raise NotFound(f"no artifact {artifact_id!r}")
+    await check_artifact(session, caller, row, f"artifact {artifact_id!r}")
     return row
 
 
@@ -57,7 +61,7 @@ def _image_info(path: Path) -> tuple[str, int, int]:
     return IMAGE_SUFFIXES[fmt], size[0], size[1]
 
 
-async def store_upload(gw: GatewayState, upload: UploadedFile, project_id: str | None = None) -> Artifact:
+async def store_upload(gw: GatewayState, upload: UploadedFile, caller: Caller) -> Artifact:
     """Check an uploaded image and keep it in the artifact store; the row's id is the upload id."""
     try:
         suffix, width, height = await anyio.to_thread.run_sync(_image_info, upload.path)
@@ -65,8 +69,8 @@ async def store_upload(gw: GatewayState, upload: UploadedFile, project_id: str |
         raise Unprocessable(f"file: {exc}", errors=[{"field": "file", "message": str(exc)}]) from None
     upload_id = new_id()
     stem = re.sub(r"[^A-Za-z0-9_-]", "_", Path(upload.filename).stem)[:64] or "image"
-    uri = await store_of(gw).put_file(f"uploads/{upload_id}/{stem}{suffix}", upload.path)
-    row = Artifact(id=upload_id, run_id=None, project_id=project_id, name=f"{stem}{suffix}", kind=UPLOAD_KIND,
+    uri = await store_of(gw).put_file(f"uploads/{caller.user_id}/{upload_id}/{stem}{suffix}", upload.path)
+    row = Artifact(id=upload_id, run_id=None, project_id=None, owner_id=caller.user_id, name=f"{stem}{suffix}", kind=UPLOAD_KIND,
                    uri=uri, size_bytes=upload.size, media_type=IMAGE_MEDIA_TYPES[suffix],
                    meta={"width": width, "height": height, "sha256": upload.sha256, "filename": upload.filename},
                    created_at=utcnow())

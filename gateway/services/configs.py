@@ -13,6 +13,7 @@ import msgspec
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
+from gateway.auth.caller import Caller
 from gateway.db.models import RunConfig
 from gateway.errors import Conflict, NotFound
 from gateway.schemas import Name, Request
@@ -51,13 +52,13 @@ def config_view(row: RunConfig) -> ConfigView:
                       description=row.description, created_at=row.created_at, updated_at=row.updated_at)
 
 
-async def create_config(gw: GatewayState, project_ref: str, data: ConfigCreate) -> RunConfig:
+async def create_config(gw: GatewayState, project_ref: str, data: ConfigCreate, caller: Caller) -> RunConfig:
     check_text(data)
     if "config" in data.params:
         raise invalid("params.config", "a configuration cannot name another configuration")
     params = check_params(data.kind, data.params, prefix="params.")
     async with gw.sessionmaker() as session:
-        project = await get_project(session, project_ref)
+        project = await get_project(session, project_ref, caller, "member")
         project_name = project.name
         row = RunConfig(id=new_id(), project_id=project.id, name=data.name, kind=data.kind, params=params,
                         description=data.description)
@@ -70,27 +71,27 @@ async def create_config(gw: GatewayState, project_ref: str, data: ConfigCreate) 
         return row
 
 
-async def list_configs(gw: GatewayState, project_ref: str, kind: str | None) -> list[RunConfig]:
+async def list_configs(gw: GatewayState, project_ref: str, kind: str | None, caller: Caller) -> list[RunConfig]:
     async with gw.sessionmaker() as session:
-        project = await get_project(session, project_ref)
+        project = await get_project(session, project_ref, caller)
         where = [RunConfig.project_id == project.id]
         if kind:
             where.append(RunConfig.kind == kind)
         return list((await session.execute(select(RunConfig).where(*where).order_by(RunConfig.name))).scalars())
 
 
-async def get_config(gw: GatewayState, project_ref: str, name: str) -> RunConfig:
+async def get_config(gw: GatewayState, project_ref: str, name: str, caller: Caller) -> RunConfig:
     async with gw.sessionmaker() as session:
-        project = await get_project(session, project_ref)
+        project = await get_project(session, project_ref, caller)
         row = await get_config_row(session, project.id, name)
         if row is None:
             raise NotFound(f"project {project.name!r} has no configuration {name!r}")
         return row
 
 
-async def delete_config(gw: GatewayState, project_ref: str, name: str) -> None:
+async def delete_config(gw: GatewayState, project_ref: str, name: str, caller: Caller) -> None:
     async with gw.sessionmaker() as session, session.begin():
-        project = await get_project(session, project_ref)
+        project = await get_project(session, project_ref, caller, "member")
         done = await session.execute(delete(RunConfig).where(RunConfig.project_id == project.id,
                                                              RunConfig.name == name).returning(RunConfig.id))
         if done.first() is None:

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import msgspec
 
+from gateway.auth.caller import Caller
 from gateway.db.models import Project
-from gateway.errors import BadRequest, Unprocessable
+from gateway.errors import BadRequest, Forbidden, Unprocessable
 from gateway.preflight import preflight
 from gateway.state import GatewayState
 from shared.contracts import ContainerSpec
 from shared.contracts.preflight import PreflightRequest
 
 
-async def prepare_container_spec(gw: GatewayState, project: Project, spec: ContainerSpec, pool: str) -> ContainerSpec:
-    """The spec to queue. For backend `docker`: the target (the run's, else the project's), the project's
+async def prepare_container_spec(gw: GatewayState, project: Project, spec: ContainerSpec, pool: str,
+                                 caller: Caller) -> ContainerSpec:
+    """The spec to queue. Backend `local` (a command on a runner's host) only for admins. For backend `docker`: the target (the run's, else the project's), the project's
     dataset and training YAML names unless the run names its own, checked by a runner of `pool`:
     missing files → 400 naming each one. No runner answering in time → queued; the runner checks on claim."""
+    if spec.backend == "local" and not caller.is_admin:
+        raise Forbidden("backend 'local' runs a command on a runner's host: only admins may use it")
     if spec.backend != "docker":
         return spec
     target = spec.target or project.container_target

@@ -22,6 +22,8 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.auth.access import data_roots_of, owned_by, pick
+from gateway.auth.caller import Caller
 from gateway.datasets import (
     ArchiveError,
     DatasetError,
@@ -38,6 +40,7 @@ from gateway.datasets import (
 from gateway.datasets.listing import image_file
 from gateway.datasets.prepare import remove_dataset
 from gateway.db.models import Dataset, Run
+from gateway.services import audit
 from gateway.errors import BadRequest, Conflict, GatewayError, NotFound, Unprocessable
 from shared.contracts.common import RunStatus, new_id
 from shared.settings import Settings
@@ -73,6 +76,8 @@ class UploadOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class DatasetSummary(msgspec.Struct, kw_only=True):
     id: str
     name: str
+    owner_id: str | None
+    """The user who registered it."""
     status: str
     """preparing | ready."""
     source: str
@@ -141,40 +146,42 @@ def uploads_dir(settings: Settings) -> Path:
 
 
 async def register_from_path(
-    sessions: async_sessionmaker[AsyncSession], settings: Settings, request: RegisterByPath,
-    owner_id: str | None = None,
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, request: RegisterByPath, caller: Caller,
 ) -> Dataset:
+    """Prepare a server folder inside the caller's data roots (`access.data_roots_of`)."""
     ratios = check_ratios(request.ratios)
+    roots = data_roots_of(caller, settings)
     return await _register(
-        sessions, settings, request.name, owner_id, "path", request.path,
-        lambda dataset_id: prepare_from_path(request.path, settings, dataset_id, ratios, request.seed),
+        sessions, settings, request.name, caller, "path", request.path,
+        lambda dataset_id: prepare_from_path(request.path, settings, dataset_id, ratios, request.seed, roots),
     )
 
 
 async def register_from_archive(
     sessions: async_sessionmaker[AsyncSession], settings: Settings, options: UploadOptions, archive: Path,
-    owner_id: str | None = None,
+    caller: Caller,
 ) -> Dataset:
     """Prepare an uploaded archive (the caller deletes `archive` afterwards)."""
     ratios = check_ratios(options.ratios)
     return await _register(
-        sessions, settings, options.name, owner_id, "upload", None,
+        sessions, settings, options.name, caller, "upload", None,
         lambda dataset_id: prepare_from_archive(archive, settings, dataset_id, ratios, options.seed),
     )
 
 
 async def _register(
-    sessions: async_sessionmaker[AsyncSession], settings: Settings, name: str, owner_id: str | None,
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, name: str, caller: Caller,
     source: str, source_path: str | None, prepare: Any,
 ) -> Dataset:
     dataset_id = new_id()
     async with sessions() as session:
-        session.add(Dataset(id=dataset_id, name=name, owner_id=owner_id, source=source,
+        session.add(Dataset(id=dataset_id, name=name, owner_id=caller.user_id, source=source,
                             source_path=source_path, status="preparing"))
         try:
-            await session.commit()
+            await session.flush()
         except IntegrityError:
-            raise Conflict(f"a dataset named {name!r} already exists") from None
+            raise Conflict(f"you already have a dataset named {name!r}") from None
+        await session.commit()
     try:
         prepared: PreparedDataset = await anyio.to_thread.run_sync(prepare, dataset_id)
     except BaseException as exc:
@@ -190,6 +197,8 @@ async def _register(
             source_path=prepared.source if source == "path" else None, updated_at=func.now(),
         ).returning(Dataset))
         row = done.scalar_one_or_none()
+        if row is not None:
+            audit.record(session, caller, "dataset.create", "dataset", dataset_id, name=name, source=source)
         await session.commit()
     if row is None:  # deleted while it was being prepared
         await anyio.to_thread.run_sync(remove_dataset, settings, dataset_id)
@@ -208,29 +217,28 @@ async def _forget(sessions: async_sessionmaker[AsyncSession], settings: Settings
 
 
 async def resolve_dataset(
-    session: AsyncSession, ref: str, *, owner_id: str | None = None, ready: bool = True
+    session: AsyncSession, ref: str, caller: Caller, *, ready: bool = True
 ) -> Dataset:
     """The dataset with id or name `ref`. With `ready` (the default), one still preparing is a Conflict.
 
     For a run: `data=dataset.data_yaml` (the data YAML, or the classification folder) and
     `dataset_id=dataset.id`.
     """
-    owner = Dataset.owner_id.is_(None) if owner_id is None else Dataset.owner_id == owner_id
-    rows = (await session.execute(
-        select(Dataset).where(or_(Dataset.id == ref, Dataset.name == ref), owner))).scalars().all()
-    if not rows:
+    rows = (await session.execute(select(Dataset).where(
+        or_(Dataset.id == ref, Dataset.name == ref), owned_by(caller, Dataset.owner_id)))).scalars().all()
+    dataset = pick(rows, ref, caller)
+    if dataset is None:
         raise NotFound(f"no dataset {ref!r}")
-    dataset = next((r for r in rows if r.id == ref), rows[0])
     if ready and (dataset.status != "ready" or not dataset.data_yaml):
         raise Conflict(f"dataset {dataset.name!r} is {dataset.status}, not ready")
     return dataset
 
 
 async def list_datasets(
-    session: AsyncSession, *, limit: int, offset: int, format: str | None = None, task: str | None = None,
-    owner_id: str | None = None,
+    session: AsyncSession, caller: Caller, *, limit: int, offset: int, format: str | None = None,
+    task: str | None = None,
 ) -> DatasetPage:
-    where = [Dataset.owner_id.is_(None) if owner_id is None else Dataset.owner_id == owner_id]
+    where = [owned_by(caller, Dataset.owner_id)]
     if format:
         where.append(Dataset.format == format)
     if task:
@@ -246,7 +254,8 @@ def summary(row: Dataset) -> DatasetSummary:
     stats = row.stats or {}
     splits = stats.get("splits") or {}
     return DatasetSummary(
-        id=row.id, name=row.name, status=row.status, source=row.source, source_path=row.source_path,
+        id=row.id, name=row.name, owner_id=row.owner_id, status=row.status, source=row.source,
+        source_path=row.source_path,
         format=row.format, task=row.task, classes=list(row.classes or []),
         splits={name: int(s.get("images", 0)) for name, s in splits.items()},
         images=int(stats.get("images", 0)), instances=int(stats.get("instances", 0)),
@@ -305,13 +314,14 @@ async def active_runs_using(session: AsyncSession, dataset_id: str) -> list[str]
 
 
 async def delete_dataset(
-    sessions: async_sessionmaker[AsyncSession], settings: Settings, ref: str, owner_id: str | None = None
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, ref: str, caller: Caller
 ) -> None:
     """Delete a dataset and its files (a server-side source folder is left alone); Conflict while an active
     run uses it."""
     async with sessions() as session, session.begin():
-        row = await resolve_dataset(session, ref, owner_id=owner_id, ready=False)
+        row = await resolve_dataset(session, ref, caller, ready=False)
         if runs := await active_runs_using(session, row.id):
             raise Conflict(f"dataset {row.name!r} is used by active runs: {', '.join(runs)}")
         await session.execute(delete(Dataset).where(Dataset.id == row.id))
+        audit.record(session, caller, "dataset.delete", "dataset", row.id, name=row.name)
     await anyio.to_thread.run_sync(remove_dataset, settings, row.id)

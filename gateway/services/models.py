@@ -26,8 +26,11 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.auth.access import owned_by, pick
+from gateway.auth.caller import Caller
 from gateway.db.models import Model, ModelVersion, Run
 from gateway.errors import BadRequest, Conflict, NotFound, Unprocessable
+from gateway.services import audit
 from gateway.uploads import UploadedFile
 from gateway.weights import WeightsError, inspect_weights, weights_format
 from shared.artifacts import ArtifactError, ArtifactStore, LocalArtifactStore
@@ -183,7 +186,7 @@ async def _size_and_hash(store: ArtifactStore, uri: str) -> tuple[int, str]:
 
 async def upload_weights(
     sessions: async_sessionmaker[AsyncSession], settings: Settings, store: ArtifactStore,
-    options: UploadOptions, upload: UploadedFile, owner_id: str | None = None,
+    options: UploadOptions, upload: UploadedFile, caller: Caller,
 ) -> tuple[Model, ModelVersion]:
     """Check an uploaded `.pt` by loading it safely, then register it as the model's next version."""
     if Path(upload.filename).suffix.lower() != ".pt":
@@ -197,8 +200,10 @@ async def upload_weights(
     async with sessions() as session:
         version = await register_version(
             session, store, name=options.name, file_path=upload.path, task=info.task,
-            class_names=info.class_names, metrics=info.metrics, owner_id=owner_id,
+            class_names=info.class_names, metrics=info.metrics, owner_id=caller.user_id,
             description=options.description, format="pt")
+        audit.record(session, caller, "model.upload", "model", version.model_id, name=options.name,
+                     version=version.version)
         try:
             await session.commit()
         except BaseException:
@@ -212,13 +217,14 @@ async def upload_weights(
 # -- reading ----------------------------------------------------------------------------------------------
 
 
-async def resolve_model(session: AsyncSession, ref: str, owner_id: str | None = None) -> Model:
-    """The model with id or name `ref`."""
-    rows = (await session.execute(
-        select(Model).where(or_(Model.id == ref, Model.name == ref), _owned(owner_id)))).scalars().all()
-    if not rows:
+async def resolve_model(session: AsyncSession, ref: str, caller: Caller) -> Model:
+    """The model with id or name `ref` among the caller's (an admin's own first, then anyone's)."""
+    rows = (await session.execute(select(Model).where(
+        or_(Model.id == ref, Model.name == ref), owned_by(caller, Model.owner_id)))).scalars().all()
+    model = pick(rows, ref, caller)
+    if model is None:
         raise NotFound(f"no model {ref!r}")
-    return next((r for r in rows if r.id == ref), rows[0])
+    return model
 
 
 async def get_version(session: AsyncSession, model: Model, version: int) -> ModelVersion:
@@ -234,20 +240,20 @@ async def latest_version(session: AsyncSession, model: Model) -> ModelVersion | 
                                   .order_by(ModelVersion.version.desc()).limit(1))).scalar_one_or_none()
 
 
-async def resolve_model_version(session: AsyncSession, ref: str, owner_id: str | None = None) -> ModelVersion:
+async def resolve_model_version(session: AsyncSession, ref: str, caller: Caller) -> ModelVersion:
     """A version by `"name"` (the latest), `"name:N"`, or version id. NotFound if there is none.
 
     For a run: `model=version.uri` and `model_version_id=version.id` in its spec.
     """
     if _VERSION_ID.match(ref):
         row = (await session.execute(select(ModelVersion).join(Model).where(
-            ModelVersion.id == ref, _owned(owner_id)))).scalar_one_or_none()
+            ModelVersion.id == ref, owned_by(caller, Model.owner_id)))).scalar_one_or_none()
         if row is not None:
             return row
     name, sep, number = ref.rpartition(":") if ":" in ref else (ref, "", "")
     if sep and not number.isdigit():
         raise BadRequest(f"invalid model reference {ref!r}: name, name:version or a version id")
-    model = await resolve_model(session, name, owner_id)
+    model = await resolve_model(session, name, caller)
     if sep:
         return await get_version(session, model, int(number))
     row = await latest_version(session, model)
@@ -267,9 +273,9 @@ async def model_view(session: AsyncSession, model: Model, *, with_versions: bool
 
 
 async def list_models(
-    session: AsyncSession, *, limit: int, offset: int, task: str | None = None, owner_id: str | None = None
+    session: AsyncSession, caller: Caller, *, limit: int, offset: int, task: str | None = None
 ) -> ModelPage:
-    where = [_owned(owner_id)]
+    where = [owned_by(caller, Model.owner_id)]
     if task:
         where.append(Model.task == task)
     total = (await session.execute(select(func.count()).select_from(Model).where(*where))).scalar_one()
@@ -306,10 +312,10 @@ async def active_runs_using(session: AsyncSession, versions: list[ModelVersion])
 
 
 async def delete_model(sessions: async_sessionmaker[AsyncSession], store: ArtifactStore, ref: str,
-                       version: int | None = None, owner_id: str | None = None) -> None:
+                       caller: Caller, version: int | None = None) -> None:
     """Delete a model with all its versions, or one version; Conflict while an active run uses one."""
     async with sessions() as session, session.begin():
-        model = await resolve_model(session, ref, owner_id)
+        model = await resolve_model(session, ref, caller)
         await session.execute(select(Model.id).where(Model.id == model.id).with_for_update())
         if version is None:
             versions = list((await session.execute(
@@ -324,6 +330,7 @@ async def delete_model(sessions: async_sessionmaker[AsyncSession], store: Artifa
         else:
             await session.execute(delete(ModelVersion).where(ModelVersion.id == versions[0].id))
             model.updated_at = func.now()
+        audit.record(session, caller, "model.delete", "model", model.id, name=model.name, version=version)
     for v in versions:
         try:
             await store.delete(v.uri)

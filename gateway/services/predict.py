@@ -14,18 +14,19 @@ from typing import Annotated, Any
 
 import msgspec
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
+from gateway.auth.caller import Caller
 from gateway.db.models import Artifact, Project, Run
-from gateway.errors import Conflict, GatewayError, Unavailable, Unprocessable
+from gateway.errors import Conflict, GatewayError, NotFound, Unavailable, Unprocessable
 from gateway.eventhub import EventHub, Subscription
-from gateway.schemas import PROJECT_NAME_RE, REQUEST_TYPES, Pool
+from gateway.schemas import PROJECT_NAME_RE, REQUEST_TYPES, Pool, ProjectCreate
 from gateway.services import models as library
 from gateway.services.artifacts import store_upload
+from gateway.services.projects import create_project, find_project
 from gateway.services.runs import create_run, get_run
 from gateway.state import GatewayState
 from gateway.uploads import UploadedFile
-from shared.contracts.common import RunStatus, new_id
+from shared.contracts.common import RunStatus
 from shared.contracts.yolo import Fraction, ImageSize
 
 DEFAULT_PROJECT = "predict"
@@ -67,20 +68,21 @@ class PredictResponse(msgspec.Struct, kw_only=True):
     """Time the request took, upload to answer."""
 
 
-async def predict(gw: GatewayState, ref: str, options: PredictOptions, image: UploadedFile) -> PredictResponse:
+async def predict(gw: GatewayState, ref: str, options: PredictOptions, image: UploadedFile,
+                  caller: Caller) -> PredictResponse:
     started = time.monotonic()
     async with gw.sessionmaker() as session:
-        model = await library.resolve_model(session, ref)
+        model = await library.resolve_model(session, ref, caller)
         version = (await library.get_version(session, model, options.version) if options.version
                    else await library.latest_version(session, model))
         if version is None:
             raise Conflict(f"model {model.name!r} has no versions")
-    project = await _project(gw, options.project)
-    upload = await store_upload(gw, image, project_id=project.id)
+    project = await _project(gw, options.project, caller)
+    upload = await store_upload(gw, image, caller)
     request = REQUEST_TYPES["yolo.predict"](
         model=f"library:{version.id}", images=[upload.id], conf=options.conf, iou=options.iou,
         imgsz=options.imgsz, max_det=options.max_det, save=options.save)
-    run = await create_run(gw, project.id, request, pool=options.pool, priority=50)  # type: ignore[arg-type]
+    run = await create_run(gw, project.id, request, caller=caller, pool=options.pool, priority=50)  # type: ignore[arg-type]
     run = await wait_for_run(gw, run.id, gw.settings.predict_timeout_s)
     if run.status == RunStatus.FAILED:
         error = Unprocessable if run.failure_cause == "user" else Unavailable
@@ -98,20 +100,18 @@ async def predict(gw: GatewayState, ref: str, options: PredictOptions, image: Up
                            images=images, elapsed_s=round(time.monotonic() - started, 3))
 
 
-async def _project(gw: GatewayState, name: str) -> Project:
-    async with gw.sessionmaker() as session:
-        project = (await session.execute(select(Project).where(Project.name == name))).scalar_one_or_none()
-        if project is not None:
-            return project
+async def _project(gw: GatewayState, name: str, caller: Caller) -> Project:
+    """The project the prediction runs in; the caller's own `predict` project is created on first use."""
+    try:
+        return await find_project(gw, name, caller)
+    except NotFound:
         if name != DEFAULT_PROJECT:
-            raise Unprocessable(f"project {name!r} not found", errors=[{"field": "project", "message": "not found"}])
-        session.add(Project(id=new_id(), name=name, description="synchronous predictions", runs_started=0,
-                            status="active", tags=[]))
-        try:
-            await session.commit()
-        except IntegrityError:  # created meanwhile by another request
-            await session.rollback()
-        return (await session.execute(select(Project).where(Project.name == name))).scalar_one()
+            raise Unprocessable(f"project {name!r} not found",
+                                errors=[{"field": "project", "message": "not found"}]) from None
+    try:
+        return await create_project(gw, ProjectCreate(name=name, description="synchronous predictions"), caller)
+    except Conflict:  # created meanwhile by another request
+        return await find_project(gw, name, caller)
 
 
 async def wait_for_run(gw: GatewayState, run_id: str, timeout_s: float) -> Run:
@@ -122,7 +122,7 @@ async def wait_for_run(gw: GatewayState, run_id: str, timeout_s: float) -> Run:
     with hub.subscribe(run_id=run_id) as sub:
         while True:
             async with gw.sessionmaker() as session:
-                run = await get_run(session, run_id)
+                run = await get_run(session, run_id, None)
             if RunStatus(run.status).terminal:
                 return run
             if time.monotonic() >= deadline:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 import msgspec
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.db.models import Artifact, EventRecord, Project, Run
+from gateway.auth.access import member_of, pick, project_role, require_role
+from gateway.auth.caller import Caller
+from gateway.db.models import Artifact, EventRecord, Project, ProjectMember, Run, User
 from gateway.errors import BadRequest, Conflict, NotFound, Unprocessable
+from gateway.services import audit
 from gateway.schemas import PROJECT_NAME_RE, ProjectCreate, ProjectUpdate
 from gateway.state import GatewayState
 from shared.contracts.common import TERMINAL_STATUSES, new_id
@@ -32,48 +36,55 @@ def check_name(name: str) -> None:
                             errors=[{"field": "name", "message": f"Expected `str` matching regex {PROJECT_NAME_RE!r}"}])
 
 
-async def get_project(session: AsyncSession, ref: str, *, for_update: bool = False) -> Project:
-    """The project whose id or (unique) name is `ref`; NotFound if none."""
+async def get_project(session: AsyncSession, ref: str, caller: Caller, needed: str = "viewer", *,
+                      for_update: bool = False) -> Project:
+    """The project whose id or name is `ref` among those the caller may see (a name: the caller's own project
+    first); NotFound if none, Forbidden if the caller's role is below `needed`."""
     if not _REF_RE.fullmatch(ref):
         raise NotFound(f"project {ref!r} not found")
-    query = (
-        select(Project)
-        .where(or_(Project.id == ref, Project.name == ref))
-        .order_by((Project.id == ref).desc())
-        .limit(1)
-    )
-    if for_update:
-        query = query.with_for_update()
-    project = (await session.execute(query)).scalar_one_or_none()
+    query = select(Project).where(or_(Project.id == ref, Project.name == ref), member_of(caller, Project.id))
+    project = pick((await session.execute(query)).scalars().all(), ref, caller)
     if project is None:
         raise NotFound(f"project {ref!r} not found")
+    require_role(await project_role(session, caller, project.id), needed, f"project {ref!r}")
+    if for_update:
+        await session.refresh(project, with_for_update=True)
     return project
 
 
-async def find_project(gw: GatewayState, ref: str) -> Project:
+async def find_project(gw: GatewayState, ref: str, caller: Caller) -> Project:
     async with gw.sessionmaker() as session:
-        return await get_project(session, ref)
+        return await get_project(session, ref, caller)
 
 
-async def create_project(gw: GatewayState, data: ProjectCreate) -> Project:
+async def create_project(gw: GatewayState, data: ProjectCreate, caller: Caller) -> Project:
+    """A project of the caller's, who becomes its owner. Names are unique per owner."""
     check_name(data.name)
     check_text(data)
-    project = Project(id=new_id(), runs_started=0, status="active", **msgspec.structs.asdict(data))
+    project = Project(id=new_id(), runs_started=0, status="active", owner_id=caller.user_id,
+                      **msgspec.structs.asdict(data))
     async with gw.sessionmaker() as session:
         session.add(project)
         try:
-            await session.commit()
+            await session.flush()
         except IntegrityError as exc:
-            raise Conflict(f"a project named {data.name!r} already exists") from exc
+            raise Conflict(f"you already have a project named {data.name!r}") from exc
+        session.add(ProjectMember(project_id=project.id, user_id=caller.user_id, role="owner"))
+        audit.record(session, caller, "project.create", "project", project.id, project_id=project.id,
+                     name=project.name)
+        await session.commit()
         await session.refresh(project)
     return project
 
 
-async def list_projects(gw: GatewayState, *, status: str | None, limit: int, offset: int) -> tuple[list[Project], int]:
-    """Newest first, and how many there are in all."""
+async def list_projects(gw: GatewayState, caller: Caller, *, status: str | None, limit: int,
+                        offset: int) -> tuple[list[Project], int]:
+    """The projects the caller may see, newest first, and how many there are in all."""
     if status is not None and status not in PROJECT_STATUSES:
         raise BadRequest(f"status must be one of {', '.join(PROJECT_STATUSES)}")
-    where = [Project.status == status] if status else []
+    where = [member_of(caller, Project.id)]
+    if status:
+        where.append(Project.status == status)
     async with gw.sessionmaker() as session:
         total = (await session.execute(select(func.count()).select_from(Project).where(*where))).scalar_one()
         rows = await session.execute(
@@ -83,13 +94,13 @@ async def list_projects(gw: GatewayState, *, status: str | None, limit: int, off
         return list(rows.scalars()), total
 
 
-async def update_project(gw: GatewayState, ref: str, data: ProjectUpdate) -> Project:
+async def update_project(gw: GatewayState, ref: str, data: ProjectUpdate, caller: Caller) -> Project:
     changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
     if "name" in changes:
         check_name(changes["name"])
     check_text(changes)
     async with gw.sessionmaker() as session:
-        project = await get_project(session, ref, for_update=True)
+        project = await get_project(session, ref, caller, "owner", for_update=True)
         if changes:
             try:
                 await session.execute(
@@ -97,15 +108,15 @@ async def update_project(gw: GatewayState, ref: str, data: ProjectUpdate) -> Pro
                 )
                 await session.commit()
             except IntegrityError as exc:
-                raise Conflict(f"a project named {changes.get('name')!r} already exists") from exc
+                raise Conflict(f"the owner already has a project named {changes.get('name')!r}") from exc
             await session.refresh(project)
         return project
 
 
-async def delete_project(gw: GatewayState, ref: str) -> None:
+async def delete_project(gw: GatewayState, ref: str, caller: Caller) -> None:
     """Delete a project with its runs, their checkpoints, artifacts and events. Conflict while a run is active."""
     async with gw.sessionmaker() as session, session.begin():
-        project = await get_project(session, ref, for_update=True)
+        project = await get_project(session, ref, caller, "owner", for_update=True)
         active = (
             await session.execute(
                 select(func.count()).select_from(Run)
@@ -117,3 +128,71 @@ async def delete_project(gw: GatewayState, ref: str) -> None:
         await session.execute(delete(EventRecord).where(EventRecord.project_id == project.id))
         await session.execute(delete(Artifact).where(Artifact.project_id == project.id))
         await session.execute(delete(Project).where(Project.id == project.id))
+        audit.record(session, caller, "project.delete", "project", project.id, project_id=project.id,
+                     name=project.name)
+
+
+# -- members ----------------------------------------------------------------------------------------------
+
+
+class MemberView(msgspec.Struct, kw_only=True):
+    user_id: str
+    username: str
+    role: str
+    added_at: datetime
+
+
+async def list_members(gw: GatewayState, ref: str, caller: Caller) -> list[MemberView]:
+    async with gw.sessionmaker() as session:
+        project = await get_project(session, ref, caller)
+        rows = await session.execute(
+            select(ProjectMember, User.username).join(User, User.id == ProjectMember.user_id)
+            .where(ProjectMember.project_id == project.id).order_by(ProjectMember.created_at, User.username))
+        return [MemberView(user_id=m.user_id, username=name, role=m.role, added_at=m.created_at) for m, name in rows]
+
+
+async def set_member(gw: GatewayState, ref: str, username: str, role: str, caller: Caller) -> MemberView:
+    """Add a user to a project, or change their role (project owners and admins). `role`: one of
+    `access.ROLES`, as `schemas.MemberSet` takes it."""
+    async with gw.sessionmaker() as session, session.begin():
+        project = await get_project(session, ref, caller, "owner", for_update=True)
+        user = (await session.execute(select(User).where(User.username == username))).scalar_one_or_none()
+        if user is None:
+            raise NotFound(f"user {username!r} not found")
+        member = await session.get(ProjectMember, (project.id, user.id))
+        if member is None:
+            member = ProjectMember(project_id=project.id, user_id=user.id, role=role)
+            session.add(member)
+        else:
+            if member.role == "owner" and role != "owner":
+                await _keep_an_owner(session, project.id, user.id)
+            member.role = role
+        await session.flush()
+        await session.refresh(member)
+        audit.record(session, caller, "project.member_set", "project", project.id, project_id=project.id,
+                     user=username, role=role)
+    return MemberView(user_id=user.id, username=user.username, role=member.role, added_at=member.created_at)
+
+
+async def remove_member(gw: GatewayState, ref: str, username: str, caller: Caller) -> None:
+    """Remove a user from a project (owners and admins; anyone may leave). The last owner stays."""
+    async with gw.sessionmaker() as session, session.begin():
+        leaving = username == caller.username
+        project = await get_project(session, ref, caller, "viewer" if leaving else "owner", for_update=True)
+        user = (await session.execute(select(User).where(User.username == username))).scalar_one_or_none()
+        member = await session.get(ProjectMember, (project.id, user.id)) if user else None
+        if member is None:
+            raise NotFound(f"{username!r} is not a member of project {ref!r}")
+        if member.role == "owner":
+            await _keep_an_owner(session, project.id, member.user_id)
+        await session.delete(member)
+        audit.record(session, caller, "project.member_remove", "project", project.id, project_id=project.id,
+                     user=username)
+
+
+async def _keep_an_owner(session: AsyncSession, project_id: str, leaving_user_id: str) -> None:
+    owners = (await session.execute(select(func.count()).select_from(ProjectMember).where(
+        ProjectMember.project_id == project_id, ProjectMember.role == "owner",
+        ProjectMember.user_id != leaving_user_id))).scalar_one()
+    if not owners:
+        raise Conflict("a project keeps at least one owner; make someone else owner first")

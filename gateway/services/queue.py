@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
+from gateway.auth.access import member_of
+from gateway.auth.caller import Caller
 from gateway.db.models import Run
 from gateway.schemas import QueueEntry, QueuePage, from_row
 from gateway.state import GatewayState
 from shared.contracts.common import RunStatus
 
 
-async def list_queue(gw: GatewayState, *, pool: str | None, limit: int, offset: int) -> QueuePage:
-    """Runs the dispatcher holds back, by pool and place in line (runs it has not looked at yet last)."""
-    where = [Run.status == RunStatus.QUEUED.value, Run.enqueued_at.is_(None)]
+async def list_queue(gw: GatewayState, caller: Caller, *, pool: str | None, limit: int, offset: int) -> QueuePage:
+    """Runs the dispatcher holds back, by pool and place in line (runs it has not looked at yet last); a
+    non-admin sees their projects' runs, with their places in the whole line."""
+    where = [Run.status == RunStatus.QUEUED.value, Run.enqueued_at.is_(None), member_of(caller, Run.project_id)]
     if pool is not None:
         where.append(Run.pool == pool)
     async with gw.sessionmaker() as session:

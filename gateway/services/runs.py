@@ -16,6 +16,8 @@ import msgspec
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.auth.access import check_project
+from gateway.auth.caller import Caller
 from gateway.bus import GATEWAY_RUNNER_ID, PublishFailed, job_msg_id, publish_event, publish_job, signal_cancel
 from gateway.db.models import Artifact, Checkpoint, EventRecord, Project, Run
 from gateway.errors import BadRequest, Conflict, NotFound, Unavailable, Unprocessable
@@ -32,7 +34,7 @@ from gateway.schemas import (
     RunView,
     from_row,
 )
-from gateway.services import yolo_specs
+from gateway.services import audit, yolo_specs
 from gateway.services.container_runs import prepare_container_spec
 from gateway.services.projects import check_text, get_project
 from gateway.state import GatewayState
@@ -75,8 +77,10 @@ def parse_statuses(raw: str | None) -> list[str]:
 # -- reading ---------------------------------------------------------------------------------------------
 
 
-async def get_run(session: AsyncSession, run_id: str, *, for_update: bool = False) -> Run:
-    """The run with id `run_id`; NotFound if none."""
+async def get_run(session: AsyncSession, run_id: str, caller: Caller | None, needed: str = "viewer", *,
+                  for_update: bool = False) -> Run:
+    """The run with id `run_id`, if the caller's role in its project is at least `needed` (`caller` None: the
+    gateway itself); NotFound if none or not visible to the caller, Forbidden if the role is too low."""
     if not _ID_RE.fullmatch(run_id):
         raise NotFound(f"run {run_id!r} not found")
     query = select(Run).where(Run.id == run_id)
@@ -85,20 +89,23 @@ async def get_run(session: AsyncSession, run_id: str, *, for_update: bool = Fals
     run = (await session.execute(query)).scalar_one_or_none()
     if run is None:
         raise NotFound(f"run {run_id!r} not found")
+    if caller is not None:
+        await check_project(session, caller, run.project_id, needed, f"run {run_id!r}")
     return run
 
 
-async def find_run(gw: GatewayState, run_id: str) -> Run:
+async def find_run(gw: GatewayState, run_id: str, caller: Caller | None, needed: str = "viewer") -> Run:
     async with gw.sessionmaker() as session:
-        return await get_run(session, run_id)
+        return await get_run(session, run_id, caller, needed)
 
 
 async def list_runs(
-    gw: GatewayState, project_ref: str, *, statuses: list[str], kind: str | None, limit: int, offset: int
+    gw: GatewayState, project_ref: str, caller: Caller, *, statuses: list[str], kind: str | None, limit: int,
+    offset: int,
 ) -> tuple[list[Run], int]:
     """Runs of a project, newest first, and how many match in all."""
     async with gw.sessionmaker() as session:
-        project = await get_project(session, project_ref)
+        project = await get_project(session, project_ref, caller)
         where = [Run.project_id == project.id]
         if statuses:
             where.append(Run.status.in_(statuses))
@@ -111,10 +118,10 @@ async def list_runs(
         return list(rows.scalars()), total
 
 
-async def run_detail(gw: GatewayState, run_id: str) -> RunDetail:
+async def run_detail(gw: GatewayState, run_id: str, caller: Caller) -> RunDetail:
     """A run with its latest checkpoints and artifacts and its last log lines."""
     async with gw.sessionmaker() as session:
-        run = await get_run(session, run_id)
+        run = await get_run(session, run_id, caller)
         checkpoints = await session.execute(
             select(Checkpoint).where(Checkpoint.run_id == run.id)
             .order_by(Checkpoint.created_at.desc(), Checkpoint.id).limit(DETAIL_CHECKPOINTS)
@@ -148,11 +155,11 @@ def _log_lines(event: EventRecord) -> list[LogLineView]:
     ]
 
 
-async def run_logs(gw: GatewayState, run_id: str, *, after: int, limit: int, attempt: int | None) -> LogPage:
+async def run_logs(gw: GatewayState, run_id: str, caller: Caller, *, after: int, limit: int, attempt: int | None) -> LogPage:
     """Log lines after position `after`, oldest first. Events are never split: a page ends after the event
     that reaches `limit` lines (a page holds at least one event, however long)."""
     async with gw.sessionmaker() as session:
-        run = await get_run(session, run_id)
+        run = await get_run(session, run_id, caller)
         where = [EventRecord.run_id == run.id, EventRecord.type == "run.log", EventRecord.position > after]
         if attempt is not None:
             where.append(EventRecord.attempt == attempt)
@@ -171,11 +178,12 @@ async def run_logs(gw: GatewayState, run_id: str, *, after: int, limit: int, att
 
 
 async def run_metrics(
-    gw: GatewayState, run_id: str, *, after: int, limit: int, attempt: int | None, name: str | None
+    gw: GatewayState, run_id: str, caller: Caller, *, after: int, limit: int, attempt: int | None,
+    name: str | None,
 ) -> MetricsPage:
     """The run.metrics events after position `after`, oldest first; with `name`, only that metric."""
     async with gw.sessionmaker() as session:
-        run = await get_run(session, run_id)
+        run = await get_run(session, run_id, caller)
         where = [EventRecord.run_id == run.id, EventRecord.type == "run.metrics", EventRecord.position > after]
         if attempt is not None:
             where.append(EventRecord.attempt == attempt)
@@ -195,10 +203,10 @@ async def run_metrics(
     return MetricsPage(items=items, next_after=events[-1].position if events else after)
 
 
-async def list_checkpoints(gw: GatewayState, run_id: str, *, limit: int, offset: int) -> tuple[list[Checkpoint], int]:
+async def list_checkpoints(gw: GatewayState, run_id: str, caller: Caller, *, limit: int, offset: int) -> tuple[list[Checkpoint], int]:
     """A run's checkpoints, latest first."""
     async with gw.sessionmaker() as session:
-        run = await get_run(session, run_id)
+        run = await get_run(session, run_id, caller)
         where = Checkpoint.run_id == run.id
         total = (await session.execute(select(func.count()).select_from(Checkpoint).where(where))).scalar_one()
         rows = await session.execute(
@@ -208,10 +216,10 @@ async def list_checkpoints(gw: GatewayState, run_id: str, *, limit: int, offset:
         return list(rows.scalars()), total
 
 
-async def list_artifacts(gw: GatewayState, run_id: str, *, limit: int, offset: int) -> tuple[list[Artifact], int]:
+async def list_artifacts(gw: GatewayState, run_id: str, caller: Caller, *, limit: int, offset: int) -> tuple[list[Artifact], int]:
     """A run's artifacts, latest first."""
     async with gw.sessionmaker() as session:
-        run = await get_run(session, run_id)
+        run = await get_run(session, run_id, caller)
         where = Artifact.run_id == run.id
         total = (await session.execute(select(func.count()).select_from(Artifact).where(where))).scalar_one()
         rows = await session.execute(
@@ -228,10 +236,10 @@ async def create_run(
     project_ref: str,
     spec: RunSpecBase | RunRequest,
     *,
+    caller: Caller,
     pool: str | None,
     priority: int | None,
     requirements: Requirements | None = None,
-    owner_id: str | None = None,
     idempotency: tuple[str, str] | None = None,
     resume: ResumeFrom | None = None,
     options: dict[str, Any] | None = None,
@@ -243,20 +251,21 @@ async def create_run(
     `yolo_specs.resolve_spec`, which also gives pool, priority (when None here) and the run's `options`.
     NotEnqueued (503) if NATS does not take run.queued or the job: the run stays queued without
     `enqueued_at` and the dispatcher publishes it when NATS is back. `idempotency` (scope, key) of the
-    request, if it had an Idempotency-Key: the job's `Nats-Msg-Id` is made from it. `owner_id`: the user
-    who starts it (None: the anonymous user); limits and fair share count runs per owner.
+    request, if it had an Idempotency-Key: the job's `Nats-Msg-Id` is made from it. The caller (at least a
+    member of the project) owns the run: limits and fair share count runs per owner.
     """
     if pool is not None:
         _check_pool(pool)
     check_text(spec)
     if isinstance(spec, ContainerSpec):
         async with gw.sessionmaker() as session:
-            spec = await prepare_container_spec(gw, await get_project(session, project_ref), spec, pool or "cpu")
+            project = await get_project(session, project_ref, caller, "member")
+            spec = await prepare_container_spec(gw, project, spec, pool or "cpu", caller)
     run_id = new_id()
     async with gw.sessionmaker() as session, session.begin():
-        project = await get_project(session, project_ref)
+        project = await get_project(session, project_ref, caller, "member")
         if isinstance(spec, RunRequest):
-            resolved = await yolo_specs.resolve_spec(session, gw.settings, project, spec)
+            resolved = await yolo_specs.resolve_spec(session, gw.settings, project, spec, caller)
             spec, options = resolved.spec, {**resolved.options, **(options or {})}
             pool = pool or resolved.pool
             priority = resolved.priority if priority is None else priority
@@ -273,7 +282,7 @@ async def create_run(
             kind=spec.__struct_config__.tag,
             pool=pool or "cpu",
             priority=50 if priority is None else priority,
-            owner_id=owner_id,
+            owner_id=caller.user_id,
             status=RunStatus.QUEUED.value,
             spec=msgspec.to_builtins(spec),
             gateway_seq=1,
@@ -284,8 +293,15 @@ async def create_run(
             requirements=msgspec.to_builtins(requirements) if requirements is not None else None,
         )
         session.add(run)
+        if resume is not None:
+            audit.record(session, caller, "run.resume", "run", run_id, project_id=project.id, kind=run.kind,
+                         source_run_id=resume.source_run_id, checkpoint_id=resume.checkpoint_id)
+        else:
+            action = "model.export" if run.kind == "yolo.export" else "run.create"
+            audit.record(session, caller, action, "run", run_id, project_id=project.id, kind=run.kind,
+                         model=run.options.get("model"), format=run.spec.get("format"))
     async with gw.sessionmaker() as session:
-        run = await get_run(session, run_id)
+        run = await get_run(session, run_id, None)
     dispatcher = gw.extras.get("dispatcher")
     try:
         await publish_event(gw, queued_event(run))
@@ -296,7 +312,7 @@ async def create_run(
     dispatcher.announced(run.id)  # type: ignore[attr-defined]
     outcome = await dispatcher.admit(run.id)  # type: ignore[attr-defined]
     async with gw.sessionmaker() as session:
-        run = await get_run(session, run_id)
+        run = await get_run(session, run_id, None)
     if outcome == "publish_failed":
         raise NotEnqueued(run)
     return run
@@ -351,16 +367,16 @@ async def resume_of(session: AsyncSession, run: Run) -> ResumeFrom | None:
 # -- cancel, resume, delete ------------------------------------------------------------------------------
 
 
-async def cancel_run(gw: GatewayState, run_id: str) -> Run:
+async def cancel_run(gw: GatewayState, run_id: str, caller: Caller) -> Run:
     """Ask for a run to stop. A run no runner has claimed yet is canceled at once; otherwise it is
     `canceling` until its runner reports. Conflict for a finished run; repeating a cancel is harmless."""
-    run = await find_run(gw, run_id)
+    run = await find_run(gw, run_id, caller, "member")
     _check_cancelable(run)
     if run.status == RunStatus.CANCELING:
         return run
     await signal_cancel(gw, run.id)
     async with gw.sessionmaker() as session, session.begin():
-        run = await get_run(session, run_id, for_update=True)
+        run = await get_run(session, run_id, None, for_update=True)
         _check_cancelable(run)
         if run.status == RunStatus.CANCELING:
             return run
@@ -376,6 +392,7 @@ async def cancel_run(gw: GatewayState, run_id: str) -> Run:
         else:
             run.status = RunStatus.CANCELING.value
             event = RunCancelRequested(**common)
+        audit.record(session, caller, "run.cancel", "run", run.id, project_id=run.project_id, status=run.status)
         await session.flush()
         # Published before the commit: if NATS refuses it, nothing changed and the seq is not used up.
         await publish_event(gw, event)
@@ -388,13 +405,13 @@ def _check_cancelable(run: Run) -> None:
 
 
 async def resume_run(
-    gw: GatewayState, run_id: str, *, checkpoint_id: str | None, pool: str | None,
+    gw: GatewayState, run_id: str, caller: Caller, *, checkpoint_id: str | None, pool: str | None,
     idempotency: tuple[str, str] | None = None,
 ) -> Run:
     """A new run of the same spec that starts from a checkpoint of a finished run (default: its latest
     resumable one)."""
     async with gw.sessionmaker() as session:
-        source = await get_run(session, run_id)
+        source = await get_run(session, run_id, caller, "member")
         if not RunStatus(source.status).terminal:
             raise Conflict(f"run {source.id} is {source.status}; only a completed, failed or canceled run can be resumed")
         if checkpoint_id is not None:
@@ -420,18 +437,19 @@ async def resume_run(
                         step=checkpoint.step, epoch=checkpoint.epoch)
     requirements = msgspec.convert(source.requirements, Requirements) if source.requirements else None
     return await create_run(gw, source.project_id, spec, pool=pool or source.pool, priority=source.priority,
-                            requirements=requirements, owner_id=source.owner_id, idempotency=idempotency,
+                            requirements=requirements, caller=caller, idempotency=idempotency,
                             resume=resume, options=source.options)
 
 
-async def delete_run(gw: GatewayState, run_id: str) -> None:
+async def delete_run(gw: GatewayState, run_id: str, caller: Caller) -> None:
     """Delete a finished run with its checkpoints, artifacts and events. Conflict while it is active."""
     async with gw.sessionmaker() as session, session.begin():
-        run = await get_run(session, run_id, for_update=True)
+        run = await get_run(session, run_id, caller, "member", for_update=True)
         if not RunStatus(run.status).terminal:
             raise Conflict(f"run {run.id} is {run.status}; cancel it before deleting it")
         await session.execute(delete(EventRecord).where(EventRecord.run_id == run.id))
         await session.execute(delete(Run).where(Run.id == run.id))
+        audit.record(session, caller, "run.delete", "run", run.id, project_id=run.project_id, kind=run.kind)
 
 
 def run_view(run: Run) -> RunView:

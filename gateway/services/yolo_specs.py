@@ -34,6 +34,8 @@ from gateway.db.models import Architecture, Artifact, Dataset, Project, RunConfi
 from gateway.errors import GatewayError, Unprocessable, validation_errors
 from gateway.schemas import REQUEST_TYPES, RunRequest
 from gateway.services.artifacts import UPLOAD_KIND
+from gateway.auth.access import check_artifact, owned_by, pick
+from gateway.auth.caller import Caller
 from gateway.services.datasets import resolve_dataset
 from gateway.services.models import resolve_model_version
 from shared.contracts.commands import RunSpecBase
@@ -81,7 +83,9 @@ def _refer(exc: GatewayError, name: str) -> Unprocessable:
     return invalid(name, exc.detail)
 
 
-async def resolve_spec(session: AsyncSession, settings: Settings, project: Project, request: RunRequest) -> ResolvedRun:
+async def resolve_spec(session: AsyncSession, settings: Settings, project: Project, request: RunRequest,
+                       caller: Caller) -> ResolvedRun:
+    """The spec of a run request: references resolved among what the caller may reach."""
     kind = str(type(request).__struct_config__.tag)
     params = request.params()
     options: dict[str, Any] = {}
@@ -101,7 +105,7 @@ async def resolve_spec(session: AsyncSession, settings: Settings, project: Proje
     model_task: str | None = None
 
     if (ref := params.get("dataset")) is not None:
-        dataset = await _dataset(session, ref)
+        dataset = await _dataset(session, ref, caller)
         fields["data"] = dataset.data_yaml
         if kind != "yolo.export":
             fields["dataset_id"] = dataset.id
@@ -110,7 +114,8 @@ async def resolve_spec(session: AsyncSession, settings: Settings, project: Proje
         raise invalid("dataset", "required: a registered dataset (id or name)")
 
     if kind == "yolo.train" and (arch_name := params.get("architecture")) is not None:
-        arch = (await session.execute(select(Architecture).where(Architecture.name == arch_name))).scalar_one_or_none()
+        arch = pick((await session.execute(select(Architecture).where(
+            Architecture.name == arch_name, owned_by(caller, Architecture.owner_id)))).scalars().all(), arch_name, caller)
         if arch is None:
             raise invalid("architecture", f"no saved architecture {arch_name!r}")
         if "model_yaml" in params:
@@ -127,7 +132,7 @@ async def resolve_spec(session: AsyncSession, settings: Settings, project: Proje
     if model is None and kind != "yolo.train":
         raise invalid("model", "required: " + MODEL_REFERENCES)
     if model is not None:
-        fields["model"], task, version_id = await _model(session, model)
+        fields["model"], task, version_id = await _model(session, model, caller)
         options["model"] = model
         if version_id is not None:
             options["model_version_id"] = version_id
@@ -146,7 +151,7 @@ async def resolve_spec(session: AsyncSession, settings: Settings, project: Proje
     if kind == "yolo.predict":
         if "images" not in params:
             raise invalid("images", "required: upload ids or dataset images")
-        fields["sources"] = await _images(session, params["images"])
+        fields["sources"] = await _images(session, params["images"], caller)
 
     try:
         spec = msgspec.convert(fields, SPEC_TYPES[kind])
@@ -189,24 +194,29 @@ MODEL_REFERENCES = ("a built-in model name (yolov8n, yolo11s-cls), library:<mode
                     "library:<version id> or artifact:<id>")
 
 
-async def _dataset(session: AsyncSession, ref: str) -> Dataset:
+async def _dataset(session: AsyncSession, ref: str, caller: Caller) -> Dataset:
     try:
-        return await resolve_dataset(session, ref)
+        return await resolve_dataset(session, ref, caller)
     except GatewayError as exc:
         raise _refer(exc, "dataset") from None
 
 
-async def _model(session: AsyncSession, ref: str) -> tuple[str, str | None, str | None]:
+async def _model(session: AsyncSession, ref: str, caller: Caller) -> tuple[str, str | None, str | None]:
     """(spec `model`, task if known, library version id) of a model reference."""
     scheme, sep, rest = ref.partition(":")
     if sep and scheme == "library":
         try:
-            version = await resolve_model_version(session, rest)
+            version = await resolve_model_version(session, rest, caller)
         except GatewayError as exc:
             raise _refer(exc, "model") from None
         return version.uri, version.task, version.id
     if sep and scheme == "artifact":
         artifact = await session.get(Artifact, rest) if ID_RE.match(rest) else None
+        if artifact is not None:
+            try:
+                await check_artifact(session, caller, artifact, "artifact")
+            except GatewayError:
+                artifact = None
         if artifact is None or artifact.kind == UPLOAD_KIND:
             raise invalid("model", f"no run artifact {rest!r}")
         if not artifact.name.lower().endswith(MODEL_ARTIFACT_SUFFIXES):
@@ -237,12 +247,14 @@ def _yaml_task(text: str) -> str | None:
             "Detect": "detect"}.get(module)
 
 
-async def _images(session: AsyncSession, refs: list[str]) -> list[str]:
+async def _images(session: AsyncSession, refs: list[str], caller: Caller) -> list[str]:
     sources: list[str] = []
     for index, ref in enumerate(refs):
         name = f"images[{index}]"
         if ID_RE.match(ref):
             upload = await session.get(Artifact, ref)
+            if upload is not None and not (caller.is_admin or upload.owner_id == caller.user_id):
+                upload = None
             if upload is None or upload.kind != UPLOAD_KIND:
                 raise invalid(name, f"no uploaded image {ref!r} (POST /api/v1/uploads)")
             sources.append(upload.uri)
@@ -252,7 +264,7 @@ async def _images(session: AsyncSession, refs: list[str]) -> list[str]:
         if scheme != "dataset" or len(parts) not in (2, 3) or not all(parts):
             raise invalid(name, "an upload id, dataset:<ref>:<split>:<index> or dataset:<ref>:<split>")
         try:
-            dataset = await resolve_dataset(session, parts[0])
+            dataset = await resolve_dataset(session, parts[0], caller)
         except GatewayError as exc:
             raise _refer(exc, name) from None
         root = Path(dataset.root_path or "")

@@ -53,7 +53,8 @@ class Stack:
             if self.process.poll() is not None:
                 raise RuntimeError(f"trainforge up exited {self.process.returncode}:\n{self.log()}")
             try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200 and self._runners_up():
+                if (httpx.get(self.url + "/ready", timeout=2).status_code == 200 and self._runners_up()
+                        and self.info().get("status") == "running"):
                     return self
             except httpx.HTTPError:
                 pass
@@ -94,8 +95,17 @@ class Stack:
             raise
 
     # -- API helpers ----------------------------------------------------------------------------------
+    @property
+    def token(self) -> str:
+        """The admin's API token `trainforge up` left for the CLI."""
+        return (self.state_dir / "cli-token").read_text().strip()
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
     def api(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url + "/api/v1", timeout=30)
+        return httpx.Client(base_url=self.url + "/api/v1", timeout=30, headers=self.headers)
 
     def wait_run(self, run_id: str, statuses: set[str], timeout: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -111,7 +121,8 @@ class Stack:
     def sse(self, path: str, *, last_event_id: str | None = None, timeout: float = 60.0) -> Iterator[Any]:
         """Yield ServerSentEvents (keep-alive comments are not events) until the server ends the stream."""
         headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
-        with httpx.Client(base_url=self.url + "/api/v1", timeout=httpx.Timeout(timeout, connect=5)) as client:
+        with httpx.Client(base_url=self.url + "/api/v1", timeout=httpx.Timeout(timeout, connect=5),
+                          headers=self.headers) as client:
             with connect_sse(client, "GET", path, headers=headers) as source:
                 yield from source.iter_sse()
 

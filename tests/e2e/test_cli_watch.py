@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 
 def cli(stack: Stack, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TRAINFORGE_API_URL": stack.url, "COLUMNS": "120"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TRAINFORGE_API_URL": stack.url, "TRAINFORGE_API_TOKEN": stack.token,
+           "COLUMNS": "120"}
     return subprocess.run([sys.executable, "-m", "trainforge.cli", *args], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -27,14 +27,16 @@ from shared.contracts.common import new_id
 from shared.contracts.events import DeviceInfo
 from shared.settings import Settings
 from shared.subjects import Subjects
+from tests.auth_support import authorize
 
 CONTAINER = {"kind": "container", "start_command": "echo hello"}
 
 
 @asynccontextmanager
 async def api(settings: Settings) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+    """A test client on a real gateway, logged in as its first admin."""
     async with AsyncTestClient(create_app(settings)) as client:
-        yield client
+        yield await authorize(client)
 
 
 def in_app(client: AsyncTestClient, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:  # type: ignore[type-arg]

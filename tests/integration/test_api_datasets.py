@@ -12,10 +12,11 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-from gateway.app import create_app
+from gateway.auth.caller import Caller
 from gateway.services.datasets import resolve_dataset
 from shared.settings import Settings
 from tests.dataset_factories import CLASSES, make_coco, make_yolo_flat, make_yolo_yaml, zip_folder, zip_with
+from tests.integration.rest_helpers import api
 from tests.library_support import insert_run, sql
 
 API = "/api/v1/datasets"
@@ -35,7 +36,7 @@ def lib_settings(settings: Settings, data_root: Path) -> Settings:
 
 @pytest.fixture
 async def client(lib_settings: Settings) -> AsyncIterator[AsyncTestClient]:
-    async with AsyncTestClient(create_app(lib_settings)) as c:
+    async with api(lib_settings) as c:
         yield c
 
 
@@ -226,7 +227,8 @@ async def test_a_dataset_used_by_an_active_run_cannot_be_deleted(
     engine = create_async_engine(lib_settings.database_url)
     try:
         async with AsyncSession(engine) as session:
-            assert (await resolve_dataset(session, "busy")).data_yaml.endswith(".yaml")
+            owner = Caller(user_id=dataset["owner_id"], username="admin")
+            assert (await resolve_dataset(session, "busy", owner)).data_yaml.endswith(".yaml")
     finally:
         await engine.dispose()
     assert (await client.delete(f"{API}/busy")).status_code == 204

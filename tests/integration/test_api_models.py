@@ -14,12 +14,13 @@ import torch
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-from gateway.app import create_app
 from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.auth.caller import Caller
 from gateway.services.models import register_version, resolve_model_version
 from runner.yolo.offline import prepare_ultralytics
 from shared.artifacts import LocalArtifactStore
 from shared.settings import Settings
+from tests.integration.rest_helpers import api
 from tests.library_support import insert_run, sql
 
 API = "/api/v1/models"
@@ -44,7 +45,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[AsyncTestClient]:
-    async with AsyncTestClient(create_app(settings)) as c:
+    async with api(settings) as c:
         yield c
 
 
@@ -161,7 +162,7 @@ async def test_an_upload_over_the_limit_is_413(settings: Settings, tmp_path: Pat
     small = msgspec.structs.replace(settings, max_upload_mb=1)
     big = tmp_path / "big.pt"
     big.write_bytes(b"\0" * (1024 * 1024 + 1))
-    async with AsyncTestClient(create_app(small)) as client:
+    async with api(small) as client:
         response = await client.post(API, **_upload("big", big))
     assert response.status_code == 413
     assert not any((settings.state_dir / "uploads").glob("*"))
@@ -187,6 +188,9 @@ async def test_versions_used_by_active_runs_cannot_be_deleted(
     assert _library_files(settings) == []
 
 
+OWNER = Caller(user_id="u-owner", username="owner")
+
+
 async def test_register_version_and_resolve_model_version_for_runs(
     client: AsyncTestClient, settings: Settings, checkpoints: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -198,29 +202,31 @@ async def test_register_version_and_resolve_model_version_for_runs(
             first = await register_version(
                 session, store, name="trained", file_path=best, task="detect",
                 class_names=["cat", "dog", "bird"], metrics={"metrics/mAP50(B)": 0.5}, source_run_id="r9",
-                dataset_id="d1")
+                dataset_id="d1", owner_id=OWNER.user_id)
             await session.commit()
             again = await register_version(
                 session, store, name="trained", file_path=best, task="detect", class_names=["cat"],
-                source_run_id="r9")
+                source_run_id="r9", owner_id=OWNER.user_id)
             await session.commit()
             assert again.id == first.id and first.version == 1
             second = await register_version(
                 session, store, name="trained", file_path=checkpoints["detect"], task="detect",
-                class_names=["cat", "dog", "bird"], parent_version_id=first.id)
+                class_names=["cat", "dog", "bird"], parent_version_id=first.id, owner_id=OWNER.user_id)
             await session.commit()
             assert second.version == 2 and second.parent_version_id == first.id
             assert store.path_of(second.uri).is_relative_to(settings.artifacts_dir / "models")
 
-            assert (await resolve_model_version(session, "trained")).id == second.id
-            assert (await resolve_model_version(session, "trained:1")).id == first.id
-            assert (await resolve_model_version(session, first.id)).version == 1
+            assert (await resolve_model_version(session, "trained", OWNER)).id == second.id
+            assert (await resolve_model_version(session, "trained:1", OWNER)).id == first.id
+            assert (await resolve_model_version(session, first.id, OWNER)).version == 1
             for ref, error in (("trained:x", BadRequest), ("trained:7", NotFound), ("nope", NotFound)):
                 with pytest.raises(error):
-                    await resolve_model_version(session, ref)
+                    await resolve_model_version(session, ref, OWNER)
+            with pytest.raises(NotFound):  # another user's model is not there for them
+                await resolve_model_version(session, "trained", Caller(user_id="someone-else", username="x"))
             with pytest.raises(Conflict):
                 await register_version(session, store, name="trained", file_path=checkpoints["classify"],
-                                       task="classify", class_names=["a", "b"])
+                                       task="classify", class_names=["a", "b"], owner_id=OWNER.user_id)
             await session.rollback()
     finally:
         await engine.dispose()

@@ -16,7 +16,6 @@ import pytest
 from litestar.testing import AsyncTestClient
 from PIL import Image
 
-from gateway.app import create_app
 from gateway.registration import WeightsRegistrar
 from runner.yolo.offline import prepare_ultralytics
 from shared.contracts import job_decoder
@@ -25,7 +24,7 @@ from shared.settings import Settings
 from shared.subjects import Subjects
 from tests.dataset_factories import make_classify, make_yolo_yaml
 from tests.integration.events_support import publish, wait_for
-from tests.integration.rest_helpers import bus, in_app, new_project, problem, runner_online, start_run
+from tests.integration.rest_helpers import api, bus, in_app, new_project, problem, runner_online, start_run
 
 TINY_YAML = """\
 nc: 2
@@ -70,7 +69,7 @@ def data_root(tmp_path: Path) -> Path:
 @pytest.fixture
 async def client(settings: Settings, data_root: Path) -> AsyncIterator[AsyncTestClient]:
     app_settings = msgspec.structs.replace(settings, data_roots=[data_root], predict_timeout_s=1.0)
-    async with AsyncTestClient(create_app(app_settings)) as c:
+    async with api(app_settings) as c:
         await new_project(c, "vision")
         for name in ("shapes", "letters"):
             registered = await c.post("/api/v1/datasets", json={"name": name, "path": str(data_root / name)})
@@ -345,8 +344,9 @@ async def test_a_training_without_register_as_goes_to_the_projects_model_or_a_ta
 ) -> None:
     from tests.library_support import sql
 
-    await sql(settings, "insert into models (id, name, task, description, last_version) "
-                        "values ('m1', 'vision', 'classify', '', 0)")
+    admin = (await client.get("/api/v1/auth/me")).json()["id"]  # the runs' owner: the model is theirs
+    await sql(settings, "insert into models (id, name, task, description, last_version, owner_id) "
+                        "values ('m1', 'vision', 'classify', '', 0, :owner)", owner=admin)
     run = (await _train(client, dataset="shapes")).json()
     best = settings.artifacts_dir / "runs" / run["id"] / "best.pt"
     best.parent.mkdir(parents=True)

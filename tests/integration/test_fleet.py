@@ -22,6 +22,7 @@ from gateway.app import create_app
 from runner.agent import RunnerAgent
 from shared.bus import ensure_topology
 from shared.settings import Settings
+from tests.auth_support import authorize
 from tests.integration.events_support import wait_for
 from tests.integration.runner_support import POOL, RunEvents, container_job, publish_job, running_agent
 from tests.library_support import insert_run
@@ -39,7 +40,7 @@ async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         await asyncio.sleep(0.02)
     port = server.servers[0].sockets[0].getsockname()[1]
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=60) as client:
-        yield client
+        yield await authorize(client)
     server.should_exit = True
     await asyncio.wait_for(task, 10)
 

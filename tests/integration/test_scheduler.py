@@ -20,6 +20,7 @@ from nats.js.errors import NoKeysError
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
+from gateway.auth.caller import Caller
 from gateway.db.models import EventRecord, Run
 from gateway.services.runs import create_run
 from runner.leases import LeaseRecord
@@ -46,10 +47,11 @@ def _with(settings: Settings, **values: Any) -> Settings:
 
 def submit(client: AsyncTestClient, project: str, command: str, *, owner: str | None = None,  # type: ignore[type-arg]
            priority: int = 50, requirements: Requirements | None = None) -> str:
-    """Create a run as user `owner` (the REST API has no users yet), on the app's own loop."""
+    """Create a run as user `owner` (an admin, so any project will do), on the app's own loop."""
     gw = client.app.state.gw
     spec = ContainerSpec(start_command=command)
-    run = in_app(client, create_run, gw, project, spec, pool="cpu", priority=priority, owner_id=owner,
+    caller = Caller(user_id=owner or "nobody", username=owner or "nobody", is_admin=True)
+    run = in_app(client, create_run, gw, project, spec, caller=caller, pool="cpu", priority=priority,
                  requirements=requirements)
     return run.id
 

@@ -17,6 +17,7 @@ from gateway.app import create_app
 from gateway.state import GatewayState
 from shared.contracts import EventBase, RunClaimed, RunCompleted, RunProgress, RunStarted
 from shared.settings import Settings
+from tests.auth_support import bearer, login
 from tests.integration.events_support import add_project_and_runs, gateway_state, publish
 
 
@@ -26,6 +27,8 @@ class Server:
     gw: GatewayState
     """A separate connection to the same NATS and Postgres, for the test's own rows and events."""
     uvicorn: uvicorn.Server
+    headers: dict[str, str]
+    """The first admin's authorization."""
 
 
 @pytest.fixture
@@ -39,8 +42,10 @@ async def server(settings: Settings) -> AsyncIterator[Server]:
             task.result()
         await asyncio.sleep(0.02)
     port = srv.servers[0].sockets[0].getsockname()[1]
-    async with gateway_state(settings) as gw:
-        yield Server(f"http://127.0.0.1:{port}", gw, srv)
+    url = f"http://127.0.0.1:{port}"
+    async with gateway_state(settings) as gw, httpx.AsyncClient(base_url=url) as client:
+        token = (await login(client))["access_token"]
+        yield Server(url, gw, srv, bearer(token))
     srv.should_exit = True
     await asyncio.wait_for(task, 10)
 
@@ -74,7 +79,7 @@ async def test_run_stream_delivers_live_events_in_order_and_closes_after_the_ter
 ) -> None:
     project_id, (run_id,) = await add_project_and_runs(server.gw)
     events = lifecycle(project_id, run_id, steps=30)
-    async with httpx.AsyncClient(base_url=server.url, timeout=15) as client:
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=15) as client:
         reader = asyncio.create_task(collect(client, f"/api/v1/runs/{run_id}/events"))
         await asyncio.sleep(0.3)  # the stream is open and waiting
         for event in events:  # one by one, as a runner would
@@ -91,7 +96,7 @@ async def test_reconnecting_with_last_event_id_resumes_without_gap_or_duplicate(
     project_id, (run_id,) = await add_project_and_runs(server.gw)
     events = lifecycle(project_id, run_id, steps=200)
     await publish(server.gw, *events[:100])
-    async with httpx.AsyncClient(base_url=server.url, timeout=15) as client:
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=15) as client:
         first, ended = await collect(client, f"/api/v1/runs/{run_id}/events", limit=40)
         assert not ended
         await publish(server.gw, *events[100:])  # while the client is away
@@ -107,7 +112,7 @@ async def test_reconnecting_with_last_event_id_resumes_without_gap_or_duplicate(
 async def test_a_resume_in_the_middle_of_live_traffic_misses_nothing(server: Server) -> None:
     project_id, (run_id,) = await add_project_and_runs(server.gw)
     events = lifecycle(project_id, run_id, steps=1500)
-    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=30) as client:
         publisher = asyncio.create_task(publish(server.gw, *events))
         got: list[tuple[int, str, dict]] = []
         ended = False
@@ -124,7 +129,7 @@ async def test_a_resume_in_the_middle_of_live_traffic_misses_nothing(server: Ser
 async def test_idle_stream_sends_keep_alive_comments(server: Server) -> None:
     project_id, (run_id,) = await add_project_and_runs(server.gw)
     lines: list[str] = []
-    async with httpx.AsyncClient(base_url=server.url, timeout=15) as client:
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=15) as client:
         async with client.stream("GET", f"/api/v1/runs/{run_id}/events") as response:
             assert response.headers["content-type"].startswith("text/event-stream")
             started = time.monotonic()
@@ -147,7 +152,7 @@ async def test_stream_of_a_finished_run_replays_it_and_closes(server: Server) ->
     project_id, (run_id,) = await add_project_and_runs(server.gw)
     events = lifecycle(project_id, run_id, steps=3)
     await publish(server.gw, *events)
-    async with httpx.AsyncClient(base_url=server.url, timeout=15) as client:
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=15) as client:
         for _ in range(100):  # wait for the projection
             if (await client.get(f"/api/v1/runs/{run_id}/events?last_event_id=0")).text.count("event: ") == 6:
                 break
@@ -162,7 +167,7 @@ async def test_stream_of_a_finished_run_replays_it_and_closes(server: Server) ->
 async def test_project_stream_carries_the_events_of_all_its_runs_by_id_or_name(server: Server) -> None:
     project_id, run_ids = await add_project_and_runs(server.gw, runs=3, name="vision")
     _, (other_run,) = await add_project_and_runs(server.gw)
-    async with httpx.AsyncClient(base_url=server.url, timeout=15) as client:
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=15) as client:
         by_name = asyncio.create_task(collect(client, "/api/v1/projects/vision/events", limit=9))
         by_id = asyncio.create_task(collect(client, f"/api/v1/projects/{project_id}/events", limit=9))
         await asyncio.sleep(0.3)
@@ -176,7 +181,7 @@ async def test_project_stream_carries_the_events_of_all_its_runs_by_id_or_name(s
 
 
 async def test_unknown_run_or_project_is_a_problem_details_404(server: Server) -> None:
-    async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=5) as client:
         for url in ("/api/v1/runs/nope/events", "/api/v1/projects/nope/events"):
             response = await client.get(url)
             assert response.status_code == 404
@@ -188,7 +193,7 @@ async def test_unknown_run_or_project_is_a_problem_details_404(server: Server) -
 
 async def test_open_streams_do_not_hold_the_server_at_shutdown(server: Server) -> None:
     project_id, (run_id,) = await add_project_and_runs(server.gw)
-    async with httpx.AsyncClient(base_url=server.url, timeout=15) as client:
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=15) as client:
         reader = asyncio.create_task(collect(client, f"/api/v1/projects/{project_id}/events"))
         await asyncio.sleep(0.3)
         started = time.monotonic()
@@ -202,7 +207,7 @@ async def test_open_streams_do_not_hold_the_server_at_shutdown(server: Server) -
 async def test_two_hundred_clients_follow_one_project_at_once(server: Server) -> None:
     project_id, (run_id,) = await add_project_and_runs(server.gw)
     limits = httpx.Limits(max_connections=250, max_keepalive_connections=0)
-    async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=30, limits=limits) as client:
         readers = [asyncio.create_task(collect(client, f"/api/v1/projects/{project_id}/events", limit=20))
                    for _ in range(200)]
         await asyncio.sleep(2)  # all connected and waiting

@@ -83,3 +83,7 @@ def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str
 def test_runner_accepts_pool_device_slots_and_id() -> None:
     args = build_parser().parse_args(["runner", "--pool", "gpu", "--device", "cuda:1", "--slots", "2", "--id", "h-1"])
     assert (args.pool, args.device, args.slots, args.id) == ("gpu", "cuda:1", 2, "h-1")
+
+
+def test_runner_device_auto_takes_a_free_gpu_per_job() -> None:
+    assert build_parser().parse_args(["runner", "--device", "auto"]).device == "auto"
