@@ -25,6 +25,11 @@ JOBS_DUPLICATE_WINDOW_S = 24 * 3600.0
 """Jobs are few and must never run twice: a re-published job is dropped for a day."""
 
 
+DRAIN_TIMEOUT_S = 5.0
+"""How long closing a connection may wait for its subscriptions to drain before it closes anyway (nats-py's
+default, 30 s, would outlast the grace `trainforge up` gives a part to stop)."""
+
+
 async def connect(
     url: str,
     *,
@@ -51,6 +56,7 @@ async def connect(
         connect_timeout=connect_timeout,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
+        drain_timeout=DRAIN_TIMEOUT_S,
         disconnected_cb=_disconnected,
         reconnected_cb=_reconnected,
         error_cb=_error,

@@ -378,6 +378,7 @@ class Stack:
         if process is None or process.returncode is not None:
             return
         log.info("stopping %s (pid %s)", child.spec.name, process.pid)
+        started = time.monotonic()
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)
         waiter = asyncio.create_task(process.wait())
@@ -385,10 +386,12 @@ class Stack:
         done, _ = await asyncio.wait({waiter, hurry}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
         hurry.cancel()
         if waiter not in done:
-            log.warning("%s did not stop in time: killing it", child.spec.name)
+            log.warning("%s did not stop in time (%.0f s): killing it", child.spec.name, grace)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)  # its own session: take its children with it
             await waiter
+        else:
+            log.info("%s stopped in %.1f s", child.spec.name, time.monotonic() - started)
 
     # -- reporting -----------------------------------------------------------------------------------------
 
