@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, select, true
+from sqlalchemy import ColumnElement, Select, literal, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.auth.caller import Caller
-from gateway.db.models import Artifact, ProjectMember
+from gateway.db.models import Artifact, Project, ProjectMember
 from gateway.errors import Forbidden, NotFound
 from shared.settings import Settings
 
@@ -46,6 +46,15 @@ def pick(rows: Sequence[Row], ref: str, caller: Caller, owner_of: Any = lambda r
     return (next((r for r in rows if r.id == ref), None)  # type: ignore[attr-defined]
             or next((r for r in rows if owner_of(r) == caller.user_id), None)
             or (rows[0] if rows else None))
+
+
+def with_role(query: Select[tuple[Any]], caller: Caller) -> Select[tuple[Any, str]]:
+    """`query` on projects, limited to those the caller is a member of, with the caller's role as a second
+    column (`owner` for admins, who reach every project): one query for both."""
+    if caller.is_admin:
+        return query.add_columns(literal("owner"))
+    return query.join(ProjectMember, (ProjectMember.project_id == Project.id)
+                      & (ProjectMember.user_id == caller.user_id)).add_columns(ProjectMember.role)
 
 
 async def project_role(session: AsyncSession, caller: Caller, project_id: str) -> str | None:

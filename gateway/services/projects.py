@@ -10,7 +10,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.auth.access import member_of, pick, project_role, require_role
+from gateway.auth.access import member_of, pick, require_role, with_role
 from gateway.auth.caller import Caller
 from gateway.db.models import Artifact, EventRecord, Project, ProjectMember, Run, User
 from gateway.errors import BadRequest, Conflict, NotFound, Unprocessable
@@ -42,11 +42,12 @@ async def get_project(session: AsyncSession, ref: str, caller: Caller, needed: s
     first); NotFound if none, Forbidden if the caller's role is below `needed`."""
     if not _REF_RE.fullmatch(ref):
         raise NotFound(f"project {ref!r} not found")
-    query = select(Project).where(or_(Project.id == ref, Project.name == ref), member_of(caller, Project.id))
-    project = pick((await session.execute(query)).scalars().all(), ref, caller)
+    query = with_role(select(Project), caller).where(or_(Project.id == ref, Project.name == ref))
+    rows = {project: role for project, role in (await session.execute(query)).all()}
+    project = pick(list(rows), ref, caller)
     if project is None:
         raise NotFound(f"project {ref!r} not found")
-    require_role(await project_role(session, caller, project.id), needed, f"project {ref!r}")
+    require_role(rows[project], needed, f"project {ref!r}")
     if for_update:
         await session.refresh(project, with_for_update=True)
     return project
