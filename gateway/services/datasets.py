@@ -42,7 +42,7 @@ from gateway.datasets.prepare import remove_dataset
 from gateway.db.models import Dataset, Run
 from gateway.services import audit
 from gateway.errors import BadRequest, Conflict, GatewayError, NotFound, Unprocessable
-from shared.contracts.common import RunStatus, new_id
+from shared.contracts.common import ACTIVE_STATUSES, new_id
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,6 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN,
                                    description="Letters, digits, `.`, `_`, `-`; up to 128")]
 Seed = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
-ACTIVE_RUN_STATUSES = tuple(s.value for s in RunStatus if s.active)
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 
@@ -309,7 +308,7 @@ async def image_path(row: Dataset, split: str, index: int) -> Path:
 async def active_runs_using(session: AsyncSession, dataset_id: str) -> list[str]:
     """Ids of active runs whose spec names the dataset (`spec->>'dataset_id'`)."""
     return list((await session.execute(
-        select(Run.id).where(Run.spec["dataset_id"].astext == dataset_id, Run.status.in_(ACTIVE_RUN_STATUSES))
+        select(Run.id).where(Run.spec["dataset_id"].astext == dataset_id, Run.status.in_(ACTIVE_STATUSES))
         .limit(10))).scalars().all())
 
 

@@ -34,7 +34,7 @@ from gateway.services import audit
 from gateway.uploads import UploadedFile
 from gateway.weights import WeightsError, inspect_weights, weights_format
 from shared.artifacts import ArtifactError, ArtifactStore, LocalArtifactStore
-from shared.contracts.common import RunStatus, new_id
+from shared.contracts.common import ACTIVE_STATUSES, new_id
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN,
                                    description="Letters, digits, `.`, `_`, `-`; up to 128")]
-ACTIVE_RUN_STATUSES = tuple(s.value for s in RunStatus if s.active)
 _VERSION_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -308,7 +307,7 @@ async def active_runs_using(session: AsyncSession, versions: list[ModelVersion])
     uses = or_(Run.spec["model_version_id"].astext.in_([v.id for v in versions]),
                Run.spec["model"].astext.in_([v.uri for v in versions]))
     return list((await session.execute(
-        select(Run.id).where(uses, Run.status.in_(ACTIVE_RUN_STATUSES)).limit(10))).scalars().all())
+        select(Run.id).where(uses, Run.status.in_(ACTIVE_STATUSES)).limit(10))).scalars().all())
 
 
 async def delete_model(sessions: async_sessionmaker[AsyncSession], store: ArtifactStore, ref: str,

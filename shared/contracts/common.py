@@ -27,6 +27,8 @@ class RunStatus(enum.StrEnum):
 
 
 TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED})
+ACTIVE_STATUSES = tuple(s.value for s in RunStatus if s not in TERMINAL_STATUSES)
+"""The statuses of a run that has not ended (queued, claimed, running, canceling)."""
 
 
 class FailureCause(enum.StrEnum):
