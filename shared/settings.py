@@ -126,6 +126,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """API token those commands send. Unset: the one `trainforge up` keeps in <state_dir>/cli-token, if any."""
     max_image_upload_mb: int = 20
     """Largest image accepted by `POST /api/v1/uploads` and synchronous predict."""
+    upload_ttl_h: float = 24.0
+    """Uploaded images are deleted this many hours after their upload, unless a queued or running run reads
+    them (then after it ends). 0 keeps them until deleted (`DELETE /api/v1/uploads/{id}`)."""
     predict_timeout_s: float = 60.0
     """How long `POST /api/v1/models/{ref}/predict` waits for its run before answering 504."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, delete, get, post
 from litestar.exceptions import HTTPException
 from litestar.response import Stream
 
@@ -19,7 +19,8 @@ from shared.contracts.common import new_id
 
 UPLOAD_DESCRIPTION = """\
 `multipart/form-data` with one `file`: an image (JPEG, PNG, BMP, WEBP, TIFF; at most `max_image_upload_mb`).
-Answers the stored upload; its `id` goes in the `images` of a `yolo.predict` run."""
+Answers the stored upload; its `id` goes in the `images` of a `yolo.predict` run. Uploads are deleted
+`upload_ttl_h` hours later (default 24) unless a queued or running run reads them."""
 
 
 class ArtifactsController(Controller):
@@ -46,6 +47,11 @@ class ArtifactsController(Controller):
         finally:
             form.discard()
         return from_row(ArtifactView, row)
+
+    @delete("/uploads/{upload_id:str}", summary="Delete an uploaded image (409 while a queued or running run "
+            "reads it)", status_code=204)
+    async def delete_upload(self, gw: Gateway, me: Me, upload_id: str) -> None:
+        await service.delete_upload(gw, upload_id, me)
 
 
 async def read_image_form(gw: GatewayState, request: Request[Any, Any, Any], fields: frozenset[str]) -> Any:

@@ -7,24 +7,31 @@ gateway's file system (`trainforge up` does), with the `nats` store they may run
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 from litestar.response import Stream
+from sqlalchemy import ColumnElement, delete, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.db.models import Artifact
+from gateway.db.models import Artifact, Run
 from gateway.auth.access import check_artifact
 from gateway.auth.caller import Caller
-from gateway.errors import NotFound, Unprocessable
+from gateway.errors import Conflict, NotFound, Unprocessable
+from gateway.services import audit
 from gateway.ranges import byte_range, content_range
 from gateway.state import GatewayState
 from gateway.uploads import UploadedFile
-from shared.artifacts import ArtifactNotFound, ArtifactStore, artifact_store
-from shared.contracts.common import new_id, utcnow
+from shared.artifacts import ArtifactError, ArtifactNotFound, ArtifactStore, LocalArtifactStore, artifact_store
+from shared.contracts.common import ACTIVE_STATUSES, new_id, utcnow
+
+log = logging.getLogger(__name__)
 
 UPLOAD_KIND = "upload"
 IMAGE_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tiff", "MPO": ".jpg"}
@@ -78,6 +85,49 @@ async def store_upload(gw: GatewayState, upload: UploadedFile, caller: Caller) -
         session.add(row)
         await session.commit()
     return row
+
+
+def _used_by_active_run(upload: type[Artifact] = Artifact) -> ColumnElement[bool]:
+    """An active run reads the upload (its spec's `sources` names the upload's URI)."""
+    return exists().where(Run.status.in_(ACTIVE_STATUSES),
+                          Run.spec["sources"].contains(func.jsonb_build_array(upload.uri)))
+
+
+async def delete_upload(gw: GatewayState, upload_id: str, caller: Caller) -> None:
+    """Delete an uploaded image (its uploader or an admin); Conflict while a queued or running run reads it."""
+    async with gw.sessionmaker() as session, session.begin():
+        row = await session.get(Artifact, upload_id, with_for_update=True) if _ID.match(upload_id) else None
+        if row is None or row.kind != UPLOAD_KIND or not (caller.is_admin or row.owner_id == caller.user_id):
+            raise NotFound(f"no upload {upload_id!r}")
+        if await session.scalar(select(_used_by_active_run())):
+            raise Conflict(f"upload {upload_id!r} is read by a run that has not ended; delete it afterwards")
+        await session.delete(row)
+        audit.record(session, caller, "upload.delete", "upload", row.id, name=row.name)
+    await _delete_files(gw, [row.uri])
+
+
+async def sweep_uploads(gw: GatewayState, uploaded_before: datetime) -> int:
+    """Delete the uploads made before `uploaded_before` that no queued or running run reads; how many.
+    Safe to run from several gateways at once: each deletes what its own statement removed."""
+    async with gw.sessionmaker() as session, session.begin():
+        uris = list((await session.execute(
+            delete(Artifact)
+            .where(Artifact.kind == UPLOAD_KIND, Artifact.created_at < uploaded_before, ~_used_by_active_run())
+            .returning(Artifact.uri))).scalars())
+    await _delete_files(gw, uris)
+    return len(uris)
+
+
+async def _delete_files(gw: GatewayState, uris: list[str]) -> None:
+    store = store_of(gw)
+    for uri in uris:
+        try:
+            await store.delete(uri)
+            if isinstance(store, LocalArtifactStore):  # each upload has a folder of its own
+                with contextlib.suppress(OSError):
+                    await anyio.to_thread.run_sync(store.path_of(uri).parent.rmdir)
+        except ArtifactError:
+            log.warning("could not delete the uploaded file %s", uri, exc_info=True)
 
 
 async def download(gw: GatewayState, row: Artifact, range_header: str | None) -> Stream:

@@ -101,6 +101,7 @@ async def alice_resources(client: AsyncTestClient, settings: Settings, tmp_path:
     return {
         "projects.ref": project["id"], "datasets.ref": dataset.json()["id"], "models.ref": model_id,
         "architectures.ref": f"{SECRET}-arch", "users.ref": "alice", "run_id": run_id, "artifact_id": upload.json()["id"],
+        "upload_id": upload.json()["id"],
         "name": f"{SECRET}-cfg", "username": "alice", "token_id": api_token["id"], "runner_id": "no-such-runner",
         "version": "1", "split": "train", "index": "0", "run_artifact": artifact_id,
     }
