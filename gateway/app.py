@@ -42,7 +42,7 @@ from gateway.projector import Projector
 from gateway.registration import WeightsRegistrar
 from gateway.services.accounts import ensure_first_admin
 from gateway.state import GatewayState
-from gateway.upload_sweeper import UploadSweeper
+from gateway.sweeper import Sweeper
 from shared.bus import connect, ensure_topology
 from shared.settings import Settings
 from shared.subjects import Subjects
@@ -120,4 +120,4 @@ def create_app(settings: Settings) -> Litestar:
 def background_services() -> list[tuple[str, object]]:
     """(name, factory(gw)) of the long-lived services the lifespan starts, in start order."""
     return [("registrar", WeightsRegistrar), ("projector", Projector), ("eventhub", EventHub),
-            ("dispatcher", Dispatcher), ("fleet", FleetService), ("uploads", UploadSweeper)]
+            ("dispatcher", Dispatcher), ("fleet", FleetService), ("sweeper", Sweeper)]

@@ -4,6 +4,8 @@ images, serve image bytes, delete; refused input leaves nothing behind."""
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from gateway.auth.caller import Caller
 from gateway.services.datasets import resolve_dataset
 from shared.settings import Settings
 from tests.dataset_factories import CLASSES, make_coco, make_yolo_flat, make_yolo_yaml, zip_folder, zip_with
-from tests.integration.rest_helpers import api
+from tests.integration.rest_helpers import api, in_app
 from tests.library_support import insert_run, sql
 
 API = "/api/v1/datasets"
@@ -237,3 +239,34 @@ async def test_a_dataset_used_by_an_active_run_cannot_be_deleted(
     assert (data_root / "ds" / "data.yaml").is_file()  # the server-side source is left alone
     assert (await client.delete(f"{API}/busy")).status_code == 404
 
+
+
+async def test_a_dataset_left_preparing_by_a_stopped_gateway_is_swept_with_its_files(
+    client: AsyncTestClient, lib_settings: Settings, data_root: Path
+) -> None:
+    make_yolo_yaml(data_root / "kept", n_train=2, n_val=1)
+    kept = await client.post(API, json={"name": "kept", "path": str(data_root / "kept")})
+    assert kept.status_code == 201, kept.text
+    # What a gateway that died while preparing leaves: a `preparing` row reserving the name, half the files,
+    # the uploaded archive waiting; one a day old, one that another gateway may still be preparing now.
+    for dataset_id, name, age in (("a" * 32, "abandoned", "25 hours"), ("b" * 32, "in-progress", "1 minute")):
+        await sql(lib_settings, "insert into datasets (id, name, owner_id, source, status, classes, created_at) values "
+                                f"(:id, :n, (select id from users where username = 'admin'), 'upload', 'preparing', '[]', "
+                                f"now() - interval '{age}')", id=dataset_id, n=name)
+        (lib_settings.datasets_dir / dataset_id / "source").mkdir(parents=True)
+        (lib_settings.datasets_dir / dataset_id / "source" / "half.jpg").write_bytes(b"x")
+    waiting = lib_settings.datasets_dir / ".uploads"
+    waiting.mkdir(exist_ok=True)
+    (waiting / "old.upload").write_bytes(b"zip")
+    os.utime(waiting / "old.upload", (time.time() - 25 * 3600,) * 2)
+    (waiting / "new.upload").write_bytes(b"zip")
+
+    swept = in_app(client, client.app.state.gw.extras["sweeper"].sweep)
+
+    assert swept["datasets"] == 1
+    assert not (lib_settings.datasets_dir / ("a" * 32)).exists() and (lib_settings.datasets_dir / ("b" * 32)).exists()
+    assert not (waiting / "old.upload").exists() and (waiting / "new.upload").exists()
+    names = {d["name"]: d["status"] for d in (await client.get(API)).json()["items"]}
+    assert names == {"kept": "ready", "in-progress": "preparing"}
+    again = await client.post(API, json={"name": "abandoned", "path": str(data_root / "kept")})
+    assert again.status_code == 201, again.text  # the name is free again

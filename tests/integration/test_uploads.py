@@ -84,13 +84,13 @@ async def test_the_sweep_deletes_old_uploads_that_no_active_run_reads(settings: 
         read, old, recent = await _upload(client), await _upload(client), await _upload(client)
         run = await _predict(client, read)
         await _age(settings, read, old, hours=25)
-        sweeper = client.app.state.gw.extras["uploads"]
+        sweeper = client.app.state.gw.extras["sweeper"]
 
-        assert in_app(client, sweeper.sweep) == 1
+        assert in_app(client, sweeper.sweep)["uploads"] == 1
         assert not _file(settings, old).exists() and _file(settings, read).exists() and _file(settings, recent).exists()
         problem(await client.get(f"/api/v1/artifacts/{old['id']}"), 404)
         assert (await client.get(f"/api/v1/artifacts/{read['id']}")).status_code == 200
 
         await client.post(f"/api/v1/runs/{run['id']}/cancel")  # once its run has ended, it goes too
-        assert in_app(client, sweeper.sweep) == 1
+        assert in_app(client, sweeper.sweep)["uploads"] == 1
         assert not _file(settings, read).exists() and _file(settings, recent).exists()
