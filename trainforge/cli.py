@@ -113,7 +113,20 @@ def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 def _client(args: argparse.Namespace, settings: Settings):  # noqa: ANN202 - lazy import
     from trainforge.api_client import ApiClient
 
-    return ApiClient(args.api or settings.api_url, token=settings.api_token or _local_token(settings))
+    api_url = args.api or settings.api_url
+    return ApiClient(api_url, token=settings.api_token or _saved_token(api_url) or _local_token(settings))
+
+
+def _saved_token(api_url: str) -> str | None:
+    """The API token `trainforge login` saved for this gateway, if any."""
+    from trainforge import credentials
+
+    try:
+        entry = credentials.saved(api_url)
+    except ValueError as exc:
+        print(f"trainforge: {exc}", file=sys.stderr)
+        return None
+    return entry["token"] if entry else None
 
 
 def _local_token(settings: Settings) -> str | None:
@@ -190,7 +203,83 @@ def _cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
         return 1
 
 
+def _cmd_login(args: argparse.Namespace, settings: Settings) -> int:
+    import getpass
+    import socket
+
+    from trainforge import credentials
+    from trainforge.api_client import ApiClient, ApiError
+
+    api_url = args.api or settings.api_url
+    try:
+        username = args.username or input("Username: ").strip()
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\r\n")
+        else:
+            password = getpass.getpass(f"Password for {username} at {api_url}: ")
+    except (EOFError, KeyboardInterrupt):
+        print("\ntrainforge login: no username or password given (-u USER, --password-stdin)", file=sys.stderr)
+        return 2
+    if not username or not password:
+        print("trainforge login: a username and a password are needed", file=sys.stderr)
+        return 2
+    try:
+        with ApiClient(api_url) as anonymous:
+            access = anonymous.post("/auth/login", {"username": username, "password": password})["access_token"]
+        with ApiClient(api_url, token=access) as client:
+            created = client.post("/tokens", {"name": f"trainforge CLI ({getpass.getuser()}@{socket.gethostname()})"})
+            client.post("/auth/logout")  # the API token is what the CLI keeps; the login session is not needed
+    except ApiError as exc:
+        print(f"trainforge login: {exc}", file=sys.stderr)
+        return 1
+    try:
+        path = credentials.save(api_url, created["token"], created["id"], username)
+    except (OSError, ValueError) as exc:
+        print(f"trainforge login: cannot save the token: {exc}", file=sys.stderr)
+        return 1
+    print(f"logged in to {api_url} as {username}; its API token is kept in {path}")
+    return 0
+
+
+def _cmd_logout(args: argparse.Namespace, settings: Settings) -> int:
+    from trainforge import credentials
+    from trainforge.api_client import ApiClient, ApiError
+
+    api_url = args.api or settings.api_url
+    try:
+        entry = credentials.forget(api_url)
+    except (OSError, ValueError) as exc:
+        print(f"trainforge logout: {exc}", file=sys.stderr)
+        return 1
+    if entry is None:
+        print(f"not logged in to {api_url}")
+        return 0
+    try:
+        with ApiClient(api_url, token=entry["token"]) as client:
+            client.request("DELETE", f"/tokens/{entry['token_id']}")
+    except ApiError as exc:  # revoked already, or the gateway is away: the token is forgotten here anyway
+        print(f"logged out of {api_url} here, but the token could not be revoked there: {exc}", file=sys.stderr)
+        return 1
+    print(f"logged out of {api_url}: its API token is revoked")
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------------------------------
+
+LOGIN_EPILOG = """\
+The commands that call the API (train, runs) send, in this order: TRAINFORGE_API_TOKEN, the token `login`
+kept for their gateway URL, the admin token `trainforge up` keeps in its state folder (same machine).
+
+examples:
+  trainforge login --api https://trainforge.example.com -u alice
+  echo "$PASSWORD" | trainforge login -u ci-bot --password-stdin
+"""
+
+LOGOUT_EPILOG = """\
+examples:
+  trainforge logout
+  trainforge logout --api https://trainforge.example.com
+"""
 
 TRAIN_EPILOG = """\
 --data is a registered dataset (id or name), or a local folder / .zip / .tar that is uploaded and registered
@@ -340,6 +429,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detach", action="store_true", help="print the run id and return at once")
     p.add_argument("--api", default=None, help=api_help)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "login",
+        help="log in to a gateway and keep an API token for these commands",
+        description="Log in with your username and password; an API token is created for the command line and "
+                    "kept in ~/.config/trainforge/credentials.json (readable by you only), per gateway URL.",
+        epilog=LOGIN_EPILOG,
+        formatter_class=raw,
+    )
+    p.add_argument("--username", "-u", default=None, help="your username (asked for when missing)")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin (for scripts)")
+    p.add_argument("--api", default=None, help=api_help)
+    p.set_defaults(func=_cmd_login)
+
+    p = sub.add_parser(
+        "logout",
+        help="revoke the API token `login` kept for a gateway and forget it",
+        description="Revoke the API token `trainforge login` kept for a gateway and remove it from this machine.",
+        epilog=LOGOUT_EPILOG,
+        formatter_class=raw,
+    )
+    p.add_argument("--api", default=None, help=api_help)
+    p.set_defaults(func=_cmd_logout)
 
     p = sub.add_parser(
         "runs",

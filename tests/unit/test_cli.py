@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from trainforge import credentials
 from trainforge.cli import build_parser, main
 
-SUBCOMMANDS = ["up", "gateway", "runner", "migrate", "train", "runs"]
+SUBCOMMANDS = ["up", "gateway", "runner", "migrate", "train", "runs", "login", "logout"]
 
 
 def _subcommands() -> set[str]:
@@ -87,3 +91,25 @@ def test_runner_accepts_pool_device_slots_and_id() -> None:
 
 def test_runner_device_auto_takes_a_free_gpu_per_job() -> None:
     assert build_parser().parse_args(["runner", "--device", "auto"]).device == "auto"
+
+
+def test_login_keeps_one_token_per_gateway_readable_by_its_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "config" / "trainforge" / "credentials.json"
+    credentials.save("http://a:8000/", "tfp_a", "id-a", "alice", path)
+    credentials.save("http://b:8000", "tfp_b", "id-b", "bob", path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert credentials.saved("http://a:8000", path) == {"token": "tfp_a", "token_id": "id-a", "username": "alice"}
+    assert credentials.forget("http://a:8000", path)["token"] == "tfp_a"
+    assert credentials.saved("http://a:8000", path) is None and credentials.saved("http://b:8000/", path)
+    assert credentials.forget("http://a:8000", path) is None
+    path.write_text("{broken")
+    with pytest.raises(ValueError, match="delete it and log in again"):
+        credentials.saved("http://b:8000", path)
+
+
+def test_login_without_a_username_or_password_exits_2(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["login", "--api", "http://127.0.0.1:9"]) == 2
+    assert main(["login", "-u", "ann", "--password-stdin", "--api", "http://127.0.0.1:9"]) == 2
+    assert "a username and a password are needed" in capsys.readouterr().err
