@@ -30,7 +30,7 @@ from shared.contracts.events import DeviceInfo
 from shared.contracts.fleet import AdviceReply, AdviceRequest, RunnerControlReply
 from shared.hoststats import sample_host
 
-StateQuery = Annotated[RunnerState | None, QueryParameter(query="state", required=False,
+StateQuery = Annotated[RunnerState | None, QueryParameter(name="state", required=False,
                                                           description="Only runners in this state")]
 
 ACTIVE_STATUSES = (RunStatus.CLAIMED, RunStatus.RUNNING, RunStatus.CANCELING)
