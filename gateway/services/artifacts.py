@@ -87,10 +87,9 @@ async def store_upload(gw: GatewayState, upload: UploadedFile, caller: Caller) -
     return row
 
 
-def _used_by_active_run(upload: type[Artifact] = Artifact) -> ColumnElement[bool]:
-    """An active run reads the upload (its spec's `sources` names the upload's URI)."""
-    return exists().where(Run.status.in_(ACTIVE_STATUSES),
-                          Run.spec["sources"].contains(func.jsonb_build_array(upload.uri)))
+def _read_by_active_run(sources: Any) -> ColumnElement[bool]:
+    """A queued or running run reads an upload: its spec's `sources` contain `sources` (JSON: `[uri]`)."""
+    return exists().where(Run.status.in_(ACTIVE_STATUSES), Run.spec["sources"].contains(sources))
 
 
 async def delete_upload(gw: GatewayState, upload_id: str, caller: Caller) -> None:
@@ -99,7 +98,7 @@ async def delete_upload(gw: GatewayState, upload_id: str, caller: Caller) -> Non
         row = await session.get(Artifact, upload_id, with_for_update=True) if _ID.match(upload_id) else None
         if row is None or row.kind != UPLOAD_KIND or not (caller.is_admin or row.owner_id == caller.user_id):
             raise NotFound(f"no upload {upload_id!r}")
-        if await session.scalar(select(_used_by_active_run())):
+        if await session.scalar(select(_read_by_active_run([row.uri]))):
             raise Conflict(f"upload {upload_id!r} is read by a run that has not ended; delete it afterwards")
         await session.delete(row)
         audit.record(session, caller, "upload.delete", "upload", row.id, name=row.name)
@@ -112,7 +111,8 @@ async def sweep_uploads(gw: GatewayState, uploaded_before: datetime) -> int:
     async with gw.sessionmaker() as session, session.begin():
         uris = list((await session.execute(
             delete(Artifact)
-            .where(Artifact.kind == UPLOAD_KIND, Artifact.created_at < uploaded_before, ~_used_by_active_run())
+            .where(Artifact.kind == UPLOAD_KIND, Artifact.created_at < uploaded_before,
+                   ~_read_by_active_run(func.jsonb_build_array(Artifact.uri)))
             .returning(Artifact.uri))).scalars())
     await _delete_files(gw, uris)
     return len(uris)

@@ -65,6 +65,8 @@ async def test_an_upload_is_deleted_by_its_uploader_but_not_while_a_queued_run_r
         problem(await client.delete(f"/api/v1/uploads/{run['id']}"), 404)  # not an upload
         problem(await client.delete(f"/api/v1/uploads/{upload['id']}"), 409)  # the queued run reads it
         assert path.is_file()
+        unread = await _upload(client)  # while another upload is read, this one goes at once
+        assert (await client.delete(f"/api/v1/uploads/{unread['id']}")).status_code == 204
 
         assert (await client.post(f"/api/v1/runs/{run['id']}/cancel")).json()["status"] == "canceled"
         assert (await client.delete(f"/api/v1/uploads/{upload['id']}")).status_code == 204
@@ -75,7 +77,8 @@ async def test_an_upload_is_deleted_by_its_uploader_but_not_while_a_queued_run_r
         mine = await _upload(client, **outsider)  # a user deletes their own
         assert (await client.delete(f"/api/v1/uploads/{mine['id']}", headers=outsider)).status_code == 204
         audit = (await client.get("/api/v1/audit", params={"action": "upload.delete"})).json()["items"]
-        assert {(e["actor"], e["resource_id"]) for e in audit} == {("admin", upload["id"]), ("olaf", mine["id"])}
+        deleted = {(e["actor"], e["resource_id"]) for e in audit}
+        assert deleted == {("admin", upload["id"]), ("admin", unread["id"]), ("olaf", mine["id"])}
 
 
 async def test_the_sweep_deletes_old_uploads_that_no_active_run_reads(settings: Settings) -> None:
