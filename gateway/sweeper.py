@@ -1,5 +1,6 @@
 """Deletes what nobody will use again: uploaded images `upload_ttl_h` old that no queued or running run reads,
-and datasets a gateway left `preparing` when it stopped mid-way (with their files and uploaded archives).
+datasets a gateway left `preparing` when it stopped mid-way (with their files), and request bodies (archives,
+images, weights) a gateway that stopped mid-request left in its incoming folders.
 
 Every gateway sweeps (each delete is one statement, so two gateways never delete the same thing twice); a
 sweep runs at start and then every `SWEEP_INTERVAL_S`, or sooner for a short upload TTL.
@@ -8,19 +9,25 @@ sweep runs at start and then every `SWEEP_INTERVAL_S`, or sooner for a short upl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import timedelta
+from pathlib import Path
+
+import anyio.to_thread
 
 from gateway.services.artifacts import sweep_uploads
-from gateway.services.datasets import sweep_abandoned_preparations
+from gateway.services.datasets import sweep_abandoned_preparations, uploads_dir
 from gateway.state import GatewayState
+from gateway.uploads import incoming_dir
 from shared.contracts.common import utcnow
 
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 600.0
-PREPARATION_ABANDONED_AFTER = timedelta(hours=24)
-"""A dataset still `preparing` this long after it was registered was left by a gateway that stopped."""
+ABANDONED_AFTER = timedelta(hours=24)
+"""A dataset still `preparing`, or a request body still in an incoming folder, this long after it began was
+left by a gateway that stopped."""
 
 
 class Sweeper:
@@ -45,14 +52,18 @@ class Sweeper:
     async def sweep(self) -> dict[str, int]:
         """One sweep now; how many uploads and abandoned datasets it deleted."""
         now = utcnow()
-        swept = {"uploads": 0, "datasets": 0}
+        settings = self.gw.settings
+        swept = {"uploads": 0, "datasets": 0, "incoming_files": 0}
         if (ttl := self.upload_ttl) is not None:
             swept["uploads"] = await sweep_uploads(self.gw, now - ttl)
-        swept["datasets"] = await sweep_abandoned_preparations(
-            self.gw.sessionmaker, self.gw.settings, now - PREPARATION_ABANDONED_AFTER)
+        swept["datasets"] = await sweep_abandoned_preparations(self.gw.sessionmaker, settings, now - ABANDONED_AFTER)
+        swept["incoming_files"] = await anyio.to_thread.run_sync(
+            _remove_files_older_than, [uploads_dir(settings), incoming_dir(settings)],
+            (now - ABANDONED_AFTER).timestamp())
         if any(swept.values()):
-            log.info("swept %d upload(s) older than %g h that no active run reads and %d abandoned dataset "
-                     "preparation(s)", swept["uploads"], self.gw.settings.upload_ttl_h, swept["datasets"])
+            log.info("swept %d upload(s) older than %g h that no active run reads, %d abandoned dataset "
+                     "preparation(s), %d abandoned request bod(ies)", swept["uploads"], settings.upload_ttl_h,
+                     swept["datasets"], swept["incoming_files"])
         return swept
 
     async def _sweep_forever(self) -> None:
@@ -64,3 +75,14 @@ class Sweeper:
             except Exception:  # noqa: BLE001 - the database may be restarting: try again next time
                 log.warning("sweep failed; retrying in %.0f s", interval, exc_info=True)
             await asyncio.sleep(interval)
+
+
+def _remove_files_older_than(folders: list[Path], before: float) -> int:
+    removed = 0
+    for folder in folders:
+        for path in folder.glob("*") if folder.is_dir() else ():
+            with contextlib.suppress(OSError):
+                if path.is_file() and path.stat().st_mtime < before:
+                    path.unlink()
+                    removed += 1
+    return removed

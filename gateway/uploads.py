@@ -19,6 +19,7 @@ from litestar import Request
 from multipart import MultipartSegment, ParserError, ParserLimitReached, PushMultipartParser
 
 from gateway.errors import BadRequest, PayloadTooLarge
+from shared.settings import Settings
 
 MB = 1024 * 1024
 JSON_LIMIT = MB
@@ -28,6 +29,12 @@ FORM_OVERHEAD = MB
 FIELD_LIMIT = 64 * 1024
 """Largest text field of a form."""
 WRITE_CHUNK = MB
+
+
+def incoming_dir(settings: Settings) -> Path:
+    """Where uploaded images and weights are written while their request is handled (removed after it; what a
+    gateway that stopped mid-request leaves, the sweeper removes)."""
+    return settings.state_dir.resolve() / "uploads"
 
 
 @dataclass

@@ -14,7 +14,7 @@ from gateway.schemas import ArtifactView, from_row
 from gateway.services import artifacts as service
 from gateway.auth.caller import Me
 from gateway.state import Gateway, GatewayState
-from gateway.uploads import MB, read_multipart
+from gateway.uploads import MB, incoming_dir, read_multipart
 from shared.contracts.common import new_id
 
 UPLOAD_DESCRIPTION = """\
@@ -59,7 +59,7 @@ async def read_image_form(gw: GatewayState, request: Request[Any, Any, Any], fie
     if request.content_type[0] != "multipart/form-data":
         raise HTTPException(status_code=415, detail="send multipart/form-data with an image `file`")
     form = await read_multipart(request, file_field="file",
-                                dest=gw.settings.state_dir.resolve() / "uploads" / f"{new_id()}.image",
+                                dest=incoming_dir(gw.settings) / f"{new_id()}.image",
                                 max_file_bytes=gw.settings.max_image_upload_mb * MB, allowed_fields=fields)
     if form.file is None or form.file.size == 0:
         form.discard()

@@ -19,7 +19,7 @@ from gateway.services import models as service
 from gateway.services.models import ModelDetail, ModelPage, ModelVersionView, UploadOptions
 from gateway.auth.caller import Me
 from gateway.state import Gateway, GatewayState
-from gateway.uploads import MB, read_multipart
+from gateway.uploads import MB, incoming_dir, read_multipart
 from shared.artifacts import ArtifactNotFound, ArtifactStore, artifact_store
 from shared.contracts.common import new_id
 
@@ -48,7 +48,7 @@ class ModelsController(Controller):
         if request.content_type[0] != "multipart/form-data":
             raise HTTPException(status_code=415, detail="send multipart/form-data with name and file (.pt)")
         form = await read_multipart(
-            request, file_field="file", dest=gw.settings.state_dir.resolve() / "uploads" / f"{new_id()}.pt",
+            request, file_field="file", dest=incoming_dir(gw.settings) / f"{new_id()}.pt",
             max_file_bytes=gw.settings.max_upload_mb * MB, allowed_fields=frozenset({"name", "description"}))
         try:
             if form.file is None:

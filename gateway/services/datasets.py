@@ -11,7 +11,6 @@ nothing behind.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from datetime import datetime
 from pathlib import Path
@@ -209,22 +208,14 @@ async def _register(
 async def sweep_abandoned_preparations(sessions: async_sessionmaker[AsyncSession], settings: Settings,
                                        registered_before: datetime) -> int:
     """Datasets still `preparing` that were registered before `registered_before` (their gateway stopped
-    mid-way), with their files, and uploaded archives left waiting since then: deleted; how many datasets."""
+    mid-way), with their files: deleted; how many."""
     async with sessions() as session, session.begin():
         ids = list((await session.execute(delete(Dataset).where(
             Dataset.status == "preparing", Dataset.created_at < registered_before).returning(Dataset.id))).scalars())
     for dataset_id in ids:
         log.warning("dataset %s was left half-prepared; removed it", dataset_id)
         await anyio.to_thread.run_sync(remove_dataset, settings, dataset_id)
-    await anyio.to_thread.run_sync(_remove_older_files, uploads_dir(settings), registered_before.timestamp())
     return len(ids)
-
-
-def _remove_older_files(folder: Path, before: float) -> None:
-    for path in folder.glob("*") if folder.is_dir() else ():
-        with contextlib.suppress(OSError):
-            if path.is_file() and path.stat().st_mtime < before:
-                path.unlink()
 
 
 async def _forget(sessions: async_sessionmaker[AsyncSession], settings: Settings, dataset_id: str) -> None:

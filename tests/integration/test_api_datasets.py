@@ -241,7 +241,7 @@ async def test_a_dataset_used_by_an_active_run_cannot_be_deleted(
 
 
 
-async def test_a_dataset_left_preparing_by_a_stopped_gateway_is_swept_with_its_files(
+async def test_what_a_stopped_gateway_left_half_done_is_swept_a_day_later(
     client: AsyncTestClient, lib_settings: Settings, data_root: Path
 ) -> None:
     make_yolo_yaml(data_root / "kept", n_train=2, n_val=1)
@@ -260,10 +260,14 @@ async def test_a_dataset_left_preparing_by_a_stopped_gateway_is_swept_with_its_f
     (waiting / "old.upload").write_bytes(b"zip")
     os.utime(waiting / "old.upload", (time.time() - 25 * 3600,) * 2)
     (waiting / "new.upload").write_bytes(b"zip")
+    incoming = lib_settings.state_dir / "uploads"  # images and weights on their way in
+    incoming.mkdir(parents=True, exist_ok=True)
+    (incoming / "old.pt").write_bytes(b"weights")
+    os.utime(incoming / "old.pt", (time.time() - 25 * 3600,) * 2)
 
     swept = in_app(client, client.app.state.gw.extras["sweeper"].sweep)
 
-    assert swept["datasets"] == 1
+    assert swept["datasets"] == 1 and swept["incoming_files"] == 2 and not (incoming / "old.pt").exists()
     assert not (lib_settings.datasets_dir / ("a" * 32)).exists() and (lib_settings.datasets_dir / ("b" * 32)).exists()
     assert not (waiting / "old.upload").exists() and (waiting / "new.upload").exists()
     names = {d["name"]: d["status"] for d in (await client.get(API)).json()["items"]}
