@@ -50,7 +50,7 @@ class Sweeper:
             self._task = None
 
     async def sweep(self) -> dict[str, int]:
-        """One sweep now; how many uploads and abandoned datasets it deleted."""
+        """One sweep now; how many uploads, abandoned datasets and abandoned request bodies it deleted."""
         now = utcnow()
         settings = self.gw.settings
         swept = {"uploads": 0, "datasets": 0, "incoming_files": 0}
