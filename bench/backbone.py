@@ -149,9 +149,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "backbone",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "command": "python -m bench.backbone " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+            f"--{k.replace('_', '-')}" + ("" if isinstance(v, bool) else f" {v}")
+            for k, v in vars(args).items() if v is not False),
     }
-    with running_stack(runners=1) as stack:
+    limits = {"TRAINFORGE_RATE_LIMIT_WRITES_PER_MINUTE": "1000000",
+              "TRAINFORGE_RATE_LIMIT_ADDRESS_WRITES_PER_MINUTE": "1000000"} if args.rate_limits else {}
+    with running_stack(runners=1, extra_env=limits) as stack:
         info = stack["info"]
         async with httpx.AsyncClient(base_url=stack["url"] + "/api/v1", timeout=httpx.Timeout(120),
                                      headers=stack["headers"]) as api:
@@ -173,6 +176,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000, help="events for the projection rate (0: skip)")
     parser.add_argument("--clients", type=int, default=200, help="SSE clients for the delivery latency (0: skip)")
     parser.add_argument("--sse-events", type=int, default=30, help="events each SSE client must receive")
+    parser.add_argument("--rate-limits", action="store_true",
+                        help="count writes against (unreachable) rate limits, to measure what counting costs")
     print(json.dumps(asyncio.run(main_async(parser.parse_args())), indent=2))
 
 

@@ -18,7 +18,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from gateway.auth.caller import provide_me
 from gateway.auth.middleware import jwt_auth
-from gateway.auth.ratelimits import rate_limits
+from gateway.auth.ratelimits import rate_limit_stores, rate_limits
 from gateway.controllers.architectures import ArchitecturesController
 from gateway.controllers.artifacts import ArtifactsController
 from gateway.controllers.auth import AuditController, AuthController, TokensController, UsersController
@@ -104,6 +104,7 @@ def create_app(settings: Settings) -> Litestar:
         dependencies={"gw": Provide(provide_state, sync_to_thread=False), "me": provide_me},
         on_app_init=[auth.on_app_init],
         middleware=rate_limits(settings),
+        stores=rate_limit_stores(provide_state),
         plugins=[problem_details_plugin()],
         openapi_config=OpenAPIConfig(
             title="Trainforge",

@@ -25,6 +25,8 @@ JOBS_DUPLICATE_WINDOW_S = 24 * 3600.0
 """Jobs are few and must never run twice: a re-published job is dropped for a day."""
 
 
+RATE_LIMIT_TTL_S = 120.0
+"""How long a rate-limit count outlives its last write (the limits count per minute)."""
 DRAIN_TIMEOUT_S = 5.0
 """How long closing a connection may wait for its subscriptions to drain before it closes anyway (nats-py's
 default, 30 s, would outlast the grace `trainforge up` gives a part to stop)."""
@@ -123,6 +125,11 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
         await js.key_value(names.leases_bucket)
     except Exception:  # noqa: BLE001 - as above
         await js.create_key_value(bucket=names.leases_bucket, history=1, ttl=settings.lease_ttl_s)
+    try:
+        await js.key_value(names.rate_limits_bucket)
+    except Exception:  # noqa: BLE001 - as above
+        await js.create_key_value(bucket=names.rate_limits_bucket, history=1, ttl=RATE_LIMIT_TTL_S,
+                                  storage=js_api.StorageType.MEMORY)
 
 
 async def ensure_pool_consumer(js: JetStreamContext, settings: Settings, pool: str) -> str:

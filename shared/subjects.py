@@ -92,6 +92,12 @@ class Subjects:
         """Core NATS: a gateway that is not the dispatching one asks it to look at the queue now."""
         return f"{self.prefix}.control.v1.dispatch"
 
+    # -- rate limits: request counts shared by every gateway --------------------------------------------
+    @property
+    def rate_limits_bucket(self) -> str:
+        """KV bucket (in memory) of the gateways' rate-limit counts; keys lapse 2 minutes after their last write."""
+        return f"{self.prefix}_rate_limits"
+
     # -- artifacts: a JetStream object store (setting `artifact_store = nats`) ------------------------
     @property
     def artifacts_bucket(self) -> str:

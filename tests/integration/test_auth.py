@@ -176,6 +176,14 @@ async def test_login_and_writes_are_rate_limited_with_retry_after(settings: Sett
         assert (await client.get("/api/v1/projects")).status_code == 200  # reads are not limited
 
 
+async def test_rate_limits_hold_across_gateways(settings: Settings) -> None:
+    limited = msgspec.structs.replace(settings, rate_limit_writes_per_minute=4)
+    async with api(limited) as first, api(limited) as second:  # two gateways on the same NATS and Postgres
+        answers = [(await gateway.post("/api/v1/projects", json={"name": f"p{i}"})).status_code
+                   for i, gateway in enumerate([first, second, first, second, first, second])]
+        assert answers == [201, 201, 201, 201, 429, 429]
+
+
 async def test_the_audit_log_records_who_did_what_and_admins_filter_it(settings: Settings) -> None:
     async with api(settings) as client:
         project = (await client.post("/api/v1/projects", json={"name": "audited"})).json()

@@ -2,6 +2,7 @@
 
 import asyncpg
 import nats
+from nats.js.api import StorageType
 
 from shared.bus import ensure_topology
 from shared.settings import Settings
@@ -28,5 +29,7 @@ async def test_topology_is_declared_idempotently(settings: Settings) -> None:
         info = await js.stream_info(names.jobs_stream)
         assert info.config.subjects == [names.jobs_all]
         await js.stream_info(names.events_stream)
+        rate_limits = await js.stream_info(f"KV_{names.rate_limits_bucket}")  # counts need not survive NATS
+        assert rate_limits.config.storage == StorageType.MEMORY and rate_limits.config.max_age == 120
     finally:
         await nc.close()
