@@ -123,7 +123,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     api_url: str = "http://127.0.0.1:8000"
     """The gateway the `trainforge train` and `trainforge runs` commands talk to."""
     api_token: str | None = None
-    """API token those commands send. Unset: the one `trainforge up` keeps in <state_dir>/cli-token, if any."""
+    """API token those commands send. Unset: the one `trainforge login` kept for their gateway, else the one
+    `trainforge up` keeps in <state_dir>/cli-token, if any."""
     max_image_upload_mb: int = 20
     """Largest image accepted by `POST /api/v1/uploads` and synchronous predict."""
     upload_ttl_h: float = 24.0
