@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -227,7 +228,7 @@ def _cmd_login(args: argparse.Namespace, settings: Settings) -> int:
         with ApiClient(api_url) as anonymous:
             access = anonymous.post("/auth/login", {"username": username, "password": password})["access_token"]
         with ApiClient(api_url, token=access) as client:
-            created = client.post("/tokens", {"name": f"trainforge CLI ({getpass.getuser()}@{socket.gethostname()})"})
+            created = client.post("/tokens", {"name": f"trainforge CLI ({_local_user()}@{socket.gethostname()})"})
             client.post("/auth/logout")  # the API token is what the CLI keeps; the login session is not needed
     except ApiError as exc:
         print(f"trainforge login: {exc}", file=sys.stderr)
@@ -239,6 +240,16 @@ def _cmd_login(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     print(f"logged in to {api_url} as {username}; its API token is kept in {path}")
     return 0
+
+
+def _local_user() -> str:
+    """Who runs the command, for the token's name (a container may have no entry for its uid)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
 
 
 def _cmd_logout(args: argparse.Namespace, settings: Settings) -> int:

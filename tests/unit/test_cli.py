@@ -113,3 +113,13 @@ def test_login_without_a_username_or_password_exits_2(monkeypatch: pytest.Monkey
     assert main(["login", "--api", "http://127.0.0.1:9"]) == 2
     assert main(["login", "-u", "ann", "--password-stdin", "--api", "http://127.0.0.1:9"]) == 2
     assert "a username and a password are needed" in capsys.readouterr().err
+
+
+def test_the_login_token_is_named_even_for_a_uid_without_a_user_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainforge import cli
+
+    def no_entry() -> str:
+        raise KeyError("getpwuid(): uid not found: 4242")
+
+    monkeypatch.setattr("getpass.getuser", no_entry)
+    assert cli._local_user().startswith("uid ")  # noqa: SLF001
