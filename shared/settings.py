@@ -43,6 +43,20 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     preflight_timeout_s: float = 2.0
     """How long run creation waits for a runner to confirm a docker run's files (no answer: queued anyway)."""
 
+    # -- architecture validation (POST /api/v1/architectures[/validate]) ----------------------------------
+    architecture_max_params: int = 100_000_000
+    """Most parameters a custom model YAML may build to (yolov8x: 68 M), counted before anything is built."""
+    architecture_max_gflops: float = 3000.0
+    """Most GFLOPs its forward pass may take at the requested imgsz (yolov8x: 258 at 640, 2,640 at 2048)."""
+    architecture_max_activation_mb: float = 2048.0
+    """Most MB its layers' outputs may take at the requested imgsz, batch 1, float32 (yolov8x at 640: 184)."""
+    architecture_validate_memory_mb: int = 4096
+    """Address-space limit of the child process that builds the model (torch alone takes ~0.9 GB of it)."""
+    architecture_validate_concurrency: int = 2
+    """Validations running at once per gateway; more wait their turn."""
+    architecture_validate_timeout_s: float = 120.0
+    """A validation still running after this long is killed (503)."""
+
     # -- users and access ----------------------------------------------------------------------------
     admin_username: str = "admin"
     """The first admin, created when the database has no user."""
