@@ -1,4 +1,3 @@
-import os
 import tarfile
 from pathlib import Path
 
@@ -38,16 +37,17 @@ def test_tar_symlinks_that_leave_the_folder_are_refused(tmp_path: Path, target: 
 
 def test_a_symlink_chain_escaping_through_another_link_is_refused(tmp_path: Path) -> None:
     members = [tar_member("here", tarfile.SYMTYPE, "."), tar_member("here/up", tarfile.SYMTYPE, "../x")]
-    with pytest.raises(ArchiveError, match="outside"):
+    with pytest.raises(ArchiveError, match="outside|links to folders"):
         extract_archive(tar_with(tmp_path / "a.tar", members), tmp_path / "out", LIMITS)
 
 
-def test_links_that_stay_inside_are_kept(tmp_path: Path) -> None:
+def test_links_that_stay_inside_become_copies(tmp_path: Path) -> None:
     members = [tar_member("d/file.txt"), tar_member("d/alias.txt", tarfile.SYMTYPE, "file.txt"),
                tar_member("copy.txt", tarfile.LNKTYPE, "d/file.txt")]
     archive = tar_with(tmp_path / "a.tar", members, {"d/file.txt": b"hello"})
-    extract_archive(archive, tmp_path / "out", LIMITS)
-    assert os.readlink(tmp_path / "out" / "d" / "alias.txt") == "file.txt"
+    assert extract_archive(archive, tmp_path / "out", LIMITS).files == 3
+    alias = tmp_path / "out" / "d" / "alias.txt"
+    assert not alias.is_symlink() and alias.read_bytes() == b"hello"
     assert (tmp_path / "out" / "copy.txt").read_bytes() == b"hello"
 
 
