@@ -25,7 +25,10 @@ VALIDATE_DESCRIPTION = """\
 Builds the model of an Ultralytics model YAML and runs one forward pass at `imgsz`: answers its layers
 (module, inputs, parameters, output shape, YAML line), parameters, GFLOPs and output shapes. An invalid YAML
 is a 422 whose `errors[0]` has the `message`, the YAML `line` and the `layer` at fault. Only torch and
-Ultralytics modules are accepted as layers."""
+Ultralytics modules are accepted as layers. A model past the validation budgets (parameters, GFLOPs and
+activation memory at `imgsz`, counted before anything is built) is a 422 naming the first layer past one.
+Validation runs in a separate process with a memory limit; a 503 means it crashed, ran out of that memory or
+time, or too many validations were queued."""
 
 
 class ArchitecturesController(Controller):
