@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.yolo.architecture import validate_architecture
+from runner.yolo.architecture import Budget, check_budget, parse_model_yaml, validate_architecture
 from runner.yolo.export import export_formats
 
 
@@ -66,3 +66,79 @@ def test_export_formats_lists_every_format_and_what_this_runner_can_make(yolov8_
     for row in formats.values():
         assert row["description"] and isinstance(row["available"], bool)
         assert row["available"] or row["missing"]
+
+
+# -- the validation budget (meta device: nothing is allocated) ---------------------------------------------
+
+WIDE_CONVS = """\
+nc: 2
+backbone:
+  - [-1, 1, Conv, [4096, 3, 1]]
+  - [-1, 1, Conv, [4096, 3, 1]]
+head:
+  - [-1, 1, Classify, [nc]]
+"""
+ONE_WIDE_LAYER = """\
+nc: 2
+backbone:
+  - [-1, 1, Conv, [64, 3, 2]]
+  - [-1, 1, Conv, [16384, 3, 2]]
+head:
+  - [-1, 1, Classify, [nc]]
+"""
+FULL_RESOLUTION = """\
+nc: 2
+backbone:
+  - [-1, 1, Conv, [64, 1, 1]]
+  - [-1, 1, Conv, [64, 1, 1]]
+  - [-1, 1, Conv, [64, 1, 1]]
+head:
+  - [-1, 1, Classify, [nc]]
+"""
+
+
+def _rss_mb() -> float:
+    return next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                if line.startswith("VmRSS")) / 1024
+
+
+def test_a_model_past_the_parameter_budget_is_refused_at_its_layer_before_anything_is_built(yolov8_yaml: str) -> None:
+    before = _rss_mb()
+    report = validate_architecture(WIDE_CONVS, imgsz=32)
+
+    assert report["valid"] is False and report["reason"] == "budget"
+    assert (report["layer"], report["line"]) == (1, 4)
+    assert report["error"].startswith("layer 1 (Conv): the model would have 151,121,920 parameters by this layer")
+    assert "at most 100,000,000 are allowed" in report["error"]
+    assert _rss_mb() - before < 100  # 151 M float32 parameters would be 600 MB
+
+
+def test_activation_and_flops_budgets_are_counted_at_the_requested_imgsz(yolov8_yaml: str) -> None:
+    wide = validate_architecture(ONE_WIDE_LAYER, imgsz=2048)
+    assert wide["valid"] is False and wide["layer"] == 1 and wide["line"] == 4
+    assert "(Conv): the forward pass at imgsz 2048 would hold 16,640.0 MB of activations" in wide["error"]
+
+    full = validate_architecture(FULL_RESOLUTION, imgsz=2048)
+    assert full["valid"] is False and full["layer"] == 2 and "at most 2,048 MB are allowed" in full["error"]
+    assert validate_architecture(FULL_RESOLUTION, imgsz=256)["valid"]
+
+    flops = validate_architecture(ONE_WIDE_LAYER, imgsz=640, budget=Budget(max_gflops=100))
+    assert flops["valid"] is False and flops["layer"] == 1 and "at most 100.0 are allowed" in flops["error"]
+    assert "GFLOPs by this layer" in flops["error"]
+
+
+def test_detection_models_are_budgeted_at_the_size_ultralytics_builds_them_at(yolov8_yaml: str) -> None:
+    cfg, lines = parse_model_yaml("scale: x\n" + yolov8_yaml)
+    at_32 = check_budget(cfg, lines, 32, 3, Budget())
+    at_256 = check_budget(cfg, lines, 256, 3, Budget())
+    assert sum(r["activation_bytes"] for r in at_32) == sum(r["activation_bytes"] for r in at_256) > 0
+
+
+@pytest.mark.parametrize("name", ["v8/yolov8.yaml", "11/yolo11.yaml", "v8/yolov8-cls.yaml", "11/yolo11-seg.yaml"])
+def test_stock_models_pass_the_default_budget_even_at_their_largest_scale(yolov8_yaml: str, name: str) -> None:
+    import ultralytics
+
+    cfg, lines = parse_model_yaml("scale: x\n" + (Path(ultralytics.__file__).parent / "cfg/models" / name).read_text())
+    rows = check_budget(cfg, lines, 640, 3, Budget())
+    assert len(rows) == len(lines) and all("flops" in r for r in rows)  # the meta forward pass ran every layer
+    assert 20_000_000 < sum(r["params"] for r in rows) < Budget().max_params
