@@ -7,6 +7,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import anyio
 import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.exceptions import HTTPException
@@ -14,6 +15,7 @@ from litestar.params import FromPath, FromQuery, PathParameter, QueryParameter
 from litestar.response import Stream
 
 from gateway.errors import BadRequest, NotFound, Unprocessable, validation_errors
+from gateway.files import servable_artifact
 from gateway.ranges import byte_range, content_range
 from gateway.services import models as service
 from gateway.services.models import ModelDetail, ModelPage, ModelVersionView, UploadOptions
@@ -91,6 +93,8 @@ class ModelsController(Controller):
             row = await service.get_version(session, model, version)
         store = _store(gw)
         try:
+            if not await anyio.to_thread.run_sync(servable_artifact, store, row.uri):
+                raise ArtifactNotFound(row.uri)
             size = (await store.stat(row.uri)).size
         except ArtifactNotFound:
             raise NotFound(f"the weights of {model.name}:{version} are missing from the artifact store"

@@ -24,6 +24,7 @@ from gateway.db.models import Artifact, Run
 from gateway.auth.access import check_artifact
 from gateway.auth.caller import Caller
 from gateway.errors import Conflict, NotFound, Unprocessable
+from gateway.files import servable_artifact
 from gateway.services import audit
 from gateway.ranges import byte_range, content_range
 from gateway.state import GatewayState
@@ -134,6 +135,8 @@ async def download(gw: GatewayState, row: Artifact, range_header: str | None) ->
     """The artifact's bytes, all (200) or one range (206), as a streamed response."""
     store = store_of(gw)
     try:
+        if not await anyio.to_thread.run_sync(servable_artifact, store, row.uri):
+            raise ArtifactNotFound(row.uri)
         size = (await store.stat(row.uri)).size
     except ArtifactNotFound:
         raise NotFound(f"the file of artifact {row.id} is missing from the artifact store") from None

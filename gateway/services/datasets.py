@@ -12,6 +12,7 @@ nothing behind.
 from __future__ import annotations
 
 import logging
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -37,11 +38,13 @@ from gateway.datasets import (
     prepare_from_archive,
     prepare_from_path,
 )
-from gateway.datasets.listing import image_file
+from gateway.datasets.layout import read_index
 from gateway.datasets.prepare import remove_dataset
+from gateway.datasets.scan import SPLITS
 from gateway.db.models import Dataset, Run
 from gateway.services import audit
 from gateway.errors import BadRequest, Conflict, GatewayError, NotFound, Unprocessable
+from gateway.files import servable_file
 from shared.contracts.common import ACTIVE_STATUSES, new_id
 from shared.settings import Settings
 
@@ -309,10 +312,28 @@ async def images(row: Dataset, split: str | None, offset: int, limit: int) -> Im
 
 async def image_path(row: Dataset, split: str, index: int) -> Path:
     root = _root(row)
+    source = Path(row.source_path) if row.source == "path" and row.source_path else root.parent / "source"
     try:
-        return await anyio.to_thread.run_sync(image_file, root, split, index)
+        return await anyio.to_thread.run_sync(_servable_image, root, source, split, index)
     except DatasetError as exc:
         raise NotFound(str(exc)) from None
+
+
+def _servable_image(prepared: Path, source: Path, split: str, index: int) -> Path:
+    """The file to serve for image `index` of `split`. The prepared layout's entry is a link the gateway made
+    to the source image: it is followed one hop, and what it names must pass `servable_file` inside the
+    dataset's source folder (a link planted in either folder is a missing image)."""
+    entries = read_index(prepared, split) if split in SPLITS else []
+    if not 0 <= index < len(entries):
+        raise DatasetError(f"no image {index} in split {split!r}")
+    entry = Path(os.path.normpath(entries[index].path))
+    if entry.is_symlink():
+        found = servable_file(entry.parent / os.readlink(entry), source)
+    else:
+        found = servable_file(entry, prepared)
+    if found is None or not entry.is_relative_to(prepared):
+        raise DatasetError(f"image {index} of split {split!r} is missing")
+    return found
 
 
 # -- deleting ---------------------------------------------------------------------------------------------
