@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import tarfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,9 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from gateway.auth.caller import Caller
 from gateway.services.datasets import resolve_dataset
 from shared.settings import Settings
-from tests.dataset_factories import CLASSES, make_coco, make_yolo_flat, make_yolo_yaml, zip_folder, zip_with
+from tests.auth_support import bearer, create_user
+from tests.dataset_factories import (CLASSES, make_coco, make_yolo_flat, make_yolo_yaml, tar_member, tar_with,
+                                     zip_folder, zip_with)
 from tests.integration.rest_helpers import api, in_app
 from tests.library_support import insert_run, sql
+from tests.unit.test_archive_attacks import snapshot, symlinks_below
 
 API = "/api/v1/datasets"
 
@@ -274,3 +278,27 @@ async def test_what_a_stopped_gateway_left_half_done_is_swept_a_day_later(
     assert names == {"kept": "ready", "in-progress": "preparing"}
     again = await client.post(API, json={"name": "abandoned", "path": str(data_root / "kept")})
     assert again.status_code == 201, again.text  # the name is free again
+
+
+async def test_an_upload_climbing_out_through_a_link_chain_is_refused_and_touches_nothing(
+    client: AsyncTestClient, lib_settings: Settings, tmp_path: Path
+) -> None:
+    token = await create_user(client, "eve")
+    (lib_settings.state_dir / "cli-token").write_bytes(b"admin-token")
+    links = [("a", "."), ("a/u1", ".."), ("u1/u2", ".."), ("u1/u2/u3", ".."), ("u1/u2/u3/u4", "..")]
+    members = [tar_member(name, tarfile.SYMTYPE, target) for name, target in links] + [
+        tar_member("images/stolen.jpg", tarfile.LNKTYPE, "u1/u2/u3/cli-token"),
+        tar_member("u1/u2/u3/u4/victim.txt")]
+    chain = tar_with(tmp_path / "chain.tar", members, {"u1/u2/u3/u4/victim.txt": b"owned"})
+    warm_up = await client.post(API, **_upload("warm-up", zip_with(tmp_path / "w.zip", {"../x": b"x"})),
+                                headers=bearer(token))
+    assert warm_up.status_code == 400  # the upload folders now exist
+    before = snapshot(tmp_path)
+
+    response = await client.post(API, **_upload("chain", chain), headers=bearer(token))
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert "links to folders" in response.json()["detail"] and str(tmp_path) not in response.text
+    assert snapshot(tmp_path) == before
+    assert symlinks_below(lib_settings.state_dir) == []
+    assert await _count_datasets(lib_settings) == 0
