@@ -1,7 +1,7 @@
 """Architecture validation cannot take the gateway down: budgets refuse huge models before anything is built,
 the real build runs in a child process with a memory limit and a timeout, a few at a time, without secrets.
 
-Each validation starts a process that imports torch (~2.5 s): these tests keep their number small."""
+Each validation starts a process that imports torch (~2.8 s): these tests keep their number small."""
 
 from __future__ import annotations
 
