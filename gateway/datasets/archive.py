@@ -33,6 +33,7 @@ truncated archive's `BadZipFile`, `EOFError`, `zlib.error`, `OSError`, ... are a
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import io
 import lzma
@@ -128,7 +129,7 @@ def extract_archive(archive: Path, dest: Path, limits: ArchiveLimits) -> Extract
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
         for folder in reversed(made):
-            with _suppressed():
+            with contextlib.suppress(OSError):
                 os.rmdir(folder)
         if isinstance(exc, ArchiveError) or not isinstance(exc, Exception):
             raise
@@ -158,14 +159,6 @@ def _make_parents(folder: Path, made: list[Path]) -> None:
     for path in reversed(missing):
         os.mkdir(path)
         made.append(path)
-
-
-@contextmanager
-def _suppressed() -> Iterator[None]:
-    try:
-        yield
-    except OSError:
-        pass
 
 
 def _describe(exc: BaseException) -> str:
@@ -498,7 +491,8 @@ class _Writer:
                 count += len(chunk)
                 self.written += len(chunk)
                 if self.written > self.limits.max_total_bytes:
-                    raise ArchiveError(f"the archive expands to more than {_mb(self.limits.max_total_bytes)} MB")
+                    limit = _mb(self.limits.max_total_bytes)
+                    raise ArchiveError(f"the archive expands to more than {limit} MB")
                 if count > m.size:
                     raise ArchiveError(f"archive member {m.name!r} holds more bytes than its header says")
                 out.write(chunk)

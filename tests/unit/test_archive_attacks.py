@@ -24,8 +24,8 @@ from tests.dataset_factories import make_yolo_yaml, tar_folder, tar_member, tar_
 LIMITS = ArchiveLimits(max_archive_bytes=10 << 20, max_total_bytes=2 << 20, max_members=1000)
 SYM, HARD, FILE = tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.REGTYPE
 
-# a -> . then a/u1 -> .., u1/u2 -> .., u1/u2/u3 -> .., u1/u2/u3/u4 -> ..: on a disk that creates links in member
-# order, u1/u2/u3 is <state> and u1/u2/u3/u4 is the folder above it, for the destination
+# a -> . then a/u1 -> .., u1/u2 -> .., u1/u2/u3 -> .., u1/u2/u3/u4 -> ..: on a disk that creates links in
+# member order, u1/u2/u3 is <state> and u1/u2/u3/u4 is the folder above it, for the destination
 # <state>/datasets/<id>/source.
 CHAIN = [("a", "."), ("a/u1", ".."), ("u1/u2", ".."), ("u1/u2/u3", ".."), ("u1/u2/u3/u4", "..")]
 
@@ -59,7 +59,8 @@ def dest(tmp_path: Path) -> Path:
     return state / "datasets" / "d1" / "source"
 
 
-def refused(archive: Path, dest: Path, limits: ArchiveLimits = LIMITS, match: str | None = None) -> ArchiveError:
+def refused(archive: Path, dest: Path, limits: ArchiveLimits = LIMITS,
+            match: str | None = None) -> ArchiveError:
     root = dest.parents[4]
     before = snapshot(root)
     with pytest.raises(ArchiveError, match=match) as caught:
@@ -95,7 +96,7 @@ def tar_of(dest: Path, entries: list[tuple[str, bytes, str | bytes]], name: str 
 
 
 def zip_of(dest: Path, entries: list[tuple[str, str, str | bytes]], name: str = "a.zip") -> Path:
-    """entries: (name, "file" | "symlink" | "fifo", content or target); zip symlinks carry S_IFLNK mode bits."""
+    """entries: (name, "file" | "symlink" | "fifo", content or target); zip symlinks carry S_IFLNK bits."""
     archive = dest.parents[4] / "archives" / name
     modes = {"file": stat.S_IFREG | 0o644, "symlink": stat.S_IFLNK | 0o777, "fifo": stat.S_IFIFO | 0o644}
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -277,8 +278,8 @@ def test_a_zip_claiming_three_hundred_thousand_members_is_refused_from_its_end_r
     end = data.rindex(b"PK\x05\x06")
     data[end + 8:end + 12] = struct.pack("<HH", 65535, 65535)
     archive.write_bytes(bytes(data))
-    refused(archive, dest, ArchiveLimits(max_archive_bytes=1 << 20, max_total_bytes=1 << 20, max_members=1000),
-            match="at most 1000")
+    limits = ArchiveLimits(max_archive_bytes=1 << 20, max_total_bytes=1 << 20, max_members=1000)
+    refused(archive, dest, limits, match="at most 1000")
 
 
 # -- damaged archives --------------------------------------------------------------------------------------
@@ -345,7 +346,8 @@ def test_a_full_destination_is_refused(dest: Path) -> None:
 
 
 def test_tar_links_to_files_become_copies(dest: Path) -> None:
-    entries = [("d/img.jpg", FILE, b"jpeg"), ("d/alias.jpg", SYM, "img.jpg"), ("e/up.jpg", SYM, "../d/alias.jpg"),
+    entries = [("d/img.jpg", FILE, b"jpeg"), ("d/alias.jpg", SYM, "img.jpg"),
+               ("e/up.jpg", SYM, "../d/alias.jpg"),
                ("hard.jpg", HARD, "d/img.jpg"), ("hard2.jpg", HARD, "e/up.jpg"), ("f/", tarfile.DIRTYPE, "")]
     accepted(tar_of(dest, entries), dest)
     for name in ("d/img.jpg", "d/alias.jpg", "e/up.jpg", "hard.jpg", "hard2.jpg"):

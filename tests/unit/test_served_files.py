@@ -72,7 +72,9 @@ async def test_dataset_images_are_served_from_the_source_folder(uploaded: Datase
         await image_path(uploaded, "train", 99)
 
 
-async def test_a_link_planted_in_the_prepared_folder_is_a_missing_image(uploaded: Dataset, secret: Path) -> None:
+async def test_a_link_planted_in_the_prepared_folder_is_a_missing_image(
+    uploaded: Dataset, secret: Path
+) -> None:
     entry = _entry(uploaded, 0)
     entry.unlink()
     os.symlink(secret, entry)
@@ -83,7 +85,9 @@ async def test_a_link_planted_in_the_prepared_folder_is_a_missing_image(uploaded
     assert await image_path(uploaded, "train", 0) == entry
 
 
-async def test_a_link_planted_in_the_source_folder_is_a_missing_image(uploaded: Dataset, secret: Path) -> None:
+async def test_a_link_planted_in_the_source_folder_is_a_missing_image(
+    uploaded: Dataset, secret: Path
+) -> None:
     image = Path(os.readlink(_entry(uploaded, 1)))
     image.unlink()
     os.symlink(secret, image)
