@@ -19,6 +19,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from gateway.auth.caller import provide_me
 from gateway.auth.middleware import jwt_auth
 from gateway.auth.ratelimits import rate_limit_stores, rate_limits
+from gateway.bus import load_job_signer
 from gateway.controllers.architectures import ArchitecturesController
 from gateway.controllers.artifacts import ArtifactsController
 from gateway.controllers.auth import AuditController, AuthController, TokensController, UsersController
@@ -69,11 +70,13 @@ def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url)  # type: ignore[arg-type]
-        nc = await connect(settings.effective_nats_url, name="trainforge-gateway")
+        job_signer = load_job_signer(settings)
+        nc = await connect(settings, name="trainforge-gateway")
         js = nc.jetstream()
         await ensure_topology(js, settings)
         gw = GatewayState(settings=settings, engine=engine, sessionmaker=create_sessionmaker(engine), nc=nc, js=js,
-                          subjects=Subjects(settings.bus_prefix), jwt_secret=auth.token_secret)
+                          subjects=Subjects(settings.bus_prefix), jwt_secret=auth.token_secret,
+                          job_signer=job_signer)
         state_holder["gw"] = gw
         app.state.gw = gw
         started: list[object] = []

@@ -1,4 +1,5 @@
-"""What the gateway puts on NATS: jobs, its own run events (attempt 0) and cancel signals.
+"""What the gateway puts on NATS: jobs (signed: `shared.jobsign`), its own run events (attempt 0) and cancel
+signals.
 
 Every JetStream publish carries a `Nats-Msg-Id`, so publishing the same message again (a retry here, a
 re-publish after a restart) is dropped by the stream instead of running a job twice.
@@ -18,6 +19,8 @@ from gateway.state import GatewayState
 from shared.contracts.commands import Job
 from shared.contracts.common import utcnow
 from shared.contracts.events import EventBase
+from shared.jobsign import JobSigner
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +43,24 @@ def job_msg_id(run_id: str, idempotency: tuple[str, str] | None) -> str:
     return f"{hashlib.sha256(scope.encode()).hexdigest()[:12]}:{key}"
 
 
-async def _publish(gw: GatewayState, subject: str, payload: bytes, msg_id: str) -> None:
+def load_job_signer(settings: Settings) -> JobSigner | None:
+    """The signer of `settings.job_signing_key_file` (raises `KeyFileError` when it cannot be read); None,
+    with a warning, when no key is set: runners that check signatures will refuse every job."""
+    if settings.job_signing_key_file is None:
+        log.warning("no job signing key (TRAINFORGE_JOB_SIGNING_KEY_FILE): jobs are published unsigned, and "
+                    "runners refuse them unless they run with TRAINFORGE_RUNNER_ALLOW_UNSIGNED_JOBS")
+        return None
+    return JobSigner.from_file(settings.job_signing_key_file)
+
+
+async def _publish(
+    gw: GatewayState, subject: str, payload: bytes, msg_id: str, headers: dict[str, str] | None = None
+) -> None:
     delay = 0.2
+    headers = {**(headers or {}), "Nats-Msg-Id": msg_id}
     for attempt in range(1, PUBLISH_ATTEMPTS + 1):
         try:
-            await gw.js.publish(subject, payload, timeout=PUBLISH_TIMEOUT_S, headers={"Nats-Msg-Id": msg_id})
+            await gw.js.publish(subject, payload, timeout=PUBLISH_TIMEOUT_S, headers=headers)
             return
         except _NATS_ERRORS as exc:
             log.warning("publish to %s failed (attempt %d/%d): %r", subject, attempt, PUBLISH_ATTEMPTS, exc)
@@ -55,7 +71,10 @@ async def _publish(gw: GatewayState, subject: str, payload: bytes, msg_id: str) 
 
 
 async def publish_job(gw: GatewayState, job: Job, msg_id: str) -> None:
-    await _publish(gw, gw.subjects.job(job.pool), msgspec.json.encode(job), msg_id)
+    """Publish the job, signed (header `Trainforge-Signature` over the subject and these exact bytes)."""
+    subject, payload = gw.subjects.job(job.pool), msgspec.json.encode(job)
+    signature = gw.job_signer.headers(subject, payload) if gw.job_signer is not None else None
+    await _publish(gw, subject, payload, msg_id, signature)
 
 
 async def publish_event(gw: GatewayState, event: EventBase) -> None:

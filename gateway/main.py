@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import sys
+
 import uvicorn
 
 from gateway.app import create_app
+from shared.jobsign import JobSigner, KeyFileError
 from shared.settings import Settings
 
 
 def main(settings: Settings) -> int:
+    if settings.job_signing_key_file is not None:
+        try:
+            JobSigner.from_file(settings.job_signing_key_file)
+        except KeyFileError as exc:
+            print(f"trainforge gateway: {exc}", file=sys.stderr)
+            return 2
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,

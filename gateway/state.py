@@ -9,6 +9,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from shared.jobsign import JobSigner
 from shared.settings import Settings
 from shared.subjects import Subjects
 
@@ -23,6 +24,8 @@ class GatewayState:
     subjects: Subjects
     jwt_secret: str = ""
     """Signs and checks access tokens (`gateway.auth`)."""
+    job_signer: JobSigner | None = None
+    """Signs every job published (`gateway.bus.load_job_signer`); None: jobs go out unsigned."""
     extras: dict[str, object] = field(default_factory=dict)
     """Long-lived helpers started by the lifespan (projector, event hub), by name."""
 

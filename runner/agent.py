@@ -5,6 +5,10 @@ free. Per job: run.claimed, run.started, the executor's own events, then the ter
 ack. While the job runs, `msg.in_progress()` keeps JetStream from handing it to another runner; a runner that
 dies stops sending it, so the job is delivered again (the next attempt) once `ack_wait` has passed.
 
+Signatures: before anything else, a job must carry the gateway's signature over its subject and bytes
+(`shared.jobsign`); one that does not is terminated (`term()`, never retried), logged as critical, and neither
+runs nor gets an event. Only `runner_allow_unsigned_jobs` (insecure) lets a runner start without a verify key.
+
 Scheduling: a job that does not fit this runner (its kind, device, GPU memory or count: `Job.requirements`)
 is handed back at once (`nak`) for another runner of the pool; so is one whose leases (`Job.limits`,
 `runner.leases`) cannot all be taken now. Note that JetStream counts such a hand-back as a delivery: attempt
@@ -45,6 +49,7 @@ from shared.contracts.common import TOKEN_RE
 from shared.contracts.events import TERMINAL_EVENT_TYPES, DeviceInfo, HostStats
 from shared.contracts.fleet import RunnerControlReply, control_decoder
 from shared.hoststats import sample_host
+from shared.jobsign import JobSignatureError, JobVerifier
 from shared.scheduling import misfit
 from shared.settings import Settings
 from shared.subjects import Subjects
@@ -84,6 +89,22 @@ def default_runner_id(pool: str, device: str) -> str:
     raw = f"{socket.gethostname()}-{pool}-{device.replace(':', '')}-{os.getpid()}"
     token = re.sub(r"[^A-Za-z0-9_-]", "-", raw)[-64:].lstrip("-_")
     return token if TOKEN_RE.match(token) else f"runner-{os.getpid()}"
+
+
+def job_verifier(settings: Settings) -> JobVerifier | None:
+    """The verifier of the gateway's job signatures; None only when unsigned jobs are explicitly allowed.
+    Raises ValueError (`KeyFileError`) when no key is set, or it cannot be read."""
+    if settings.job_verify_key:
+        return JobVerifier.load(settings.job_verify_key)
+    if settings.runner_allow_unsigned_jobs:
+        log.warning("INSECURE: TRAINFORGE_RUNNER_ALLOW_UNSIGNED_JOBS is on: this runner runs any job anyone who may "
+                    "publish on the bus sends, without checking the gateway's signature")
+        return None
+    raise ValueError(
+        "no job verify key: set TRAINFORGE_JOB_VERIFY_KEY to the gateway's public key (base64, or a file holding "
+        "it; `trainforge up` writes <state_dir>/secrets/job-verify.pub), so that this runner refuses jobs the "
+        "gateway did not sign; or, INSECURE, set TRAINFORGE_RUNNER_ALLOW_UNSIGNED_JOBS=true to run unsigned jobs"
+    )
 
 
 @dataclass
@@ -126,6 +147,7 @@ class RunnerAgent:
         if settings.shutdown_action not in ("cancel", "requeue"):
             raise ValueError(f"shutdown_action must be cancel or requeue, got {settings.shutdown_action!r}")
         self.settings = settings
+        self.verifier = job_verifier(settings)
         self.pool = pool
         self.device = device
         self.slots = slots
@@ -211,7 +233,7 @@ class RunnerAgent:
 
     async def _run(self) -> None:
         self._devices = await anyio.to_thread.run_sync(describe_devices, self.device)
-        self._nc = await connect(self.settings.effective_nats_url, name=f"trainforge-runner {self.runner_id}")
+        self._nc = await connect(self.settings, name=f"trainforge-runner {self.runner_id}")
         sub: JetStreamContext.PullSubscription | None = None
         try:
             self._js = self._nc.jetstream()
@@ -353,6 +375,17 @@ class RunnerAgent:
             log.critical("runner %s: job task crashed", self.runner_id, exc_info=task.exception())
 
     async def _handle(self, msg: Msg) -> None:
+        if self.verifier is not None:
+            try:
+                self.verifier.verify(msg.subject, msg.data, msg.headers)
+            except JobSignatureError as exc:
+                log.critical(
+                    "runner %s: REFUSED a job the gateway did not sign (stream seq %s on %s): %s; "
+                    "terminating it, nothing runs. Someone with bus credentials published it: check who may publish on %s",
+                    self.runner_id, msg.metadata.sequence.stream, msg.subject, exc, self.subjects.jobs_all,
+                )
+                await msg.term()
+                return
         try:
             job = job_decoder.decode(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:

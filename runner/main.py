@@ -9,7 +9,8 @@ import sys
 
 import nats.errors
 
-from shared.settings import Settings
+from shared.bus import BusAuthError, redact_url
+from shared.settings import Settings, SettingsError
 from runner.agent import RunnerAgent, RunnerError
 from runner.devices import DeviceError
 
@@ -36,8 +37,12 @@ async def _serve(agent: RunnerAgent) -> int:
         print(f"trainforge runner: {exc}", file=sys.stderr)
         return 2
     except (OSError, nats.errors.NoServersError) as exc:
-        print(f"trainforge runner: cannot reach NATS at {agent.settings.effective_nats_url}: {exc}", file=sys.stderr)
+        where = redact_url(agent.settings.effective_nats_url)
+        print(f"trainforge runner: cannot reach NATS at {where}: {exc}", file=sys.stderr)
         return 1
+    except (SettingsError, BusAuthError) as exc:  # a configuration error: restarting would not help
+        print(f"trainforge runner: {exc}", file=sys.stderr)
+        return 2
     except RunnerError as exc:
         log.critical("%s", exc)
         return 1

@@ -6,16 +6,22 @@ first creates what is missing and a later start with changed settings updates it
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import importlib.util
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
 
-from shared.settings import Settings
+from shared.settings import Settings, SettingsError
 from shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
@@ -32,28 +38,79 @@ DRAIN_TIMEOUT_S = 5.0
 default, 30 s, would outlast the grace `trainforge up` gives a part to stop)."""
 
 
+def redact_url(url: str) -> str:
+    """`url` (or a comma-separated list of them) with any user, password or token replaced by `***`."""
+    shown = []
+    for one in url.split(","):
+        split = urlsplit(one.strip())
+        if "@" in split.netloc:
+            split = split._replace(netloc="***@" + split.netloc.rpartition("@")[2])
+        shown.append(urlunsplit(split))
+    return ",".join(shown)
+
+
+def connect_options(settings: Settings) -> dict[str, Any]:
+    """The nats-py `connect()` options that `settings` ask for: servers and credentials (the only place that
+    turns `TRAINFORGE_NATS_*` into them)."""
+    chosen = [name for name, value in (
+        ("TRAINFORGE_NATS_USER", settings.nats_user),
+        ("TRAINFORGE_NATS_TOKEN", settings.nats_token),
+        ("TRAINFORGE_NATS_NKEY_SEED_FILE", settings.nats_nkey_seed_file),
+        ("TRAINFORGE_NATS_CREDS_FILE", settings.nats_creds_file),
+    ) if value]
+    if len(chosen) > 1:
+        raise SettingsError(f"set one kind of NATS credentials, not {' and '.join(chosen)}")
+    if settings.nats_password and not settings.nats_user:
+        raise SettingsError("TRAINFORGE_NATS_PASSWORD needs TRAINFORGE_NATS_USER")
+    options: dict[str, Any] = {"servers": [u.strip() for u in settings.effective_nats_url.split(",")],
+                               "inbox_prefix": settings.nats_inbox_prefix}
+    if settings.nats_user:
+        options["user"] = settings.nats_user
+        options["password"] = settings.nats_password or ""
+    elif settings.nats_token:
+        options["token"] = settings.nats_token
+    files = ((settings.nats_nkey_seed_file, "nkeys_seed"), (settings.nats_creds_file, "user_credentials"))
+    for path, option in files:
+        if path is None:
+            continue
+        if importlib.util.find_spec("nkeys") is None:
+            raise SettingsError(f"{path}: nkey and .creds credentials need the `nkeys` package (pip install "
+                                "nkeys)")
+        if not path.is_file():
+            raise SettingsError(f"NATS credentials file {path} not found")
+        options[option] = str(path)
+    return options
+
+
 async def connect(
-    url: str,
+    target: Settings | str,
     *,
     name: str,
     on_disconnect: Callable[[], Awaitable[None]] | None = None,
     connect_timeout: float = 5.0,
 ) -> NATS:
-    """Connect with endless reconnects (a restart of the NATS server is survived, not fatal)."""
+    """Connect with endless reconnects (a restart of the NATS server is survived, not fatal). `target`: the
+    settings (server and credentials, see `connect_options`), or just a server URL."""
+    options = connect_options(target) if isinstance(target, Settings) else {"servers": [target]}
+    shown = redact_url(",".join(options["servers"]))
+    nc = NATS()
+    refused: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
 
     async def _disconnected() -> None:
-        log.warning("nats: disconnected from %s", url)
+        log.warning("nats: disconnected from %s", shown)
         if on_disconnect is not None:
             await on_disconnect()
 
     async def _reconnected() -> None:
-        log.info("nats: reconnected to %s", url)
+        log.info("nats: reconnected to %s", shown)
 
     async def _error(exc: Exception) -> None:
+        if not nc.is_connected and _is_auth_error(exc) and not refused.done():
+            refused.set_result(exc)  # wrong credentials do not get better by retrying
         log.warning("nats: %s", exc)
 
-    return await nats.connect(
-        url,
+    connecting = asyncio.ensure_future(nc.connect(
+        **options,
         name=name,
         connect_timeout=connect_timeout,
         max_reconnect_attempts=-1,
@@ -62,7 +119,32 @@ async def connect(
         disconnected_cb=_disconnected,
         reconnected_cb=_reconnected,
         error_cb=_error,
-    )
+    ))
+    try:
+        await asyncio.wait([connecting, refused], return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        connecting.cancel()
+        raise
+    if not connecting.done():
+        connecting.cancel()
+        with contextlib.suppress(BaseException):
+            await connecting
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise BusAuthError(f"NATS at {shown} refused this client's credentials ({refused.result()}): check "
+                           "TRAINFORGE_NATS_USER/_PASSWORD/_TOKEN/_NKEY_SEED_FILE/_CREDS_FILE or the URL")
+    connecting.result()
+    return nc
+
+
+class BusAuthError(nats.errors.Error):
+    """The NATS server refused the credentials."""
+
+
+def _is_auth_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, nats.errors.Error) and ("authorization violation" in text
+                                                   or "authentication" in text)
 
 
 async def _add_or_update_stream(js: JetStreamContext, config: js_api.StreamConfig) -> None:

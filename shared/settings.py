@@ -31,6 +31,26 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     bus_prefix: str = "tf"
     """Prefix of every stream, subject and bucket name."""
 
+    # -- bus credentials and job signatures (docs/events.md, "Access"); `up` sets them for its own parts ---
+    nats_user: str | None = None
+    """NATS user name (with `nats_password`). A URL with userinfo (nats://user:pass@host) works too."""
+    nats_password: str | None = None
+    nats_token: str | None = None
+    """NATS authorization token (instead of a user)."""
+    nats_nkey_seed_file: Path | None = None
+    """File holding an nkey seed (`SU...`) for a server that authenticates nkeys (needs the `nkeys` package)."""
+    nats_creds_file: Path | None = None
+    """A `.creds` file (user JWT and nkey seed) for a server in operator/JWT mode (needs `nkeys`)."""
+    nats_inbox_prefix: str = "_INBOX"
+    """Prefix of this client's reply subjects; `_INBOX_reader` for the embedded NATS's `reader` user."""
+    job_signing_key_file: Path | None = None
+    """Gateway: Ed25519 private key (PEM) that signs every job it publishes. Unset: jobs go out unsigned, and
+    only runners with `runner_allow_unsigned_jobs` take them."""
+    job_verify_key: str | None = None
+    """Runner: the gateway's Ed25519 public key (base64, or a file holding it); jobs it did not sign are refused."""
+    runner_allow_unsigned_jobs: bool = False
+    """Runner, INSECURE: take jobs without a verify key, so anyone who may publish on the bus runs code here."""
+
     # -- gateway ---------------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8000

@@ -77,6 +77,11 @@ class Subjects:
         return f"{self.prefix}.control.v1.cancel.*"
 
     @property
+    def control_all(self) -> str:
+        """Every control subject: cancel, dispatch, preflight, runner control, advice."""
+        return f"{self.prefix}.control.v1.>"
+
+    @property
     def cancel_bucket(self) -> str:
         return f"{self.prefix}_cancels"
 

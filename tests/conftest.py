@@ -17,8 +17,10 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+from shared.jobsign import ensure_key_pair
 from shared.settings import Settings
 from tests.auth_support import ADMIN_PASSWORD
+from trainforge.busauth import BusCredentials, secrets_dir
 from trainforge.embedded import EmbeddedNats, EmbeddedPostgres
 
 # Ultralytics and matplotlib must never write to ~ or reach the network in tests.
@@ -28,12 +30,28 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "0")
 
 @pytest.fixture(scope="session")
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A URL carrying the credentials of a user allowed everything (the embedded server requires them, as
+    `trainforge up`'s does: `trainforge.busauth`). TRAINFORGE_TEST_NATS_URL: an external server, with
+    whatever credentials that URL carries."""
     if url := os.environ.get("TRAINFORGE_TEST_NATS_URL"):
         yield url
         return
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
-    yield server.start()
+    folder = secrets_dir(tmp_path_factory.mktemp("nats-secrets"))
+    credentials = BusCredentials.ensure(folder)
+    config = credentials.write_server_config(folder, "tf")
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"), config_file=config)
+    yield credentials.url_for(server.start(), "gateway")
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def job_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(private, public) key files of a job signing key pair, made once per session: the tests' gateways
+    sign with it and their runners check with it, as `trainforge up` sets them up."""
+    folder = tmp_path_factory.mktemp("job-keys")
+    private, public = folder / "job-signing.key", folder / "job-verify.pub"
+    ensure_key_pair(private, public)
+    return private, public
 
 
 @pytest.fixture(scope="session")
@@ -99,12 +117,15 @@ def bus_prefix() -> str:
 
 @pytest.fixture
 async def settings(
-    nats_url: str, database_url: str, bus_prefix: str, tmp_path: Path
+    nats_url: str, database_url: str, bus_prefix: str, tmp_path: Path, job_keys: tuple[Path, Path]
 ) -> AsyncIterator[Settings]:
-    """Settings for one test: its own database, bus prefix and state folder; short timeouts."""
+    """Settings for one test: its own database, bus prefix and state folder; short timeouts; jobs signed and
+    checked with the session's key pair."""
     yield Settings.from_mapping(
         {
             "nats_url": nats_url,
+            "job_signing_key_file": job_keys[0],
+            "job_verify_key": str(job_keys[1]),
             "database_url": database_url,
             "bus_prefix": bus_prefix,
             "state_dir": tmp_path / "state",

@@ -37,9 +37,11 @@ def nats_server_binary() -> Path:
 
 @dataclass
 class EmbeddedNats:
-    """A nats-server child process with JetStream on, listening on a free loopback port."""
+    """A nats-server child process with JetStream on, listening on a free loopback port. With `config_file`
+    (`trainforge.busauth`) the server requires the users it names."""
 
     data_dir: Path
+    config_file: Path | None = None
     url: str = ""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -51,9 +53,10 @@ class EmbeddedNats:
         pid_file = self.data_dir / "nats-server.pid"
         _stop_stale_server(pid_file, "nats-server")
         logfile = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115 - lives as long as the server
+        config = ["-c", str(self.config_file)] if self.config_file is not None else []
         self.process = subprocess.Popen(
             [
-                str(nats_server_binary()),
+                str(nats_server_binary()), *config,
                 "-a", "127.0.0.1", "-p", "-1", "-m", "-1",
                 "-js", "-sd", str(self.data_dir / "jetstream"),
                 "--ports_file_dir", str(ports_dir),

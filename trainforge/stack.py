@@ -29,7 +29,10 @@ import httpx
 import msgspec
 from sqlalchemy.engine import make_url
 
+from shared.bus import redact_url
+from shared.jobsign import JobSigner, KeyFileError, ensure_key_pair
 from shared.settings import ENV_PREFIX, Settings
+from trainforge.busauth import READER_INBOX_PREFIX, BusCredentials, secrets_dir
 from trainforge.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres
 
 log = logging.getLogger("trainforge.up")
@@ -63,6 +66,40 @@ class ChildSpec:
     """Arguments after `python -m trainforge.cli`."""
     env: dict[str, str]
     runner_id: str | None = None
+
+
+@dataclass(frozen=True)
+class StackSecrets:
+    """What `up` hands its parts besides the URLs: the embedded NATS's users, and the job signing keys."""
+
+    bus: BusCredentials | None = None
+    """The embedded NATS's users; None with an external NATS (the parts use the TRAINFORGE_NATS_* settings)."""
+    signing_key_file: Path | None = None
+    """The gateway's private job signing key."""
+    verify_key: str | None = None
+    """The runners' verify key: a file path or the base64 public key."""
+
+
+JOB_SIGNING_KEY_FILE = "job-signing.key"
+JOB_VERIFY_KEY_FILE = "job-verify.pub"
+_NATS_CREDENTIAL_VARS = ("NATS_USER", "NATS_PASSWORD", "NATS_TOKEN", "NATS_NKEY_SEED_FILE", "NATS_CREDS_FILE")
+
+
+def ensure_secrets(settings: Settings, *, embedded_nats: bool) -> StackSecrets:
+    """Generate (once, in `<state_dir>/secrets`, mode 0700, files 0600) what the stack needs: NATS users for
+    an embedded NATS, and the job signing key pair unless `job_signing_key_file` names one."""
+    folder = secrets_dir(settings.state_dir)
+    bus = BusCredentials.ensure(folder) if embedded_nats else None
+    if settings.job_signing_key_file is not None:
+        try:
+            signer = JobSigner.from_file(settings.job_signing_key_file)
+        except KeyFileError as exc:
+            raise StackError(str(exc)) from None
+        return StackSecrets(bus=bus, signing_key_file=settings.job_signing_key_file,
+                            verify_key=settings.job_verify_key or signer.public_key_b64())
+    private, public = folder / JOB_SIGNING_KEY_FILE, folder / JOB_VERIFY_KEY_FILE
+    ensure_key_pair(private, public)
+    return StackSecrets(bus=bus, signing_key_file=private, verify_key=str(public))
 
 
 @dataclass
@@ -119,9 +156,21 @@ def runner_devices(options: UpOptions) -> list[str]:
     return visible_gpus() or ["cpu"]
 
 
-def plan_children(settings: Settings, options: UpOptions, *, nats_url: str, database_url: str) -> list[ChildSpec]:
-    """The gateway and the runners, with the environment that points them at this stack's servers."""
+def plan_children(
+    settings: Settings,
+    options: UpOptions,
+    *,
+    nats_url: str,
+    database_url: str,
+    secrets: StackSecrets | None = None,
+) -> list[ChildSpec]:
+    """The gateway and the runners, with the environment that points them at this stack's servers and gives
+    each its own credentials (`secrets`)."""
+    secrets = secrets or StackSecrets()
     base = dict(os.environ)
+    if secrets.bus is not None:  # the embedded NATS's users replace any credentials the environment names
+        for var in _NATS_CREDENTIAL_VARS:
+            base.pop(f"{ENV_PREFIX}{var}", None)
     base.update(
         {
             f"{ENV_PREFIX}NATS_URL": nats_url,
@@ -132,8 +181,17 @@ def plan_children(settings: Settings, options: UpOptions, *, nats_url: str, data
             "PYTHONUNBUFFERED": "1",
         }
     )
-    children = [ChildSpec(name="gateway", args=["gateway"], env=base)]
-    runner_env = dict(base)
+    gateway_env, runner_env = dict(base), dict(base)
+    if secrets.bus is not None:
+        for env, user in ((gateway_env, "gateway"), (runner_env, "runner")):
+            env[f"{ENV_PREFIX}NATS_USER"] = user
+            env[f"{ENV_PREFIX}NATS_PASSWORD"] = secrets.bus.passwords[user]
+    if secrets.signing_key_file is not None:
+        gateway_env[f"{ENV_PREFIX}JOB_SIGNING_KEY_FILE"] = str(secrets.signing_key_file)
+    if secrets.verify_key is not None:
+        runner_env[f"{ENV_PREFIX}JOB_VERIFY_KEY"] = secrets.verify_key
+    runner_env.pop(f"{ENV_PREFIX}JOB_SIGNING_KEY_FILE", None)  # runners never hold the private key
+    children = [ChildSpec(name="gateway", args=["gateway"], env=gateway_env)]
     if options.local_backend:
         runner_env[f"{ENV_PREFIX}RUNNER_LOCAL_BACKEND"] = "true"
     host = socket.gethostname()
@@ -162,6 +220,7 @@ class Stack:
         self.options = options
         self.state_dir = settings.state_dir
         self.nats: EmbeddedNats | None = None
+        self.secrets = StackSecrets()
         self.postgres: EmbeddedPostgres | None = None
         self.nats_url = settings.nats_url or ""
         self.database_url = settings.database_url or ""
@@ -225,10 +284,14 @@ class Stack:
     async def _start_servers(self) -> None:
         self._write_manifest("starting")
         _check_port_free(self.settings.host, self.settings.port)
+        self.secrets = ensure_secrets(self.settings, embedded_nats=not self.nats_url)
         if not self.nats_url:
-            self.nats = EmbeddedNats(self.state_dir / "nats")
+            assert self.secrets.bus is not None
+            config = self.secrets.bus.write_server_config(self.secrets.bus.path.parent, self.settings.bus_prefix)
+            self.nats = EmbeddedNats(self.state_dir / "nats", config_file=config)
             self.nats_url = await anyio.to_thread.run_sync(self.nats.start)
-            log.info("embedded NATS (JetStream) at %s, data in %s", self.nats_url, self.nats.data_dir)
+            log.info("embedded NATS (JetStream) at %s, data in %s; users and passwords in %s", self.nats_url,
+                     self.nats.data_dir, self.secrets.bus.path)
         if not self.database_url:
             self.postgres = EmbeddedPostgres(self.state_dir / "postgres" / "data")
             try:
@@ -287,7 +350,8 @@ class Stack:
         os.replace(tmp, self.cli_token_file)
 
     async def _start_children(self) -> None:
-        specs = plan_children(self.settings, self.options, nats_url=self.nats_url, database_url=self.database_url)
+        specs = plan_children(self.settings, self.options, nats_url=self.nats_url, database_url=self.database_url,
+                              secrets=self.secrets)
         self.children = [Child(spec) for spec in specs]
         for child in self.children:
             child.supervisor = asyncio.create_task(self._supervise(child), name=f"supervise-{child.spec.name}")
@@ -408,6 +472,9 @@ class Stack:
             "admin_password_file": None if self.settings.admin_password else str(self.admin_password_file),
             "cli_token_file": str(self.cli_token_file) if self.cli_token_file.exists() else None,
             "nats_embedded": self.nats is not None,
+            "nats_users_file": str(self.secrets.bus.path) if self.secrets.bus is not None else None,
+            "nats_reader_inbox_prefix": READER_INBOX_PREFIX if self.secrets.bus is not None else None,
+            "job_verify_key": self.secrets.verify_key,
             "nats_pid": self.nats.process.pid if self.nats is not None and self.nats.process is not None else None,
             "database_url": self.database_url,
             "database_embedded": self.postgres is not None,
@@ -450,7 +517,9 @@ class Stack:
             f"  API        {self.api_base}/api/v1",
             f"  OpenAPI    {self.api_base}/schema",
             f"  Ready      {self.api_base}/ready",
-            f"  NATS       {self.nats_url} ({origin(self.nats is not None)})",
+            f"  NATS       {redact_url(self.nats_url)} ({origin(self.nats is not None)})",
+            *([f"             users gateway, runner, reader (read-only, inbox prefix {READER_INBOX_PREFIX}): "
+               f"passwords in {self.secrets.bus.path}"] if self.secrets.bus is not None else []),
             f"  Postgres   {database} ({origin(self.postgres is not None)})",
             f"  Runners    {runner_lines}; local backend {local}",
             f"  State      {self.state_dir}",

@@ -12,6 +12,7 @@ import msgspec
 from sqlalchemy import func, select
 
 from gateway.db.models import EventRecord, Project, Run
+from gateway.bus import load_job_signer
 from gateway.db.session import create_engine, create_sessionmaker
 from gateway.state import GatewayState
 from shared.bus import connect, ensure_topology
@@ -24,12 +25,13 @@ from shared.subjects import Subjects
 @asynccontextmanager
 async def gateway_state(settings: Settings) -> AsyncIterator[GatewayState]:
     engine = create_engine(settings.database_url)  # type: ignore[arg-type]
-    nc = await connect(settings.effective_nats_url, name="test")
+    nc = await connect(settings, name="test")
     js = nc.jetstream()
     await ensure_topology(js, settings)
     try:
         yield GatewayState(settings=settings, engine=engine, sessionmaker=create_sessionmaker(engine), nc=nc,
-                           js=js, subjects=Subjects(settings.bus_prefix))
+                           js=js, subjects=Subjects(settings.bus_prefix),
+                           job_signer=load_job_signer(settings))
     finally:
         await nc.drain()
         await engine.dispose()

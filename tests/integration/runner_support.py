@@ -18,6 +18,7 @@ from nats.js import JetStreamContext
 
 from runner.agent import RunnerAgent
 from shared.contracts import ContainerSpec, Event, Job, event_decoder
+from shared.jobsign import JobSigner
 from shared.settings import Settings
 from shared.subjects import Subjects
 
@@ -33,9 +34,19 @@ def container_job(command: str, *, project_id: str = "p1", **spec: Any) -> Job:
     )
 
 
+def signed_job(settings: Settings, job: Job, subject: str | None = None) -> tuple[str, bytes, dict[str, str]]:
+    """(subject, payload, headers) of `job` as the gateway publishes it: signed with the test key."""
+    assert settings.job_signing_key_file is not None
+    subject = subject or Subjects(settings.bus_prefix).job(job.pool)
+    payload = msgspec.json.encode(job)
+    headers = JobSigner.from_file(settings.job_signing_key_file).headers(subject, payload)
+    return subject, payload, {**headers, "Nats-Msg-Id": job.run_id}
+
+
 async def publish_job(js: JetStreamContext, settings: Settings, job: Job) -> None:
-    names = Subjects(settings.bus_prefix)
-    await js.publish(names.job(job.pool), msgspec.json.encode(job), headers={"Nats-Msg-Id": job.run_id})
+    """Publish `job` like the gateway does (signed)."""
+    subject, payload, headers = signed_job(settings, job)
+    await js.publish(subject, payload, headers=headers)
 
 
 async def request_cancel(nc: NATS, js: JetStreamContext, settings: Settings, run_id: str) -> None:

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from gateway.db.models import Artifact, Checkpoint, EventRecord, Run
 from shared.contracts import job_decoder
 from shared.contracts.events import RunLog, RunMetrics, event_decoder
+from shared.jobsign import JobVerifier
 from shared.settings import Settings
 from shared.subjects import Subjects
 from tests.integration.rest_helpers import (
@@ -51,6 +52,8 @@ async def test_creating_a_run_stores_it_queued_and_publishes_one_job_and_one_que
         msg = await js.get_last_msg(names.jobs_stream, names.job("gpu-a"))
         job = job_decoder.decode(msg.data)
         assert msg.headers["Nats-Msg-Id"] == run["id"]
+        assert settings.job_verify_key is not None  # signed by the gateway, for this subject and these bytes
+        JobVerifier.load(settings.job_verify_key).verify(names.job("gpu-a"), msg.data, msg.headers)
         queued = await js.get_last_msg(names.events_stream,
                                        names.run_event(project["id"], run["id"], "run.queued"))
         event = event_decoder.decode(queued.data)

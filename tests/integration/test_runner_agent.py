@@ -17,6 +17,7 @@ from runner.executors.base import Outcome, RunContext
 from runner.executors.registry import ExecutorRegistry
 from shared.bus import ensure_topology
 from shared.contracts import FailureCause, RunnerHeartbeat, event_decoder
+from shared.jobsign import JobSigner
 from shared.settings import Settings
 from shared.subjects import Subjects
 from tests.integration.runner_support import (
@@ -121,7 +122,10 @@ async def test_undecodable_job_is_terminated_and_the_runner_keeps_working(settin
     names = Subjects(settings.bus_prefix)
     job = container_job("echo fine")
     async with RunEvents(js, settings, job) as events, running_agent(settings):
-        await js.publish(names.job(POOL), b'{"not": "a job"}')
+        assert settings.job_signing_key_file is not None  # signed: this is about the decoding, not the signature
+        bad = b'{"not": "a job"}'
+        await js.publish(names.job(POOL), bad, headers=JobSigner.from_file(settings.job_signing_key_file).headers(
+            names.job(POOL), bad))
         await publish_job(js, settings, job)
         done = await events.wait_for_type("run.completed", "run.failed", "run.canceled")
     assert done.type == "run.completed"
