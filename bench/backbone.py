@@ -17,6 +17,7 @@ import os
 import platform
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -64,12 +65,20 @@ async def post_to_started(api: httpx.AsyncClient, project: str, runs: int) -> di
     return summary_ms(latencies)
 
 
+async def connect_bus(info: dict) -> nats.aio.client.Client:
+    """Connect to the stack's NATS as its gateway user (events are published as the runners would)."""
+    if users_file := info.get("nats_users_file"):
+        password = json.loads(Path(users_file).read_text())["gateway"]
+        return await nats.connect(info["nats_url"], user="gateway", password=password)
+    return await nats.connect(info["nats_url"])
+
+
 async def projection_rate(api: httpx.AsyncClient, info: dict, project: str, events: int) -> dict[str, Any]:
     run = (await api.post(f"/projects/{project}/runs", json={"kind": "container", "backend": "local",
                                                              "start_command": "sleep 3600"})).json()
     await api.post(f"/runs/{run['id']}/cancel")
     names = Subjects(info["bus_prefix"])
-    nc = await nats.connect(info["nats_url"])
+    nc = await connect_bus(info)
     js = nc.jetstream()
     db = await asyncpg.connect(info["database_url"].replace("postgresql+asyncpg", "postgresql"))
     attempt = 99
@@ -130,7 +139,7 @@ async def sse_fanout(api: httpx.AsyncClient, info: dict, project: str, clients: 
         await asyncio.wait_for(all_ready.wait(), 120)
         await asyncio.sleep(1.0)
         names = Subjects(info["bus_prefix"])
-        nc = await nats.connect(info["nats_url"])
+        nc = await connect_bus(info)
         js = nc.jetstream()
         for seq in range(1, events + 1):
             event = RunLog(run_id=run["id"], project_id=run["project_id"], attempt=98, runner_id="bench", seq=seq,

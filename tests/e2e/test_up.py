@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +18,8 @@ from typing import Any
 
 import asyncpg
 import httpx
+import nats
+import nats.errors
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -151,6 +154,7 @@ async def test_up_serves_stops_on_ctrl_c_and_the_next_up_keeps_the_data(tmp_path
         assert str(state_dir / "admin-password") in up.output()
         assert manifest["nats_embedded"] and manifest["database_embedded"]
         assert [c["name"] for c in manifest["children"]] == ["gateway", "runner-cpu0"]
+        await _assert_bus_requires_credentials(manifest, state_dir)
         assert manifest["children"][1]["runner_id"]
         gateway_pid = manifest["children"][0]["pid"]
         assert gateway_pid and _alive(gateway_pid)
@@ -179,6 +183,24 @@ async def test_up_serves_stops_on_ctrl_c_and_the_next_up_keeps_the_data(tmp_path
         finally:
             await conn.close()
         await up.interrupt()
+
+
+async def _assert_bus_requires_credentials(manifest: dict[str, Any], state_dir: Path) -> None:
+    """The embedded NATS refuses a client without credentials; its users are kept 0600 in secrets/ (0700)."""
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(manifest["nats_url"], allow_reconnect=False, connect_timeout=5)
+    secrets = state_dir / "secrets"
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
+    for name in ("nats-users.json", "nats-server.conf", "job-signing.key"):
+        assert stat.S_IMODE((secrets / name).stat().st_mode) == 0o600, name
+    users = json.loads(Path(manifest["nats_users_file"]).read_text())
+    reader = await nats.connect(manifest["nats_url"], user="reader", password=users["reader"],
+                                inbox_prefix=manifest["nats_reader_inbox_prefix"], allow_reconnect=False)
+    try:
+        info = await reader.jetstream().stream_info(f"{manifest['bus_prefix'].upper()}_EVENTS")
+        assert info.config.name
+    finally:
+        await reader.close()
 
 
 async def test_up_uses_external_nats_and_postgres_when_their_urls_are_set(settings: Settings, tmp_path: Path) -> None:
