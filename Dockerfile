@@ -26,7 +26,8 @@ COPY migrations ./migrations
 COPY trainforge ./trainforge
 RUN pip install --extra-index-url "$TORCH_INDEX_URL" -c constraints.txt . \
     && useradd --create-home --uid 1000 trainforge \
-    && mkdir -p /data && chown trainforge /data
+    && mkdir -p /data /secrets/nats /secrets/gateway /secrets/runner /secrets/reader \
+    && chown -R trainforge /data /secrets
 
 USER trainforge
 VOLUME ["/data"]

@@ -60,7 +60,7 @@ def running_stack(runners: int = 1, extra_env: dict[str, str] | None = None) -> 
                 if time.monotonic() > deadline:
                     raise RuntimeError("stack did not become ready")
                 time.sleep(0.3)
-            token = (state / "cli-token").read_text().strip()
+            token = (state / "secrets" / "cli-token").read_text().strip()
             yield {"url": url, "state_dir": state, "info": info, "headers": {"Authorization": f"Bearer {token}"}}
         finally:
             proc.send_signal(signal.SIGINT)

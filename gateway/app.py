@@ -8,10 +8,11 @@ stops them in reverse order on shutdown.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from litestar import Litestar, Router
+from litestar.config.app import AppConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
@@ -39,6 +40,7 @@ from gateway.dispatcher import Dispatcher
 from gateway.errors import problem_details_plugin
 from gateway.eventhub import EventHub
 from gateway.fleet import FleetService
+from gateway.limits import RequestLimitsMiddleware
 from gateway.projector import Projector
 from gateway.registration import WeightsRegistrar
 from gateway.services.accounts import ensure_first_admin
@@ -105,8 +107,11 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[HealthController, Router(path=API_PREFIX, route_handlers=api_controllers())],
         lifespan=[lifespan],
         dependencies={"gw": Provide(provide_state, sync_to_thread=False), "me": provide_me},
-        on_app_init=[auth.on_app_init],
+        # authentication inserts its middleware first; the limits go in front of it, so a body too large or too
+        # deep is refused before a token is looked up
+        on_app_init=[auth.on_app_init, _outermost(RequestLimitsMiddleware(settings.max_json_depth))],
         middleware=rate_limits(settings),
+        request_max_body_size=settings.max_json_kb * 1024,
         stores=rate_limit_stores(provide_state),
         plugins=[problem_details_plugin()],
         openapi_config=OpenAPIConfig(
@@ -119,6 +124,14 @@ def create_app(settings: Settings) -> Litestar:
         debug=False,
         logging_config=None,  # the process configures logging (trainforge.cli); one format for every line
     )
+
+
+def _outermost(middleware: object) -> Callable[[AppConfig], AppConfig]:
+    def insert(app_config: AppConfig) -> AppConfig:
+        app_config.middleware.insert(0, middleware)  # type: ignore[arg-type]
+        return app_config
+
+    return insert
 
 
 def background_services() -> list[tuple[str, object]]:

@@ -142,6 +142,12 @@ def _http(exc: HTTPException) -> ProblemDetailsException:
     return problem(status, _HTTP_CODES.get(status, "http_error"), title, str(exc.detail), headers=exc.headers)
 
 
+def _too_deep(exc: RecursionError) -> ProblemDetailsException:
+    """A safety net behind `gateway.limits`: input nested deeply enough to exhaust a recursive decoder is the
+    client's, not a server error."""
+    return problem(400, "bad_request", "Bad Request", "the request is nested too deeply to be read")
+
+
 def _unexpected(exc: Exception) -> ProblemDetailsException:
     log.error("unhandled error", exc_info=exc)
     return problem(500, "internal_error", "Internal Server Error",
@@ -156,6 +162,7 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
                 GatewayError: _gateway_error,
                 ValidationException: _validation,
                 HTTPException: _http,
+                RecursionError: _too_deep,
                 Exception: _unexpected,
             }
         )

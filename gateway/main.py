@@ -7,6 +7,7 @@ import sys
 import uvicorn
 
 from gateway.app import create_app
+from shared import logredact
 from shared.jobsign import JobSigner, KeyFileError
 from shared.settings import Settings
 
@@ -27,6 +28,7 @@ def main(settings: Settings) -> int:
         lifespan="on",
         proxy_headers=True,
     )
+    logredact.install()  # after uvicorn.Config, which sets up uvicorn's own loggers: no token in the access log
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 1

@@ -11,7 +11,7 @@ import re
 
 from gateway.errors import GatewayError
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)\Z")
 
 
 class RangeNotSatisfiable(GatewayError):

@@ -16,10 +16,11 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
+from shared import names
 from shared.contracts.commands import Requirements, RunSpec, RunSpecBase
 from shared.contracts.common import TOKEN_RE
 
-PROJECT_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+PROJECT_NAME_RE = names.NAME
 
 ProjectName = Annotated[str, Meta(pattern=PROJECT_NAME_RE, description="Unique per owner; letters, digits, '.', '_', '-'")]
 Text = Annotated[str, Meta(max_length=10_000)]
@@ -42,7 +43,7 @@ class RunRequirements(Requirements, forbid_unknown_fields=True, kw_only=True, fr
 # -- projects --------------------------------------------------------------------------------------------
 
 
-TargetName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+TargetName = Annotated[str, Meta(pattern=names.SHORT_NAME)]
 
 
 class ProjectCreate(Request):
@@ -139,7 +140,7 @@ class RunRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froze
 
 
 Ref = Annotated[str, Meta(min_length=1, max_length=256)]
-Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+Name = Annotated[str, Meta(pattern=names.NAME,
                            description="Letters, digits, `.`, `_`, `-`; up to 128")]
 ImageRef = Annotated[str, Meta(min_length=1, max_length=512)]
 

@@ -19,6 +19,7 @@ from litestar import Request
 from multipart import MultipartSegment, ParserError, ParserLimitReached, PushMultipartParser
 
 from gateway.errors import BadRequest, PayloadTooLarge
+from gateway.limits import check_json_depth
 from shared.settings import Settings
 
 MB = 1024 * 1024
@@ -66,6 +67,8 @@ def _too_large(limit: int) -> PayloadTooLarge:
 
 
 async def read_json(request: Request[Any, Any, Any], limit: int = JSON_LIMIT) -> bytes:
+    """The body of a JSON request to an upload route, at most `limit` bytes (413) and no deeper than
+    `max_json_depth` (400), as `gateway.limits` checks for every other route."""
     announced = _announced(request)
     if announced is not None and announced > limit:
         raise _too_large(limit)
@@ -74,6 +77,7 @@ async def read_json(request: Request[Any, Any, Any], limit: int = JSON_LIMIT) ->
         body += chunk
         if len(body) > limit:
             raise _too_large(limit)
+    check_json_depth(bytes(body), request.app.state.gw.settings.max_json_depth)
     return bytes(body)
 
 

@@ -65,7 +65,7 @@ BYTES_PER_PARAM_EXTRA = 12
 STRIDE = 32
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".dng", ".mpo", ".heic"})
 MAX_FILES_SCANNED = 500_000
-MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 
 
 class AdviceError(ValueError):

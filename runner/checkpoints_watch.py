@@ -17,7 +17,7 @@ from pathlib import Path
 
 import anyio
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)\Z")
 TENSORBOARD_GLOB = "events.out.tfevents.*"
 MAX_ARTIFACT_SCAN = 200
 """At most this many TensorBoard files are reported per run."""

@@ -15,11 +15,12 @@ import re
 
 import psutil
 
+from shared import names
 from shared.contracts.commands import Requirements
 from shared.contracts.events import DeviceInfo
 from shared.hoststats import list_gpus
 
-DEVICE_RE = re.compile(r"^(cpu|auto|cuda:(\d{1,3}))$")
+DEVICE_RE = re.compile(names.whole(r"(cpu|auto|cuda:(\d{1,3}))"))
 
 
 class DeviceError(ValueError):

@@ -14,7 +14,7 @@ import anyio
 
 from runner.executors.base import Emitter
 
-_CUDA_RE = re.compile(r"^(?:cuda|gpu)?:?(\d+(?:,\d+)*)$")
+_CUDA_RE = re.compile(r"^(?:cuda|gpu)?:?(\d+(?:,\d+)*)\Z")
 
 
 def cuda_indices(device: str) -> list[int]:

@@ -29,7 +29,7 @@ MAX_DICT_CHARS = 8192
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _KEY_VALUE_RE = re.compile(rf"(?<![\w./-])(?P<key>[A-Za-z_][\w./-]*)\s*=\s*(?P<value>{_NUMBER})(?![\w.])")
-_ENV_KEY_RE = re.compile(r"^[A-Z0-9_]+$")
+_ENV_KEY_RE = re.compile(r"^[A-Z0-9_]+\Z")
 _TQDM_RE = re.compile(r"(?:^|\s|:)\d{1,3}%\|[^|]*\|\s*(?P<step>\d+)/(?P<total>\d+)\b")
 _STEP_RE = re.compile(
     r"\b(?:global[ _])?(?:step|iter|iteration)s?\s*[:=]?\s*\[?(?P<step>\d+)\s*/\s*(?P<total>\d+)", re.I

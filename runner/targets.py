@@ -21,8 +21,9 @@ import tomllib
 from pathlib import Path, PurePosixPath
 
 import msgspec
+from shared import names
 
-TARGET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+TARGET_NAME_RE = names.SHORT_NAME_RE
 
 
 class TargetsError(ValueError):

@@ -24,10 +24,11 @@ from typing import Protocol, runtime_checkable
 
 import anyio
 
+from shared import names as _names
 from shared.settings import Settings
 from shared.subjects import Subjects
 
-KEY_RE = re.compile(r"^[-_=.A-Za-z0-9]+(/[-_=.A-Za-z0-9]+)*$")
+KEY_RE = re.compile(_names.whole(r"[-_=.A-Za-z0-9]+(/[-_=.A-Za-z0-9]+)*"))
 CHUNK = 256 * 1024
 
 

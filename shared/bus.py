@@ -11,6 +11,7 @@ import contextlib
 import importlib.util
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -60,13 +61,15 @@ def connect_options(settings: Settings) -> dict[str, Any]:
     ) if value]
     if len(chosen) > 1:
         raise SettingsError(f"set one kind of NATS credentials, not {' and '.join(chosen)}")
-    if settings.nats_password and not settings.nats_user:
+    if (settings.nats_password or settings.nats_password_file) and not settings.nats_user:
         raise SettingsError("TRAINFORGE_NATS_PASSWORD needs TRAINFORGE_NATS_USER")
+    if settings.nats_password and settings.nats_password_file:
+        raise SettingsError("set TRAINFORGE_NATS_PASSWORD or TRAINFORGE_NATS_PASSWORD_FILE, not both")
     options: dict[str, Any] = {"servers": [u.strip() for u in settings.effective_nats_url.split(",")],
                                "inbox_prefix": settings.nats_inbox_prefix}
     if settings.nats_user:
         options["user"] = settings.nats_user
-        options["password"] = settings.nats_password or ""
+        options["password"] = settings.nats_password or _read_password(settings.nats_password_file)
     elif settings.nats_token:
         options["token"] = settings.nats_token
     files = ((settings.nats_nkey_seed_file, "nkeys_seed"), (settings.nats_creds_file, "user_credentials"))
@@ -80,6 +83,15 @@ def connect_options(settings: Settings) -> dict[str, Any]:
             raise SettingsError(f"NATS credentials file {path} not found")
         options[option] = str(path)
     return options
+
+
+def _read_password(path: Path | None) -> str:
+    if path is None:
+        return ""
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise SettingsError(f"TRAINFORGE_NATS_PASSWORD_FILE: cannot read {path}: {exc.strerror}") from None
 
 
 async def connect(

@@ -11,12 +11,13 @@ import hashlib
 import re
 from collections.abc import Sequence
 
+from shared import names as _names
 from shared.contracts.commands import Limits, Requirements
 from shared.contracts.events import DeviceInfo
 
 ANONYMOUS = "_anonymous"
 """Lease key token of runs without an owner (all of them count as one user)."""
-_KEY_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_KEY_TOKEN = re.compile(_names.whole(r"[A-Za-z0-9_-]{1,64}"))
 
 
 def misfit(kind: str, requirements: Requirements | None, devices: Sequence[DeviceInfo], kinds: Sequence[str]) -> str | None:

@@ -38,6 +38,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     nats_token: str | None = None
     """NATS authorization token (instead of a user)."""
     nats_nkey_seed_file: Path | None = None
+    nats_password_file: Path | None = None
+    """File holding that password (instead of `nats_password`; `trainforge secrets init` writes one per part)."""
     """File holding an nkey seed (`SU...`) for a server that authenticates nkeys (needs the `nkeys` package)."""
     nats_creds_file: Path | None = None
     """A `.creds` file (user JWT and nkey seed) for a server in operator/JWT mode (needs `nkeys`)."""
@@ -68,6 +70,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Most parameters a custom model YAML may build to (yolov8x: 68 M), counted before anything is built."""
     architecture_max_gflops: float = 3000.0
     """Most GFLOPs its forward pass may take at the requested imgsz (yolov8x: 258 at 640, 2,640 at 2048)."""
+    max_json_kb: int = 1024
+    """Largest request body of a route that takes JSON (413 beyond); uploads have their own limits."""
+    max_json_depth: int = 32
+    """Deepest nesting of arrays and objects accepted in a JSON body (400 beyond)."""
     architecture_max_activation_mb: float = 2048.0
     """Most MB its layers' outputs may take at the requested imgsz, batch 1, float32 (yolov8x at 640: 184)."""
     architecture_validate_memory_mb: int = 4096
@@ -81,10 +87,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     admin_username: str = "admin"
     """The first admin, created when the database has no user."""
     admin_password: str | None = None
-    """That admin's password. Unset: a random one is generated and written to <state_dir>/admin-password."""
+    """That admin's password. Unset: a random one is generated and written to
+    <state_dir>/secrets/admin-password."""
     jwt_secret: str | None = None
     """Signs access tokens; every gateway of one deployment needs the same. Unset: generated once and kept in
-    <state_dir>/jwt-secret."""
+    <state_dir>/secrets/jwt-secret."""
     access_token_ttl_s: float = 900.0
     """Lifetime of an access token (JWT); a refresh token gets a new one."""
     refresh_token_ttl_h: float = 720.0
@@ -158,7 +165,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """The gateway the `trainforge train` and `trainforge runs` commands talk to."""
     api_token: str | None = None
     """API token those commands send. Unset: the one `trainforge login` kept for their gateway, else the one
-    `trainforge up` keeps in <state_dir>/cli-token, if any."""
+    `trainforge up` keeps in <state_dir>/secrets/cli-token, if any."""
     max_image_upload_mb: int = 20
     """Largest image accepted by `POST /api/v1/uploads` and synchronous predict."""
     upload_ttl_h: float = 24.0

@@ -20,7 +20,8 @@ from sqlalchemy.engine import make_url
 from shared.jobsign import ensure_key_pair
 from shared.settings import Settings
 from tests.auth_support import ADMIN_PASSWORD
-from trainforge.busauth import BusCredentials, secrets_dir
+from shared.secretfiles import secrets_dir
+from trainforge.busauth import BusCredentials
 from trainforge.embedded import EmbeddedNats, EmbeddedPostgres
 
 # Ultralytics and matplotlib must never write to ~ or reach the network in tests.

@@ -28,17 +28,8 @@ from shared.subjects import Subjects
 
 USERS = ("gateway", "runner", "reader")
 READER_INBOX_PREFIX = "_INBOX_reader"
-SECRETS_DIR = "secrets"
 USERS_FILE = "nats-users.json"
 CONFIG_FILE = "nats-server.conf"
-
-
-def secrets_dir(state_dir: Path) -> Path:
-    """`<state_dir>/secrets` (mode 0700), made when missing."""
-    path = state_dir / SECRETS_DIR
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.chmod(0o700)
-    return path
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import msgspec
 
+from shared import logredact
 from shared.settings import ENV_PREFIX, Settings, SettingsError
 
 DEVICE_PATTERN = re.compile(r"cpu|cuda:\d+|auto")
@@ -23,6 +24,7 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    logredact.install()
 
 
 def _settings_error(exc: SettingsError) -> str:
@@ -108,6 +110,15 @@ def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     upgrade(settings.database_url, args.revision)
     print(f"database schema at {args.revision}")
+    return 0
+
+
+def _cmd_secrets_init(args: argparse.Namespace, settings: Settings) -> int:
+    from trainforge.deploysecrets import init_secrets
+
+    folders = init_secrets(args.dir.resolve(), settings.bus_prefix)
+    for part, folder in folders.items():
+        print(f"{part:8} {folder}")
     return 0
 
 
@@ -343,6 +354,13 @@ examples:
   CUDA_VISIBLE_DEVICES=1 trainforge runner --pool gpu --device cuda:0
 """
 
+SECRETS_EPILOG = """\
+examples:
+  trainforge secrets init ./deploy-secrets      # then give each part only its folder (compose.yaml does)
+  TRAINFORGE_NATS_USER=runner TRAINFORGE_NATS_PASSWORD_FILE=./deploy-secrets/runner/nats-password \\
+    TRAINFORGE_JOB_VERIFY_KEY=./deploy-secrets/runner/job-verify.pub trainforge runner --device cuda:0
+"""
+
 MIGRATE_EPILOG = """\
 examples:
   TRAINFORGE_DATABASE_URL=postgresql+asyncpg://tf:pw@postgres/tf trainforge migrate
@@ -416,6 +434,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--revision", default="head", help="target revision (default: head)")
     p.set_defaults(func=_cmd_migrate)
+
+    p = sub.add_parser(
+        "secrets",
+        help="make the secrets of a deployment whose parts run apart (compose, several hosts)",
+        description="Bus credentials and the job signing keys, one folder per part. `trainforge up` needs none "
+                    "of this: it makes its own.",
+        epilog=SECRETS_EPILOG,
+        formatter_class=raw,
+    )
+    secret_actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = secret_actions.add_parser(
+        "init", help="write (once) DIR/{nats,gateway,runner,reader}/; existing secrets are kept",
+        description="Write DIR/nats/nats-server.conf (NATS users: gateway, runner, reader, with permissions), "
+                    "DIR/gateway/{job-signing.key,nats-password}, DIR/runner/{job-verify.pub,nats-password} and "
+                    "DIR/reader/nats-password. Give each part only its folder: the gateway "
+                    "TRAINFORGE_JOB_SIGNING_KEY_FILE and TRAINFORGE_NATS_PASSWORD_FILE, runners "
+                    "TRAINFORGE_JOB_VERIFY_KEY and TRAINFORGE_NATS_PASSWORD_FILE, nats-server `-c` the config. "
+                    "The subjects in the permissions follow TRAINFORGE_BUS_PREFIX.")
+    a.add_argument("dir", type=Path, help="folder to write the parts' folders into")
+    a.set_defaults(func=_cmd_secrets_init)
 
     api_help = "gateway URL (default: TRAINFORGE_API_URL or http://127.0.0.1:8000)"
     p = sub.add_parser(

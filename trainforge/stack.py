@@ -31,8 +31,9 @@ from sqlalchemy.engine import make_url
 
 from shared.bus import redact_url
 from shared.jobsign import JobSigner, KeyFileError, ensure_key_pair
+from shared.secretfiles import secret_file, secrets_dir
 from shared.settings import ENV_PREFIX, Settings
-from trainforge.busauth import READER_INBOX_PREFIX, BusCredentials, secrets_dir
+from trainforge.busauth import READER_INBOX_PREFIX, BusCredentials
 from trainforge.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres
 
 log = logging.getLogger("trainforge.up")
@@ -310,14 +311,14 @@ class Stack:
 
     @property
     def admin_password_file(self) -> Path:
-        return self.state_dir / "admin-password"
+        return secret_file(self.state_dir, "admin-password")
 
     @property
     def cli_token_file(self) -> Path:
         return cli_token_file(self.settings)
 
     async def _ensure_cli_token(self) -> None:
-        """An API token of the first admin in `<state_dir>/cli-token` (mode 0600), so that the CLI on this
+        """An API token of the first admin in `<state_dir>/secrets/cli-token` (mode 0600), so that the CLI on this
         machine works with no setup; kept while it works, made again when it does not. Skipped (with a
         warning) when the admin's password is no longer the one `up` knows."""
         password = self.settings.admin_password
@@ -535,7 +536,7 @@ class Stack:
 
 def cli_token_file(settings: Settings) -> Path:
     """Where `trainforge up` keeps an API token for the CLI on this machine."""
-    return settings.state_dir.resolve() / "cli-token"
+    return secret_file(settings.state_dir, "cli-token")
 
 
 def _check_port_free(host: str, port: int) -> None:

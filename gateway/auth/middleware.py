@@ -5,7 +5,9 @@ login, refresh and sign-up endpoints. The token is either
 - an access token (a JWT from `POST /api/v1/auth/login` or `/refresh`): its `sub` is the user, its `sid` the
   login session, which must not be revoked (logout) or expired, nor its user disabled; or
 - an API token (`tfp_...`, `POST /api/v1/tokens`), which must not be revoked or expired.
-Browsers' EventSource cannot send headers: the SSE endpoints (`.../events`) also take `?access_token=`.
+Browsers' EventSource cannot send headers: the SSE routes, and only they (handlers marked with
+`opt={QUERY_TOKEN_OPT: True}`, matched by route, not by path), also take `?access_token=`. Logs never show it
+(`shared.logredact` cuts query strings out of every log line).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from gateway.auth.secrets import API_TOKEN_PREFIX, jwt_secret, token_hash
 from gateway.db.models import ApiToken, LoginSession, User
 from gateway.state import GatewayState
 from shared.settings import Settings
+
+QUERY_TOKEN_OPT = "query_token"
+"""Route handler option: this route (an SSE stream) also takes the token as `?access_token=`."""
 
 PUBLIC_PATHS = ["^/health$", "^/ready$", "^/schema", "^/api/v1/auth/(login|refresh|signup)$"]
 """Reached without a token (regular expressions on the path)."""
@@ -73,6 +78,11 @@ async def user_of_api_token(gw: GatewayState, token: str, address: str | None) -
                   address=address)
 
 
+def _takes_query_token(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    handler = connection.scope.get("route_handler")
+    return bool(handler is not None and handler.opt.get(QUERY_TOKEN_OPT))
+
+
 class BearerAuthMiddleware(JWTAuthenticationMiddleware):
     async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
         header = connection.headers.get("Authorization")
@@ -82,8 +92,7 @@ class BearerAuthMiddleware(JWTAuthenticationMiddleware):
                 raise NotAuthorizedException("send the token as `Authorization: Bearer <token>`")
             credential = credential.strip()
         else:
-            credential = connection.query_params.get("access_token", "") if connection.url.path.endswith(
-                "/events") else ""
+            credential = connection.query_params.get("access_token", "") if _takes_query_token(connection) else ""
             if not credential:
                 raise NotAuthorizedException(
                     "authentication required: log in (POST /api/v1/auth/login) and send "

@@ -13,6 +13,8 @@ import anyio.to_thread
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from shared.secretfiles import secret_file
+
 API_TOKEN_PREFIX = "tfp_"
 """API tokens start with this, so the gateway (and secret scanners) tell them from JWTs."""
 REFRESH_TOKEN_PREFIX = "tfr_"
@@ -46,10 +48,10 @@ def token_hash(token: str) -> str:
 
 
 def jwt_secret(configured: str | None, state_dir: Path) -> str:
-    """The configured secret, or one generated once and kept in `<state_dir>/jwt-secret` (mode 0600)."""
+    """The configured secret, or one generated once and kept in `<state_dir>/secrets/jwt-secret` (mode 0600)."""
     if configured:
         return configured
-    return read_or_create_secret(state_dir / "jwt-secret", lambda: secrets.token_urlsafe(48))
+    return read_or_create_secret(secret_file(state_dir, "jwt-secret"), lambda: secrets.token_urlsafe(48))
 
 
 def read_or_create_secret(path: Path, make: Callable[[], str]) -> str:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from litestar import Controller, delete, get, post
-from litestar.params import QueryParameter
 
 from gateway.services import architectures as service
 from gateway.services.architectures import (
@@ -16,10 +13,9 @@ from gateway.services.architectures import (
     ValidateRequest,
 )
 from gateway.auth.caller import Me
+from gateway.controllers.common import Limit, Offset
 from gateway.state import Gateway, GatewayState
 
-Offset = Annotated[int, QueryParameter(ge=0)]
-Limit = Annotated[int, QueryParameter(ge=1, description="Items per page (at most page_size_max)")]
 
 VALIDATE_DESCRIPTION = """\
 Builds the model of an Ultralytics model YAML and runs one forward pass at `imgsz`: answers its layers

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request
-from litestar.params import Parameter
+from litestar.params import Parameter, QueryParameter
 from litestar.response import Response
 
 from gateway.errors import BadRequest, GatewayError
@@ -84,3 +84,11 @@ def idempotency_scope(request: Request[Any, Any, Any]) -> str:
     """What an Idempotency-Key is unique within: the caller, method and path (two users' keys never meet)."""
     user = request.scope.get("user")
     return f"{getattr(user, 'user_id', '-')} {request.method} {request.url.path}"
+
+
+AccessTokenQuery = Annotated[
+    str | None,
+    QueryParameter(name="access_token", required=False, max_length=4096,
+                   description="For clients that cannot send headers (EventSource): the bearer token. Taken on the "
+                               "Server-Sent Events routes only."),
+]

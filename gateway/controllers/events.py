@@ -4,7 +4,13 @@ Each message: `id` = the event's position in the projection (monotonic), `event`
 JSON. A client that reconnects with `Last-Event-ID: <id>` (or `?last_event_id=<id>`) gets every event after
 it, none twice: the stream subscribes to the event hub FIRST, then replays Postgres past the id, then
 forwards live events skipping positions already sent. A comment line keeps idle connections alive every
-`sse_keepalive_s`. A run's stream ends after the event that made the run terminal.
+`sse_keepalive_s`: the line `: keep-alive` alone, never followed by a blank line, so that no parser takes it
+for an event (a blank line after a comment makes some, httpx-sse among them, dispatch an empty event carrying
+the last id).
+
+A run's stream ends (200) after the event that made the run terminal. A browser's EventSource then reconnects
+with `Last-Event-ID`; a request for a finished run with nothing past its id is answered 204, which stops it.
+A project's stream never ends by itself: projects have no end.
 """
 
 from __future__ import annotations
@@ -12,10 +18,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from litestar import Controller, get
+from litestar import Controller, Response, get
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
-from sqlalchemy import ColumnElement, Text, cast, select
+from sqlalchemy import ColumnElement, Text, cast, exists, select
 
 from gateway.db.models import EventRecord, Run
 from gateway.errors import BadRequest
@@ -28,6 +35,18 @@ from shared.contracts.common import RunStatus
 from shared.contracts.events import TERMINAL_EVENT_TYPES
 
 REPLAY_PAGE = 500
+
+
+class _KeepAlive(ServerSentEventMessage):
+    """A comment line and nothing else: not an event to any parser (see the module's docstring)."""
+
+    def encode(self) -> bytes:
+        return b": keep-alive\r\n"
+
+
+KEEP_ALIVE = _KeepAlive(data=None)
+FINISHED = ResponseSpec(None, description="The run is finished and nothing follows the given Last-Event-ID: "
+                                          "do not reconnect (a 204 stops a browser's EventSource)")
 
 LastEventIdHeader = Annotated[
     str | None,
@@ -47,14 +66,19 @@ LastEventIdQuery = Annotated[
 class EventsController(Controller):
     tags = ["events"]
 
-    @get("/runs/{run_id:str}/events", summary="Live events of a run (Server-Sent Events)")
+    @get("/runs/{run_id:str}/events", summary="Live events of a run (Server-Sent Events)",
+         responses={204: FINISHED})
     async def run_events(
         self, gw: Gateway, me: Me, run_id: FromPath[str], last_event_id_header: LastEventIdHeader = None,
         last_event_id: LastEventIdQuery = None, access_token: AccessTokenQuery = None,
-    ) -> ServerSentEvent:
+    ) -> Response:  # type: ignore[type-arg]
         start = _resume_point(last_event_id_header, last_event_id)
         async with gw.sessionmaker() as session:
-            await get_run(session, run_id, me)
+            run = await get_run(session, run_id, me)
+            # The status first: once it reads terminal, the terminal event is stored (one transaction).
+            if RunStatus(run.status).terminal and not (await session.execute(select(exists().where(
+                    EventRecord.run_id == run_id, EventRecord.position > start)))).scalar():
+                return Response(None, status_code=204)
         return ServerSentEvent(
             _stream(gw, {"run_id": run_id}, EventRecord.run_id == run_id, start, run_id=run_id))
 
@@ -105,7 +129,7 @@ async def _stream(gw: Gateway, topic: dict[str, str], where: ColumnElement[bool]
             try:
                 event: HubEvent | None = await sub.next(timeout=keepalive)
             except TimeoutError:
-                yield ServerSentEventMessage(comment="keep-alive", data=None)
+                yield KEEP_ALIVE
                 continue
             if event is None:
                 return  # dropped (too slow) or shutting down: the client resumes with Last-Event-ID

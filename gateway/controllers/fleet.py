@@ -15,7 +15,9 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from sqlalchemy import func, select
 
-from gateway.controllers.common import Limit, Offset, page_limit
+from shared import names
+from gateway.auth.middleware import QUERY_TOKEN_OPT
+from gateway.controllers.common import AccessTokenQuery, Limit, Offset, page_limit
 from gateway.db.models import Run
 from gateway.errors import Conflict, NotFound, Unavailable, Unprocessable
 from gateway.fleet import FleetError, FleetService, HostSample, RunnerState, RunnerView, host_sample
@@ -74,8 +76,8 @@ class AvailableModels(msgspec.Struct, kw_only=True):
 class AdviceBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=64, description="e.g. yolov8n, yolo11s-seg")]
     imgsz: Annotated[int, msgspec.Meta(ge=32, le=4096)] = 640
-    device: Annotated[str, msgspec.Meta(pattern=r"^(auto|cpu|cuda:\d{1,3})$")] = "auto"
-    pool: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
+    device: Annotated[str, msgspec.Meta(pattern=names.whole(r"auto|cpu|cuda:\d{1,3}"))] = "auto"
+    pool: Annotated[str, msgspec.Meta(pattern=names.whole(r"[A-Za-z0-9_-]{1,64}"))] | None = None
     dataset: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
     """A registered dataset (id or name): its size decides the cache."""
     batch: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
@@ -123,15 +125,16 @@ class RunnersController(Controller):
 
 
 async def _visible_runs(gw: GatewayState, caller: Caller, views: list[RunnerView]) -> list[RunnerView]:
-    """The views with `current_run` blanked where the caller may not see that run."""
-    running = [v.current_run for v in views if v.current_run]
+    """The views with the runs the caller may not see left out: `current_run` blanked, `active_runs` filtered."""
+    running = {run for v in views for run in [*v.active_runs, *([v.current_run] if v.current_run else [])]}
     if caller.is_admin or not running:
         return views
     async with gw.sessionmaker() as session:
         visible = set((await session.execute(select(Run.id).where(
             Run.id.in_(running), member_of(caller, Run.project_id)))).scalars())
-    return [v if v.current_run in visible or v.current_run is None else msgspec.structs.replace(v, current_run=None)
-            for v in views]
+    return [msgspec.structs.replace(
+        v, current_run=v.current_run if v.current_run in visible else None,
+        active_runs=[run for run in v.active_runs if run in visible]) for v in views]
 
 
 async def _control(gw: GatewayState, caller: Caller, runner_id: str,
@@ -155,8 +158,9 @@ class SystemController(Controller):
     async def resources(self, gw: Gateway) -> Resources:
         return await _resources(gw)
 
-    @get("/resources/events", summary="Resource samples as Server-Sent Events (first: the full resources)")
-    async def resource_events(self, gw: Gateway) -> ServerSentEvent:
+    @get("/resources/events", summary="Resource samples as Server-Sent Events (first: the full resources)",
+         opt={QUERY_TOKEN_OPT: True})
+    async def resource_events(self, gw: Gateway, access_token: AccessTokenQuery = None) -> ServerSentEvent:
         return ServerSentEvent(_samples(gw))
 
 

@@ -9,6 +9,7 @@ from litestar import Controller, Request, delete, get, post
 from litestar.params import Parameter
 from litestar.response import Response
 
+from shared import names
 from gateway.auth.caller import Me
 from gateway.controllers.common import (
     After,
@@ -41,9 +42,9 @@ from gateway.schemas import (
 from gateway.services import runs
 from gateway.state import Gateway, GatewayState
 
-Kind = Annotated[str | None, Parameter(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="Only runs of this kind")]
+Kind = Annotated[str | None, Parameter(pattern=names.whole(r"[A-Za-z0-9._-]{1,64}"), description="Only runs of this kind")]
 Statuses = Annotated[str | None, Parameter(description="Only runs in these states (comma-separated)")]
-MetricName = Annotated[str | None, Parameter(pattern=r"^[^\x00]{1,256}$", description="Only this metric")]
+MetricName = Annotated[str | None, Parameter(pattern=names.whole(r"[^\x00-\x1f\x7f]{1,256}"), description="Only this metric")]
 LOG_PAGE_MAX = 5000
 
 

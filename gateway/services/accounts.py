@@ -22,6 +22,7 @@ from msgspec import UNSET, Meta, UnsetType
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from shared import names
 from gateway.auth.caller import Caller
 from gateway.auth.secrets import (
     API_TOKEN_PREFIX,
@@ -38,10 +39,11 @@ from gateway.schemas import Request
 from gateway.services import audit
 from gateway.state import GatewayState
 from shared.contracts.common import new_id
+from shared.secretfiles import secret_file
 
 log = logging.getLogger(__name__)
 
-USERNAME_RE = r"^[a-z0-9][a-z0-9._-]{1,63}$"
+USERNAME_RE = names.USERNAME
 Username = Annotated[str, Meta(pattern=USERNAME_RE, description="2-64 of a-z, 0-9, '.', '_', '-'")]
 Password = Annotated[str, Meta(min_length=8, max_length=1024, description="At least 8 characters")]
 TokenName = Annotated[str, Meta(min_length=1, max_length=128)]
@@ -151,13 +153,13 @@ def token_view(row: ApiToken) -> ApiTokenView:
 
 async def ensure_first_admin(gw: GatewayState) -> None:
     """With no user at all, create the admin `admin_username` with `admin_password`, or with a random password
-    written to `<state_dir>/admin-password` (mode 0600) when none is configured."""
+    written to `<state_dir>/secrets/admin-password` (mode 0600) when none is configured."""
     settings = gw.settings
     async with gw.sessionmaker() as session:
         if (await session.execute(select(User.id).limit(1))).first() is not None:
             return
     password = settings.admin_password or read_or_create_secret(
-        settings.state_dir / "admin-password", lambda: secrets.token_urlsafe(15))
+        secret_file(settings.state_dir, "admin-password"), lambda: secrets.token_urlsafe(15))
     try:
         await create_user(gw, UserCreate(username=settings.admin_username, password=password, is_admin=True), None)
         log.info("created the first admin %r", settings.admin_username)

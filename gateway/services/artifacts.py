@@ -20,6 +20,7 @@ from litestar.response import Stream
 from sqlalchemy import ColumnElement, delete, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared import names
 from gateway.db.models import Artifact, Run
 from gateway.auth.access import check_artifact
 from gateway.auth.caller import Caller
@@ -38,7 +39,7 @@ UPLOAD_KIND = "upload"
 IMAGE_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tiff", "MPO": ".jpg"}
 IMAGE_MEDIA_TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".bmp": "image/bmp", ".webp": "image/webp",
                      ".tiff": "image/tiff"}
-_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+_ID = re.compile(names.whole(r"[0-9A-Za-z_-]{1,64}"))
 
 
 def store_of(gw: GatewayState) -> ArtifactStore:

@@ -23,6 +23,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared import names
 from gateway.auth.access import data_roots_of, owned_by, pick
 from gateway.auth.caller import Caller
 from gateway.datasets import (
@@ -50,7 +51,7 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+NAME_PATTERN = names.NAME
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN,
                                    description="Letters, digits, `.`, `_`, `-`; up to 128")]
 Seed = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]

@@ -26,6 +26,7 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared import names
 from gateway.auth.access import owned_by, pick
 from gateway.auth.caller import Caller
 from gateway.db.models import Model, ModelVersion, Run
@@ -39,10 +40,10 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+NAME_PATTERN = names.NAME
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN,
                                    description="Letters, digits, `.`, `_`, `-`; up to 128")]
-_VERSION_ID = re.compile(r"^[0-9a-f]{32}$")
+_VERSION_ID = re.compile(r"^[0-9a-f]{32}\Z")
 
 
 class UploadOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -26,6 +26,7 @@ import msgspec
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared import names
 from gateway.datasets import DatasetError
 from gateway.datasets.layout import read_index
 from gateway.datasets.listing import image_file
@@ -42,8 +43,8 @@ from shared.contracts.commands import RunSpecBase
 from shared.contracts.yolo import YoloExportSpec, YoloPredictSpec, YoloTrainSpec, YoloValSpec, validate_train_extra
 from shared.settings import Settings
 
-BUILTIN_MODEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}(\.(pt|yaml|yml))?$")
-ID_RE = re.compile(r"^[0-9a-f]{32}$")
+BUILTIN_MODEL_RE = re.compile(names.whole(r"[A-Za-z][A-Za-z0-9_-]{0,63}(\.(pt|yaml|yml))?"))
+ID_RE = re.compile(names.whole(r"[0-9a-f]{32}"))
 MODEL_ARTIFACT_SUFFIXES = (".pt", ".onnx", ".torchscript")
 SPLIT_IMAGES_MAX = 1000
 """Most images `dataset:<ref>:<split>` may expand to."""

@@ -64,7 +64,7 @@ from shared.contracts.common import TOKEN_RE
 from shared.contracts.preflight import PreflightReply
 from shared.settings import Settings
 
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 TOKEN_SUBST_RE = re.compile(r"\{(resume_from|output_dir|dataset|training_yaml)\}")
 """Tokens of a start command, each replaced in one pass by its shell-quoted value (docs/containers.md)."""
 MAX_LOG_LINE = 4000

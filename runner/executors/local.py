@@ -4,6 +4,10 @@ Only when the operator enabled it (`Settings.runner_local_backend`): it runs wha
 The command goes to bash as one argument (`bash -c <command>`), never pasted into another command line. The
 job gets its own session and process group, so a cancel, a timeout or the end of the main process stops every
 process it started: SIGTERM to the group, SIGKILL after `Settings.cancel_grace_s`, until none is left.
+
+A runner that dies (kill -9) takes the job with it, so that a next attempt on another host never runs beside
+an orphan: bash gets `PR_SET_PDEATHSIG` = SIGKILL, and a small watchdog (`bash`, its own parent-death signal
+SIGTERM) SIGKILLs the whole group when the runner is gone; it exits by itself once the group is empty.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from shared.contracts import ContainerSpec, FailureCause
 from shared.settings import Settings
 from runner.executors.base import Canceled, Completed, ExecutorError, Failed, Outcome, RunContext
 
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 RESERVED_ENV_PREFIX = "TRAINFORGE_"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 READ_CHUNK = 64 * 1024
@@ -32,9 +36,44 @@ MAX_LINE_CHARS = 8 * 1024
 LINE_BREAK_RE = re.compile(r"\r\n|\r|\n")
 PIPE_DRAIN_S = 5.0
 """After the process group is gone, how long to wait for the last output (a stray pipe holder)."""
+PR_SET_PDEATHSIG = 1
+WATCHDOG = r"""trap 'kill -KILL -- "-$1" 2>/dev/null; exit 0' TERM
+kill -0 "$2" 2>/dev/null || { kill -KILL -- "-$1" 2>/dev/null; exit 0; }
+while kill -0 -- "-$1" 2>/dev/null; do sleep 1 & wait $!; done
+"""
+"""$1: the job's process group, $2: the runner's pid. SIGTERM (the runner died: parent-death signal) kills the
+group; the loop ends when the group is gone. (The pid check covers a runner that died before the prctl.)"""
 JOB_RECORD = ".trainforge-job.json"
 """In the run's working folder while its command runs: process group and start time, so that the next
 attempt on this host can end what an attempt whose runner died (kill -9) left running."""
+
+
+def _die_with_parent(sig: signal.Signals) -> None:
+    """In a child between fork and exec: receive `sig` when the runner (its parent thread) dies."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
+async def start_watchdog(pgid: int) -> asyncio.subprocess.Process | None:
+    """A process that ends group `pgid` when this runner dies; None if it cannot start (logged by caller)."""
+    try:
+        return await asyncio.create_subprocess_exec(
+            "bash", "-c", WATCHDOG, "trainforge-watchdog", str(pgid), str(os.getpid()),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=lambda: _die_with_parent(signal.SIGTERM), start_new_session=True,
+        )
+    except OSError:
+        return None
+
+
+async def stop_watchdog(watchdog: asyncio.subprocess.Process | None) -> None:
+    if watchdog is None or watchdog.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        watchdog.kill()
+    await watchdog.wait()
 
 
 def _start_time(pid: int) -> str | None:
@@ -138,15 +177,18 @@ class LocalExecutor:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
+                preexec_fn=lambda: _die_with_parent(signal.SIGKILL),
             )
         except ValueError as exc:  # e.g. a NUL byte in the command or an env value
             return Failed(FailureCause.USER, "InvalidSpec", f"cannot start the command: {exc}")
         except OSError as exc:
             return Failed(FailureCause.INFRASTRUCTURE, type(exc).__name__, f"cannot start bash: {exc}")
         record_job(workdir, process.pid, ctx.attempt)
+        watchdog = await start_watchdog(process.pid)
         try:
             return await self._supervise(ctx, spec, process)
         finally:
+            await asyncio.shield(stop_watchdog(watchdog))
             if not group_members(process.pid):
                 (workdir / JOB_RECORD).unlink(missing_ok=True)
 

@@ -15,11 +15,12 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared import names
 from runner.executors.base import ExecutorError
 from shared.artifacts import ArtifactError, ArtifactStore, LocalArtifactStore
 from shared.settings import Settings
 
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MODEL_NAME_RE = names.NAME_RE
 URI_RE = re.compile(r"^[a-z][a-z0-9+.-]*:")
 
 

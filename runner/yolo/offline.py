@@ -7,6 +7,12 @@ What each step stops (measured, see FACTS.md "Ultralytics offline"):
   written to `~/.config` or `~/.cache`.
 - A TTF named `Arial.ttf` / `Arial.Unicode.ttf` in the config folder: the plotting code's font download.
 - `settings.update({"sync": False})`: no telemetry even if the settings file says otherwise.
+- No training data leaves the site: Ultralytics 8.4's Platform callback streams metrics, console output and
+  weights to the hosted Ultralytics Platform whenever `ULTRALYTICS_API_KEY` is in the environment or an
+  `api_key` in its settings. `cut_off_hosted_services()` (on every call, not only the first) removes that
+  variable and the keys of the other hosted trackers from the process environment (so no job's child process
+  inherits them either), blanks `api_key` and turns every integration off in the settings file it writes, and
+  empties the Platform callback table, so no trainer is ever given those callbacks.
 
 And, only where torchvision's compiled ops cannot load (a CUDA torchvision wheel beside a CPU torch):
 `torchvision::nms`/`qnms` get operator schemas and a plain-torch CPU kernel so `import torchvision` works
@@ -44,15 +50,40 @@ def prepare_ultralytics(state_dir: Path) -> Path:
     global _config_dir
     with _lock:
         if _config_dir is not None:
+            cut_off_hosted_services()
             return _config_dir
         config_dir = _set_environment(Path(state_dir))
         _install_font(config_dir / "Ultralytics")
         repair_torchvision_if_broken()
-        from ultralytics.utils import SETTINGS
-
-        SETTINGS.update({"sync": False})
+        cut_off_hosted_services()
         _config_dir = config_dir
         return config_dir
+
+
+HOSTED_SERVICE_KEYS = (
+    "ULTRALYTICS_API_KEY", "ULTRALYTICS_PLATFORM_URL", "HUB_API_KEY",
+    "COMET_API_KEY", "WANDB_API_KEY", "CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY", "NEPTUNE_API_TOKEN",
+    "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN",
+)
+"""Environment variables that would let Ultralytics or one of its integrations send a training elsewhere."""
+
+OFFLINE_SETTINGS = {"sync": False, "api_key": "", "clearml": False, "comet": False, "dvc": False, "mlflow": False,
+                    "raytune": False, "tensorboard": False, "wandb": False}
+"""Ultralytics settings that keep every training on this machine (integrations would log to hosted services)."""
+
+
+def cut_off_hosted_services() -> None:
+    """Make sure nothing Ultralytics runs can reach a hosted service with this process's credentials."""
+    for name in HOSTED_SERVICE_KEYS:
+        if os.environ.pop(name, None) is not None:
+            log.warning("removed %s from the runner's environment: trainings never report to hosted services", name)
+    from ultralytics.utils import SETTINGS
+    from ultralytics.utils.callbacks import platform
+
+    if any(SETTINGS.get(key) != value for key, value in OFFLINE_SETTINGS.items()):
+        SETTINGS.update(OFFLINE_SETTINGS)
+    platform.callbacks.clear()  # `add_integration_callbacks` gives every trainer this (now empty) table
+    platform._api_key = None
 
 
 def _set_environment(state_dir: Path) -> Path:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
-import re
 import uuid
 from datetime import UTC, datetime
+
+from shared import names as _names
 
 
 class RunStatus(enum.StrEnum):
@@ -38,7 +39,7 @@ class FailureCause(enum.StrEnum):
     INFRASTRUCTURE = "infrastructure"
 
 
-TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+TOKEN_RE = _names.TOKEN_RE
 """What may appear as one token of a NATS subject (ids, pool names, runner ids)."""
 
 

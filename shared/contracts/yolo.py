@@ -15,9 +15,10 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from shared import names as _names
 from shared.contracts.commands import RunSpecBase
 
-Device = Annotated[str, msgspec.Meta(pattern=r"^(auto|cpu|cuda(:\d{1,2})?)$")]
+Device = Annotated[str, msgspec.Meta(pattern=_names.whole(r"auto|cpu|cuda(:\d{1,2})?"))]
 """`auto` (the runner's device), `cpu`, or `cuda:N`."""
 ModelRef = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
 PathRef = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]

@@ -98,7 +98,7 @@ class Stack:
     @property
     def token(self) -> str:
         """The admin's API token `trainforge up` left for the CLI."""
-        return (self.state_dir / "cli-token").read_text().strip()
+        return (self.state_dir / "secrets" / "cli-token").read_text().strip()
 
     @property
     def headers(self) -> dict[str, str]:

@@ -145,13 +145,13 @@ async def test_up_serves_stops_on_ctrl_c_and_the_next_up_keeps_the_data(tmp_path
             assert (await client.get("/ready")).status_code == 200
             # the first admin logs in with the password `up` wrote (and printed where); the CLI has a token
             assert (await client.get("/api/v1/projects")).status_code == 401
-            password = (state_dir / "admin-password").read_text().strip()
+            password = (state_dir / "secrets" / "admin-password").read_text().strip()
             login = await client.post("/api/v1/auth/login", json={"username": "admin", "password": password})
             assert login.status_code == 200, login.text
-            cli_token = (state_dir / "cli-token").read_text().strip()
+            cli_token = (state_dir / "secrets" / "cli-token").read_text().strip()
             me = await client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {cli_token}"})
             assert me.json()["username"] == "admin" and me.json()["is_admin"]
-        assert str(state_dir / "admin-password") in up.output()
+        assert str(state_dir / "secrets" / "admin-password") in up.output()
         assert manifest["nats_embedded"] and manifest["database_embedded"]
         assert [c["name"] for c in manifest["children"]] == ["gateway", "runner-cpu0"]
         await _assert_bus_requires_credentials(manifest, state_dir)
@@ -176,7 +176,7 @@ async def test_up_serves_stops_on_ctrl_c_and_the_next_up_keeps_the_data(tmp_path
 
     async with trainforge_up(state_dir, "--runners", "0") as up:
         manifest = await up.wait_running()
-        assert (state_dir / "cli-token").read_text().strip() == cli_token  # still valid: kept
+        assert (state_dir / "secrets" / "cli-token").read_text().strip() == cli_token  # still valid: kept
         conn = await asyncpg.connect(_asyncpg_dsn(manifest["database_url"]))
         try:
             assert await conn.fetchval("SELECT note FROM kept") == "survives restarts"

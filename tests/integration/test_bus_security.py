@@ -29,7 +29,8 @@ from shared.jobsign import JobSigner, ensure_key_pair
 from shared.settings import Settings
 from shared.subjects import Subjects
 from tests.integration.runner_support import POOL, RunEvents, container_job, running_agent, signed_job
-from trainforge.busauth import READER_INBOX_PREFIX, BusCredentials, secrets_dir
+from shared.secretfiles import secrets_dir
+from trainforge.busauth import READER_INBOX_PREFIX, BusCredentials
 from trainforge.embedded import EmbeddedNats
 
 DENIED_TIMEOUT_S = 1.0

@@ -216,6 +216,11 @@ async def test_priorities_order_one_users_line_and_the_queue_lists_it(settings: 
     async with runner_online(settings, slots=1), api(settings) as client:
         await new_project(client, "prio")
         busy = submit(client, "prio", "sleep 1", owner="carol")  # takes the only slot (no runner claims it)
+
+        async def busy_dispatched() -> bool:  # else the three below could race it for the slot
+            return any(r.id == busy and r.enqueued_at is not None for r in await runs(settings))
+
+        await wait_until(busy_dispatched, what="the first run's job published")
         low, high, mid = (submit(client, "prio", "true", owner="carol", priority=p) for p in (10, 90, 50))
         line = (await client.get("/api/v1/queue", params={"pool": "cpu"})).json()
     assert [e["run_id"] for e in line["items"]] == [high, mid, low] and line["total"] == 3

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import uvicorn
 from httpx_sse import aconnect_sse
+from httpx_sse._decoders import SSEDecoder
 
 from gateway.app import create_app
 from gateway.state import GatewayState
@@ -157,11 +158,58 @@ async def test_stream_of_a_finished_run_replays_it_and_closes(server: Server) ->
             if (await client.get(f"/api/v1/runs/{run_id}/events?last_event_id=0")).text.count("event: ") == 6:
                 break
             await asyncio.sleep(0.05)
-        got, ended = await asyncio.wait_for(collect(client, f"/api/v1/runs/{run_id}/events"), 5)
-        after_last, ended_again = await asyncio.wait_for(
-            collect(client, f"/api/v1/runs/{run_id}/events", headers={"Last-Event-ID": str(got[-1][0])}), 5)
+        got, ended = await asyncio.wait_for(collect(client, f"/api/v1/runs/{run_id}/events"), 15)
+        after_last = await client.get(f"/api/v1/runs/{run_id}/events",
+                                      headers={"Last-Event-ID": str(got[-1][0])})
     assert ended and len(got) == len(events) and got[-1][1] == "run.completed"
-    assert ended_again and after_last == []
+    assert after_last.status_code == 204, "nothing follows: the client must not come back"
+
+
+async def test_a_reconnect_to_a_finished_run_at_or_past_its_end_is_answered_204(server: Server) -> None:
+    project_id, (run_id,) = await add_project_and_runs(server.gw)
+    events = lifecycle(project_id, run_id, steps=3)
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=15) as client:
+        reader = asyncio.create_task(collect(client, f"/api/v1/runs/{run_id}/events"))
+        await publish(server.gw, *events)
+        got, ended = await asyncio.wait_for(reader, 15)  # live, or replayed if the projection was quicker
+        assert ended and [t for _, t, _ in got][-1] == "run.completed"
+        last, before_last = got[-1][0], got[-2][0]
+        url = f"/api/v1/runs/{run_id}/events"
+        for params, headers in (({}, {"Last-Event-ID": str(last)}), ({"last_event_id": last}, {}),
+                                ({}, {"Last-Event-ID": str(last + 1000)})):
+            finished = await client.get(url, params=params, headers=headers)
+            assert finished.status_code == 204 and finished.content == b"", (params, headers)
+        # short of the end: the rest, then the stream closes; from the start: everything
+        rest, ended = await asyncio.wait_for(
+            collect(client, url, headers={"Last-Event-ID": str(before_last)}), 15)
+        assert ended and [i for i, _, _ in rest] == [last]
+        everything, _ = await asyncio.wait_for(collect(client, url), 15)
+        assert everything == got
+
+
+async def test_keep_alives_between_events_are_no_events_to_httpx_sse(server: Server) -> None:
+    """A comment after an event with an id, then a blank line, makes httpx-sse dispatch an empty event; the
+    keep-alive is one comment line alone, so the bytes decode into exactly the events sent."""
+    project_id, (run_id,) = await add_project_and_runs(server.gw)
+    events = lifecycle(project_id, run_id, steps=1)
+    await publish(server.gw, events[0])
+    lines: list[str] = []
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=15) as client:
+        async with aconnect_sse(client, "GET", f"/api/v1/runs/{run_id}/events") as source:
+            assert source.response.status_code == 200
+            idle, published = 0, False
+            async for line in source.response.aiter_lines():  # until the server ends the stream
+                lines.append(line)
+                idle = 0 if line.startswith("data:") else idle + line.startswith(":")
+                if idle == 2 and not published:  # two keep-alives after an event with an id: the rest
+                    await publish(server.gw, *events[1:])
+                    published = True
+    decoder = SSEDecoder()
+    decoded = [sse for sse in map(decoder.decode, lines) if sse is not None]
+    assert [(sse.event, json.loads(sse.data)["seq"]) for sse in decoded] == [(e.type, e.seq) for e in events]
+    keep_alives = [i for i, line in enumerate(lines) if line.startswith(":")]
+    assert len(keep_alives) >= 2 and all(lines[i] == ": keep-alive" for i in keep_alives)
+    assert all(lines[i + 1] != "" for i in keep_alives if i + 1 < len(lines)), "blank line after keep-alive"
 
 
 async def test_project_stream_carries_the_events_of_all_its_runs_by_id_or_name(server: Server) -> None:

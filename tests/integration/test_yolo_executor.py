@@ -6,6 +6,7 @@ test asserts that no job attempted a network connection.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from runner.executors.base import Canceled, Completed, RunContext
 from runner.executors.yolo import YoloExecutor
+from runner.yolo.offline import prepare_ultralytics
 from shared.contracts import ResumeFrom
 from shared.contracts.yolo import YoloExportSpec, YoloPredictSpec, YoloTrainSpec, YoloValSpec
 from shared.settings import Settings
@@ -25,15 +27,29 @@ from tests.recording_emitter import RecordingEmitter, make_context
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", autouse=True)
-def network_guard() -> Iterator[list[tuple[str, str]]]:
-    with RECORDER.recording() as events:
-        yield events
-
-
 @pytest.fixture(scope="module")
 def yolo_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings.from_mapping({"state_dir": tmp_path_factory.mktemp("yolo-state")})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def network_guard(yolo_settings: Settings) -> Iterator[list[tuple[str, str]]]:
+    """Every job of this module runs with an Ultralytics Platform key in the environment and in the settings,
+    and with the Platform callback's own "tests are running" switch off: were a trainer given that callback, it
+    would try to reach the hosted Platform, and the recorder would see it."""
+    prepare_ultralytics(yolo_settings.state_dir)
+    from ultralytics.utils import SETTINGS
+    from ultralytics.utils.callbacks import platform
+
+    saved, platform.TESTS_RUNNING = platform.TESTS_RUNNING, False
+    os.environ["ULTRALYTICS_API_KEY"] = "ul_" + "0" * 40
+    SETTINGS.update({"api_key": "ul_" + "0" * 40})
+    try:
+        with RECORDER.recording() as events:
+            yield events
+    finally:
+        platform.TESTS_RUNNING = saved
+        os.environ.pop("ULTRALYTICS_API_KEY", None)
 
 
 @pytest.fixture(scope="module")
@@ -287,3 +303,4 @@ async def test_no_yolo_job_attempted_a_network_connection(
         _, outcome = await run(yolo_settings, spec, tmp_path / str(i))
         assert isinstance(outcome, Completed), outcome
     assert network_guard == []
+    assert "ULTRALYTICS_API_KEY" not in os.environ  # the jobs removed it

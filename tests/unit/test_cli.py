@@ -13,7 +13,7 @@ import pytest
 from trainforge import credentials
 from trainforge.cli import build_parser, main
 
-SUBCOMMANDS = ["up", "gateway", "runner", "migrate", "train", "runs", "login", "logout"]
+SUBCOMMANDS = ["up", "gateway", "runner", "migrate", "secrets", "train", "runs", "login", "logout"]
 
 
 def _subcommands() -> set[str]:

@@ -67,10 +67,10 @@ def test_service_command_is_a_real_trainforge_subcommand(name: str) -> None:
         args = build_parser().parse_args(command[1:])
     except SystemExit as exc:
         pytest.fail(f"{name}: `{' '.join(command)}` is not accepted by the CLI (exit {exc.code})")
-    assert args.command in {"migrate", "gateway", "runner"}  # `up` is for one machine, not for compose
+    assert args.command in {"secrets", "migrate", "gateway", "runner"}  # `up` is for one machine, not compose
 
 
-@pytest.mark.parametrize("name", sorted(_trainforge_services()))
+@pytest.mark.parametrize("name", sorted(set(_trainforge_services()) - {"secrets"}))
 def test_service_environment_is_read_by_the_settings(name: str) -> None:
     env = _environment(_trainforge_services()[name])
     known = set(Settings.env_names().values())
@@ -79,3 +79,28 @@ def test_service_environment_is_read_by_the_settings(name: str) -> None:
     assert settings.nats_url == "nats://nats:4222"
     assert settings.database_url and settings.database_url.startswith("postgresql+asyncpg://")
     assert "@postgres:5432/" in settings.database_url
+
+
+def test_each_part_gets_only_its_own_secrets() -> None:
+    """The signing key reaches the gateway alone; runners get the key that checks it; NATS requires users."""
+    services = _services()
+    mounts = {name: {v.split(":")[0] for v in s.get("volumes", [])} for name, s in services.items()}
+    assert "gateway-secrets" in mounts["gateway"] and "runner-secrets" not in mounts["gateway"]
+    for runner in ("runner-cpu", "runner-gpu0"):
+        assert "runner-secrets" in mounts[runner] and "gateway-secrets" not in mounts[runner]
+        env = _environment(services[runner])
+        assert env["TRAINFORGE_NATS_USER"] == "runner" and env["TRAINFORGE_JOB_VERIFY_KEY"].startswith("/secrets/")
+    assert _environment(services["gateway"])["TRAINFORGE_JOB_SIGNING_KEY_FILE"] == "/secrets/job-signing.key"
+    assert "-c" in services["nats"]["command"] and "nats-secrets" in mounts["nats"]
+
+
+def test_secrets_init_writes_each_parts_folder_once(tmp_path) -> None:
+    from trainforge.deploysecrets import init_secrets
+
+    folders = init_secrets(tmp_path / "s", "tf")
+    first = {p: p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file()}
+    assert {p.name for p in folders["gateway"].iterdir()} == {"job-signing.key", "nats-password"}
+    assert {p.name for p in folders["runner"].iterdir()} == {"job-verify.pub", "nats-password"}
+    assert (folders["gateway"] / "job-signing.key").stat().st_mode & 0o077 == 0
+    init_secrets(tmp_path / "s", "tf")
+    assert {p: p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file()} == first

@@ -30,6 +30,28 @@ def test_offline_setup_sets_environment_fonts_and_settings(config_dir: Path) -> 
     assert prepare_ultralytics(config_dir / "elsewhere") == config_dir  # once per process
 
 
+def test_every_setup_cuts_off_the_hosted_platform_and_trackers(config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runner started with an Ultralytics Platform key (environment or settings) never hands it on: the
+    variable is gone, the settings hold no key and no integration, and a trainer gets no Platform callback."""
+    from ultralytics.utils import SETTINGS
+    from ultralytics.utils.callbacks.base import add_integration_callbacks, get_default_callbacks
+
+    monkeypatch.setenv("ULTRALYTICS_API_KEY", "ul_" + "0" * 40)
+    monkeypatch.setenv("WANDB_API_KEY", "not-to-be-used")
+    SETTINGS.update({"api_key": "ul_" + "1" * 40, "mlflow": True})
+    prepare_ultralytics(config_dir)  # a later call (every job makes one) still cuts them off
+    assert "ULTRALYTICS_API_KEY" not in os.environ and "WANDB_API_KEY" not in os.environ
+    assert SETTINGS["api_key"] == "" and SETTINGS["mlflow"] is False and SETTINGS["sync"] is False
+
+    class DetectionTrainer:  # what `add_integration_callbacks` looks at: the class name
+        callbacks = get_default_callbacks()
+
+    trainer = DetectionTrainer()
+    add_integration_callbacks(trainer)
+    modules = {fn.__module__ for fns in trainer.callbacks.values() for fn in fns}
+    assert not any(m.endswith(("platform", "mlflow", "wb", "comet", "clearml")) for m in modules), modules
+
+
 def test_torchvision_import_fails_without_the_repair_exactly_when_its_ops_do_not_load() -> None:
     probe = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True, text=True, timeout=120)
     ops_load = subprocess.run(
