@@ -4,6 +4,11 @@
 and, for checkpoints and artifacts, the row to insert. Rules:
 - An event from an attempt older than the run's current one is stored but changes no status (a runner
   presumed dead may still talk). Its checkpoints and artifacts are still recorded: the files exist.
+- One exception, so that the outcome is what really happened: a runner's `run.completed` from any attempt
+  completes a run that is still active or `failed` (the work was done: a later attempt's failure, e.g. a
+  checkpoint that was gone, does not undo it). Runners fence attempts (`runner.claims`), so two attempts
+  never run at once and a superseded attempt publishes no terminal event; this rule covers what fencing
+  cannot see (e.g. an attempt that finished while the bus was down and reported after its successor).
 - Attempt 0 belongs to the gateway: its run.canceled applies only while the run has attempt 0 (nobody
   claimed it); its run.cancel_requested and run.failed apply to any active run.
 - Nothing moves a terminal run back to an active state; invalid transitions change nothing (`Fold.ignored`
@@ -97,6 +102,8 @@ def fold(row: RunRow, event: EventBase) -> Fold:
 
     if event.attempt == GATEWAY_ATTEMPT:
         return _fold_gateway(row, event, inserts)
+    if isinstance(event, RunCompleted) and event.attempt != row.attempt and _completes(row):
+        return Fold(changes=_completed(event, attempt=event.attempt, runner_id=event.runner_id), **inserts)
     if row.terminal:
         passive = isinstance(event, RunLog | RunCheckpoint | RunArtifact)
         return Fold(ignored=None if passive else f"{event.type} for a {row.status} run", **inserts)
@@ -135,8 +142,7 @@ def fold(row: RunRow, event: EventBase) -> Fold:
         case RunMetrics():
             changes["latest_metrics"] = {**row.latest_metrics, **event.metrics}
         case RunCompleted():
-            changes.update(status=RunStatus.COMPLETED, progress=1.0, exit_code=event.exit_code,
-                           result=event.result, finished_at=event.ts)
+            changes.update(_completed(event))
         case RunFailed():
             changes.update(_failed(event))
         case RunCanceled():
@@ -169,6 +175,19 @@ def _fold_gateway(row: RunRow, event: EventBase, inserts: dict[str, Any]) -> Fol
             return Fold(changes=_failed(event))
         case _:
             return _ignore(f"{event.type} is not a gateway event", **inserts)
+
+
+def _completes(row: RunRow) -> bool:
+    """Whether another attempt's run.completed completes this run: it is active, or failed (not canceled)."""
+    return not row.terminal or row.status == RunStatus.FAILED
+
+
+def _completed(event: RunCompleted, **extra: Any) -> dict[str, Any]:
+    changes = {"status": RunStatus.COMPLETED, "progress": 1.0, "exit_code": event.exit_code,
+               "result": event.result, "finished_at": event.ts, **extra}
+    if extra:  # from another attempt than the row's: the failure it replaces is no longer the run's
+        changes.update(failure_cause=None, error=None)
+    return changes
 
 
 def _failed(event: RunFailed) -> dict[str, Any]:

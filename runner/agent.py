@@ -59,10 +59,11 @@ from runner.preflight import serve_preflight
 from runner.targets import load_targets
 from runner.devices import DeviceError, describe_device, describe_devices, parse_device, pick_device
 from runner.gpu_sampler import cuda_indices
+from runner.claims import CALL_TIMEOUT_S, AttemptClaims, Claim, ClaimRecord, Standby, new_instance
 from runner.leases import RunLeases
 from runner.executors.base import Canceled, Completed, Executor, Failed, Outcome, RunContext
 from runner.executors.registry import ExecutorRegistry, ExecutorUnavailable, spec_kind
-from runner.publisher import PUBLISH_TIMEOUT_S, RETRYABLE, PublishError, RunPublisher
+from runner.publisher import PUBLISH_DEADLINE_S, PUBLISH_TIMEOUT_S, RETRYABLE, PublishError, RunPublisher
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,11 @@ class ActiveJob:
     ctx: RunContext
     publisher: RunPublisher
     leases: RunLeases | None = None
+    claim: Claim | None = None
+    """This attempt's claim on the run (`runner.claims`): held from before run.claimed until after the ack."""
+    superseded: str | None = None
+    """Why this attempt stopped because it no longer holds the run (another attempt took it over, or the bus
+    was unreachable for `attempt_hold_s`): it publishes no terminal event then."""
     shutdown: bool = False
     """Canceled because the runner stops (not because someone asked)."""
 
@@ -152,6 +158,10 @@ class RunnerAgent:
         self.device = device
         self.slots = slots
         self.host = socket.gethostname()
+        self.instance = new_instance()
+        """Unique per process: heartbeats and attempt claims carry it, so a restart under the same id shows."""
+        self._claims: AttemptClaims | None = None
+        self._released_runs: list[str] = []
         self.registry = registry or ExecutorRegistry(settings)
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
@@ -178,6 +188,27 @@ class RunnerAgent:
         self._jobs: set[asyncio.Task[None]] = set()
         self._active: dict[str, ActiveJob] = {}
         self._finishing: set[asyncio.Task[None]] = set()
+        self._claim_keepers: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def takeover_margin_s(self) -> float:
+        """How much longer than `attempt_hold_s` a claim must be silent before a new attempt takes it over: the
+        time its holder needs to notice (a heartbeat, a KV call that times out) and stop its job."""
+        s = self.settings
+        return s.cancel_grace_s + EXECUTOR_STOP_SLACK_S + s.runner_heartbeat_s + 2 * CALL_TIMEOUT_S
+
+    async def _release_predecessors(self) -> None:
+        """Claims an earlier process of this runner id held: it is dead, its jobs' processes with it. Free them
+        and nak their deliveries, so the next attempts start now; the first heartbeat names them."""
+        assert self._claims is not None
+        try:
+            for record, revision in await self._claims.predecessors():
+                log.warning("run %s: attempt %d ended with this runner's previous process; handing it on",
+                            record.run_id, record.attempt)
+                await self._claims.release_predecessor(record, revision)
+                self._released_runs.append(record.run_id)
+        except (*RETRYABLE, nats.errors.Error) as exc:
+            log.warning("runner %s: earlier claims not checked (%r); they lapse by themselves", self.runner_id, exc)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     @property
@@ -239,6 +270,13 @@ class RunnerAgent:
             self._js = self._nc.jetstream()
             await ensure_topology(self._js, self.settings)
             self._leases_kv = await self._js.key_value(self.subjects.leases_bucket)
+            self._claims = AttemptClaims(
+                self._js, await self._js.key_value(self.subjects.attempts_bucket), self.subjects,
+                runner_id=self.runner_id, instance=self.instance, hold_s=self.settings.attempt_hold_s,
+                takeover_margin_s=self.takeover_margin_s,
+                ledger=self.settings.state_dir / "runners" / f"{self.runner_id}.claims.json",
+            )
+            await self._release_predecessors()
             durable = await ensure_pool_consumer(self._js, self.settings, self.pool)
             sub = await self._js.pull_subscribe_bind(durable=durable, stream=self.subjects.jobs_stream)
             self._control = CancelListener(self._nc, self._js, self.subjects, self._on_cancel)
@@ -403,7 +441,8 @@ class RunnerAgent:
             return
         attempt = msg.metadata.num_delivered
         assert self._js is not None
-        publisher = RunPublisher(self._js, self.subjects, job, attempt=attempt, runner_id=self.runner_id)
+        publisher = RunPublisher(self._js, self.subjects, job, attempt=attempt, runner_id=self.runner_id,
+                                 deadline_s=max(PUBLISH_DEADLINE_S, self.settings.attempt_hold_s))
         ctx = RunContext(
             job=job,
             attempt=attempt,
@@ -432,6 +471,7 @@ class RunnerAgent:
             del self._active[job.run_id]
             if active.leases is not None:
                 await asyncio.shield(active.leases.release())
+            await asyncio.shield(self._release_claim(active))
 
     async def _device_for(self, job: Job) -> str | None:
         """The device the job runs on here; None (logged) when it does not fit this runner now."""
@@ -466,6 +506,76 @@ class RunnerAgent:
             active.leases = leases
         return why
 
+    async def _take_claim(self, active: ActiveJob) -> bool:
+        """Hold the run's attempt claim; while another attempt may still run it, stand by (the delivery kept
+        with `in_progress`, nothing started). False when there is nothing to run: the run ended meanwhile
+        (acknowledged) or this runner stops (handed back)."""
+        assert self._claims is not None
+        job, ctx = active.job, active.ctx
+        record = ClaimRecord(run_id=job.run_id, project_id=job.project_id, runner_id=self.runner_id,
+                             instance=self.instance, attempt=ctx.attempt, reply=active.msg.reply or "")
+        announced = False
+        while True:
+            try:
+                got = await self._claims.try_take(record)
+            except (*RETRYABLE, nats.errors.Error) as exc:
+                log.warning("run %s: attempt claim not reachable (%r); waiting", job.run_id, exc)
+                got = None
+            if isinstance(got, Claim):
+                active.claim = got
+                await anyio.to_thread.run_sync(self._claims.remember, job.run_id)
+                keeper = asyncio.create_task(self._hold_claim(active), name=f"claim {job.run_id}")
+                self._claim_keepers[job.run_id] = keeper
+                return True
+            if isinstance(got, Standby) and not announced:
+                announced = True
+                log.warning(
+                    "run %s attempt %d: attempt %d (runner %s) may still run it (its claim was written %.0f s "
+                    "ago); standing by until it ends or its claim is silent for %.0f s", job.run_id, ctx.attempt,
+                    got.holder.attempt, got.holder.runner_id, got.age_s, self._claims.takeover_after_s)
+            stop = asyncio.create_task(self._stop_requested.wait())
+            await asyncio.wait([stop], timeout=self.settings.runner_heartbeat_s)
+            stop.cancel()
+            if self._stop_requested.is_set():
+                await active.msg.nak()
+                return False
+            try:
+                ended = await self._already_ended(job)
+            except (*RETRYABLE, nats.errors.Error):
+                ended = False
+            if ended:
+                log.info("run %s: the attempt that held it finished it; acknowledging this delivery", job.run_id)
+                await self._ack(active)
+                return False
+
+    async def _hold_claim(self, active: ActiveJob) -> None:
+        """Renew the claim every heartbeat. Stop the job at once when another attempt took the claim, or when
+        the claim could not be renewed for `attempt_hold_s` (the bus, or our link to it, is down that long)."""
+        claim, ctx = active.claim, active.ctx
+        assert claim is not None
+        while True:
+            await asyncio.sleep(self.settings.runner_heartbeat_s)
+            if not await claim.renew():
+                if claim.lost == "released":
+                    return
+                active.superseded = claim.lost
+            elif claim.unconfirmed_for() > self.settings.attempt_hold_s:
+                active.superseded = (f"the attempt claim could not be renewed for {claim.unconfirmed_for():.0f} s "
+                                     f"(attempt_hold_s {self.settings.attempt_hold_s:g})")
+            if active.superseded is not None:
+                log.critical("run %s attempt %d: %s; stopping the job, another attempt runs it",
+                             ctx.run_id, ctx.attempt, active.superseded)
+                ctx.cancel_requested.set()
+                return
+
+    async def _release_claim(self, active: ActiveJob) -> None:
+        if (keeper := self._claim_keepers.pop(active.job.run_id, None)) is not None:
+            keeper.cancel()
+        if active.claim is not None:
+            await active.claim.release()
+            assert self._claims is not None
+            await anyio.to_thread.run_sync(self._claims.forget, active.job.run_id)
+
     async def _attempt(self, active: ActiveJob) -> Outcome | None:
         """Run one attempt; the outcome to report, or None when there is nothing to report."""
         job, ctx, publisher = active.job, active.ctx, active.publisher
@@ -475,10 +585,13 @@ class RunnerAgent:
                 log.warning("run %s already ended (an ack was lost); acknowledging the redelivery", job.run_id)
                 await self._ack(active)
                 return None
+            if not await self._take_claim(active):
+                return None
             if ctx.cancel_requested.is_set() or await self._cancel_recorded(job.run_id):
                 return Canceled(reason="requested")
             if (full := await self._take_leases(active)) is not None:
                 log.info("run %s: %s; handing the job back", job.run_id, full)
+                await self._release_claim(active)
                 await active.msg.nak(delay=max(1.0, self.settings.lease_ttl_s / 3))
                 return None
             await publisher.claimed(host=self.host, device=ctx.device)
@@ -535,6 +648,9 @@ class RunnerAgent:
                 await publisher.close()
             except PublishError as exc:
                 log.error("run %s: last log lines lost: %s", ctx.run_id, exc)
+            if active.superseded is not None and not isinstance(outcome, Completed):
+                await self._report_superseded(active)
+                return
             if isinstance(outcome, Canceled) and active.shutdown:
                 if await self._report_shutdown(active):
                     return
@@ -558,12 +674,27 @@ class RunnerAgent:
         log.info("run %s attempt %d: %s", ctx.run_id, ctx.attempt, type(outcome).__name__.lower())
         await self._ack(active)
 
+    async def _report_superseded(self, active: ActiveJob) -> None:
+        """An attempt stopped because it may no longer hold the run: no terminal event (the run is another
+        attempt's). If the claim turns out to be still ours (the bus came back and nobody took it), hand the
+        job on at once: run.requeued, the claim freed, a nak."""
+        claim, ctx = active.claim, active.ctx
+        if claim is None or claim.lost is not None or not await claim.renew() or claim.unconfirmed_for() > 5.0:
+            log.warning("run %s attempt %d: stopped without a final event (%s)", ctx.run_id, ctx.attempt,
+                        active.superseded)
+            return
+        await active.publisher.requeued(reason=f"attempt {ctx.attempt} stopped: {active.superseded}")
+        await self._release_claim(active)
+        await active.msg.nak()
+        log.info("run %s attempt %d: given back for the next attempt", ctx.run_id, ctx.attempt)
+
     async def _report_shutdown(self, active: ActiveJob) -> bool:
         """The final event of a job stopped by the runner's shutdown; True when the job was given back."""
         publisher, ctx = active.publisher, active.ctx
         if self.settings.shutdown_action == "requeue":
             if ctx.attempt < self.settings.job_max_deliver:
                 await publisher.requeued(reason=SHUTDOWN_REASON)
+                await self._release_claim(active)  # before the nak: the next attempt need not stand by
                 await active.msg.nak()
                 log.info("run %s attempt %d: given back for the next attempt", ctx.run_id, ctx.attempt)
                 return True
@@ -713,6 +844,8 @@ class RunnerAgent:
             kinds=self.registry.kinds(),
             device=self.device,
             host_stats=self._host_stats,
+            instance=self.instance,
+            released_runs=self._released_runs,
         )
         try:
             await self._js.publish(

@@ -34,6 +34,8 @@ JOBS_DUPLICATE_WINDOW_S = 24 * 3600.0
 
 RATE_LIMIT_TTL_S = 120.0
 """How long a rate-limit count outlives its last write (the limits count per minute)."""
+ATTEMPTS_TTL_S = 7 * 86400.0
+"""Attempt claims (`Subjects.attempts_bucket`) are forgotten this long after their last write."""
 DRAIN_TIMEOUT_S = 5.0
 """How long closing a connection may wait for its subscriptions to drain before it closes anyway (nats-py's
 default, 30 s, would outlast the grace `trainforge up` gives a part to stop)."""
@@ -219,6 +221,10 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
         await js.key_value(names.leases_bucket)
     except Exception:  # noqa: BLE001 - as above
         await js.create_key_value(bucket=names.leases_bucket, history=1, ttl=settings.lease_ttl_s)
+    try:
+        await js.key_value(names.attempts_bucket)
+    except Exception:  # noqa: BLE001 - as above
+        await js.create_key_value(bucket=names.attempts_bucket, history=1, ttl=ATTEMPTS_TTL_S)
     try:
         await js.key_value(names.rate_limits_bucket)
     except Exception:  # noqa: BLE001 - as above

@@ -93,6 +93,12 @@ class Subjects:
         return f"{self.prefix}_leases"
 
     @property
+    def attempts_bucket(self) -> str:
+        """KV bucket of attempt claims: key `<run_id>`, held by the one attempt that may run the run now
+        (`runner.claims`); keys are kept 7 days after their last write."""
+        return f"{self.prefix}_attempts"
+
+    @property
     def dispatch_wake(self) -> str:
         """Core NATS: a gateway that is not the dispatching one asks it to look at the queue now."""
         return f"{self.prefix}.control.v1.dispatch"

@@ -131,6 +131,7 @@ async def settings(
             "bus_prefix": bus_prefix,
             "state_dir": tmp_path / "state",
             "job_ack_wait_s": 3.0,
+            "attempt_hold_s": 8.0,
             "runner_heartbeat_s": 1.0,
             "runner_local_backend": True,
             "shutdown_grace_s": 2.0,

@@ -83,7 +83,8 @@ def permissions(user: str, prefix: str) -> dict[str, Any]:
 
 def _runner(names: Subjects) -> dict[str, Any]:
     jobs, events = names.jobs_stream, names.events_stream
-    kv = [f"KV_{bucket}" for bucket in (names.cancel_bucket, names.leases_bucket, names.rate_limits_bucket)]
+    kv = [f"KV_{bucket}" for bucket in (names.cancel_bucket, names.leases_bucket, names.attempts_bucket,
+                                        names.rate_limits_bucket)]
     objects = f"OBJ_{names.artifacts_bucket}"
     streams = [jobs, events, names.runners_stream, *kv, objects]
     readable = [events, *kv, objects]
@@ -91,6 +92,7 @@ def _runner(names: Subjects) -> dict[str, Any]:
         names.events_all,
         names.runner_heartbeats_all,
         f"$KV.{names.leases_bucket}.>",
+        f"$KV.{names.attempts_bucket}.>",
         f"$O.{names.artifacts_bucket}.>",
         f"$JS.ACK.{jobs}.>",
         f"$JS.ACK.{objects}.>",

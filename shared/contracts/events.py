@@ -170,6 +170,11 @@ class RunnerHeartbeat(EventBase, kw_only=True, tag="runner.heartbeat"):
     device: str = ""
     """The runner's device as configured (`cpu`, `cuda:0`)."""
     host_stats: HostStats | None = None
+    instance: str = ""
+    """Unique per runner process: a new value under the same `runner_id` means the runner restarted."""
+    released_runs: list[str] = []
+    """Runs the previous process of this runner id held when it died; this process freed their attempt claims
+    and handed them on (they run again as a next attempt). Sent by every heartbeat of the new process."""
 
 
 RunEvent = (

@@ -70,8 +70,8 @@ async def test_a_killed_runner_loses_no_job_the_next_runner_resumes_it_as_attemp
                                        seq=100, uri="/ckpt/attempt1.pt")
             await js.publish(names.run_event(job.project_id, job.run_id, checkpoint.type),
                              msgspec.json.encode(checkpoint), headers={"Nats-Msg-Id": checkpoint.msg_id})
-            async with running_agent(settings, runner_id="survivor"):
-                done = await events.wait_for_type(*TERMINAL, timeout=15)
+            async with running_agent(settings, runner_id="survivor"):  # waits for the victim's claim to lapse
+                done = await events.wait_for_type(*TERMINAL, timeout=15 + settings.attempt_hold_s + 15)
                 started = await events.wait_for_type("run.started", attempt=2)
     finally:
         if pgid:

@@ -135,3 +135,40 @@ def test_artifact_event_yields_an_artifact_row() -> None:
                                "kind": "file", "uri": "file:///a/best.pt", "size_bytes": 10, "media_type": None,
                                "meta": {},
                                "created_at": T0 + timedelta(seconds=1)}
+
+
+# -- two attempts that overlapped anyway: the outcome is what really happened ---------------------------
+
+
+def test_a_completed_attempt_is_not_overridden_by_a_later_attempts_failure() -> None:
+    running_2 = run_through(RunRow(), ev(RunClaimed, 1, 1), ev(RunStarted, 1, 2), ev(RunClaimed, 2, 1),
+                            ev(RunStarted, 2, 2))
+    failed_2 = run_through(running_2, ev(RunFailed, 2, 3, cause=FailureCause.USER, error_type="InputError",
+                                         message="checkpoint gone"))
+    assert failed_2.status == "failed"
+    done = run_through(failed_2, ev(RunCompleted, 1, 50, exit_code=0, result={"epochs_completed": 3}))
+    assert (done.status, done.attempt, done.result, done.error, done.failure_cause) == (
+        "completed", 1, {"epochs_completed": 3}, None, None)
+    # ...and in the other order, the later attempt's failure changes nothing
+    assert fold(done, ev(RunFailed, 2, 3, cause=FailureCause.USER, error_type="X", message="")).changes == {}
+
+
+def test_an_older_attempt_that_completes_while_a_newer_one_runs_completes_the_run() -> None:
+    running_2 = run_through(RunRow(), ev(RunClaimed, 1, 1), ev(RunClaimed, 2, 1), ev(RunStarted, 2, 2))
+    done = run_through(running_2, ev(RunCompleted, 1, 9, exit_code=0))
+    assert (done.status, done.attempt) == ("completed", 1)
+    assert fold(done, ev(RunProgress, 2, 3, progress=0.5)).changes == {}
+
+
+def test_a_superseded_attempts_other_events_never_change_the_run() -> None:
+    running_2 = run_through(RunRow(), ev(RunClaimed, 1, 1), ev(RunStarted, 1, 2), ev(RunClaimed, 2, 1),
+                            ev(RunStarted, 2, 2), ev(RunProgress, 2, 3, progress=0.3))
+    for late in (ev(RunProgress, 1, 7, progress=0.9), ev(RunRequeued, 1, 8, reason="lost the bus"),
+                 ev(RunCanceled, 1, 9), ev(RunFailed, 1, 10, cause=FailureCause.INFRASTRUCTURE, error_type="X",
+                                           message="m"), ev(RunClaimed, 1, 11), ev(RunMetrics, 1, 12, metrics={"a": 1.0})):
+        assert fold(running_2, late).changes == {}, late.type
+
+
+def test_a_completion_never_overrides_a_cancel() -> None:
+    canceled = run_through(RunRow(), ev(RunClaimed, 1, 1), ev(RunClaimed, 2, 1), ev(RunCanceled, 2, 2))
+    assert fold(canceled, ev(RunCompleted, 1, 5, exit_code=0)).changes == {}
