@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar, Router
 from litestar.config.app import AppConfig
+from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
@@ -114,6 +115,7 @@ def create_app(settings: Settings) -> Litestar:
         request_max_body_size=settings.max_json_kb * 1024,
         stores=rate_limit_stores(provide_state),
         plugins=[problem_details_plugin()],
+        cors_config=cors_config(settings),
         openapi_config=OpenAPIConfig(
             title="Trainforge",
             version="0.1.0",
@@ -132,6 +134,19 @@ def _outermost(middleware: object) -> Callable[[AppConfig], AppConfig]:
         return app_config
 
     return insert
+
+
+def cors_config(settings: Settings) -> CORSConfig | None:
+    """CORS for the pages of `settings.cors_origins` (none: no CORS headers at all), API and event streams
+    alike: bearer tokens (`Authorization`), `Last-Event-ID` and `Idempotency-Key` may be sent, no cookies."""
+    if not settings.cors_origins:
+        return None
+    return CORSConfig(
+        allow_origins=list(settings.cors_origins), allow_methods=["*"],
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key", "Range"],
+        expose_headers=["Location", "Retry-After", "ETag", "Content-Disposition", "Content-Range",
+                        "Accept-Ranges"],
+        allow_credentials=False, max_age=600)
 
 
 def background_services() -> list[tuple[str, object]]:

@@ -60,6 +60,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Retention of the events stream in NATS (Postgres keeps the projection for good)."""
     events_max_bytes: int = -1
     sse_keepalive_s: float = 15.0
+    cors_origins: list[str] = []
+    """Origins (`https://app.example.com`) whose pages may call the API and the event streams (CORS). Empty:
+    no CORS headers, same-origin pages only."""
     idempotency_ttl_h: float = 24.0
     page_size_max: int = 200
     preflight_timeout_s: float = 2.0
