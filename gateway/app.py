@@ -72,7 +72,7 @@ def create_app(settings: Settings) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        engine = create_engine(settings.database_url)  # type: ignore[arg-type]
+        engine = create_engine(settings.database_url, timeout_s=settings.database_timeout_s)  # type: ignore[arg-type]
         job_signer = load_job_signer(settings)
         nc = await connect(settings, name="trainforge-gateway")
         js = nc.jetstream()

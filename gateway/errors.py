@@ -15,13 +15,26 @@ from typing import Any
 
 from http import HTTPStatus
 
+import asyncpg
 import msgspec
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 log = logging.getLogger(__name__)
 
 PROBLEM_TYPE_BASE = "https://trainforge.dev/problems/"
+
+CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, or no socket file (the server is stopped)
+    TimeoutError,  # no answer within the timeout (frozen or overloaded)
+    asyncpg.exceptions.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.exceptions.CannotConnectNowError,  # starting up, shutting down, recovering
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+)
+"""What the driver raises when the database server, not the request, is at fault (connecting, or a statement)."""
 
 
 class GatewayError(Exception):
@@ -87,6 +100,17 @@ class Unavailable(GatewayError):
     status_code, code, title = 503, "unavailable", "Service Unavailable"
 
 
+RETRY_AFTER_S = 5
+"""`Retry-After` of a 503 for a database or bus that is away (`up` restarts its servers within seconds)."""
+
+
+class DatabaseUnavailable(Unavailable):
+    """The database is unreachable or did not answer in time; try again shortly."""
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 def problem(
     status: int, code: str, title: str, detail: str, *, errors: list[dict[str, str]] | None = None,
     headers: dict[str, str] | None = None,
@@ -148,6 +172,24 @@ def _too_deep(exc: RecursionError) -> ProblemDetailsException:
     return problem(400, "bad_request", "Bad Request", "the request is nested too deeply to be read")
 
 
+def _database_error(exc: DBAPIError) -> ProblemDetailsException:
+    """A lost connection is the database's absence (503); any other database error is a bug (500). Errors a
+    request can cause (unique violations, ...) are caught and mapped where they happen."""
+    driver_error = getattr(exc.orig, "__cause__", None) or getattr(exc.orig, "orig", None)
+    if exc.connection_invalidated or isinstance(exc.orig, CONNECTION_LOST) or isinstance(driver_error, CONNECTION_LOST):
+        return _unavailable(exc)
+    return _unexpected(exc)
+
+
+def _unavailable(exc: Exception) -> ProblemDetailsException:
+    """Postgres (or NATS) did not answer within its timeout, or the connection to it was lost."""
+    log.warning("answering 503: %s: %s", type(exc).__name__, exc)
+    error = exc if isinstance(exc, DatabaseUnavailable) else DatabaseUnavailable(
+        "a service the gateway needs did not answer in time; try again shortly"
+        if isinstance(exc, TimeoutError | SATimeoutError) else None)
+    return _gateway_error(error)
+
+
 def _unexpected(exc: Exception) -> ProblemDetailsException:
     log.error("unhandled error", exc_info=exc)
     return problem(500, "internal_error", "Internal Server Error",
@@ -163,6 +205,9 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
                 ValidationException: _validation,
                 HTTPException: _http,
                 RecursionError: _too_deep,
+                DBAPIError: _database_error,
+                SATimeoutError: _unavailable,  # no free pooled connection within the timeout
+                TimeoutError: _unavailable,  # a statement (or a bus request) past its timeout
                 Exception: _unexpected,
             }
         )

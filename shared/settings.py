@@ -28,6 +28,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """External NATS server. Unset: `up` starts an embedded one; gateway/runner use nats://127.0.0.1:4222."""
     database_url: str | None = None
     """External Postgres (postgresql+asyncpg://...). Unset: `up` starts an embedded one."""
+    database_timeout_s: float = 5.0
+    """Gateway: longest wait on Postgres for a connection, a statement or a free pooled connection; a request
+    that needs a database that is down or frozen answers 503 after at most this long."""
     bus_prefix: str = "tf"
     """Prefix of every stream, subject and bucket name."""
 

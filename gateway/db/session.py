@@ -1,12 +1,60 @@
-"""Engine and session factory. Built by the app's lifespan from settings, never at import time."""
+"""Engine and session factory. Built by the app's lifespan from settings, never at import time.
+
+Every wait on Postgres is bounded by `timeout_s` (`TRAINFORGE_DATABASE_TIMEOUT_S`): making a connection
+(asyncpg's connect timeout), each statement and the pool's pre-ping (asyncpg's `command_timeout`), and waiting
+for a free pooled connection (`pool_timeout`). A server that is down or frozen so fails fast instead of hanging
+a request: connection failures are raised as `DatabaseUnavailable`, and a statement that timed out or lost its
+connection invalidates that connection (`gateway.errors` answers all of these with 503). Pre-ping replaces
+connections a restarted server dropped, so the gateway reconnects by itself.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Dialect, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from gateway.errors import CONNECTION_LOST, DatabaseUnavailable
+
+DEFAULT_TIMEOUT_S = 5.0
 
 
-def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(database_url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True)
+def create_engine(database_url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, pool_size: int = 10) -> AsyncEngine:
+    engine = create_async_engine(
+        database_url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True, pool_timeout=timeout_s,
+        connect_args={"timeout": timeout_s, "command_timeout": timeout_s},
+    )
+    dialect = engine.sync_engine.dialect
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _connect(dialect: Dialect, record: ConnectionPoolEntry, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except CONNECTION_LOST as exc:
+            raise DatabaseUnavailable(_describe(exc)) from exc
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _lost(context: ExceptionContext) -> None:
+        if isinstance(context.original_exception, TimeoutError | asyncio.CancelledError):
+            context.is_disconnect = True  # mid-statement: the connection's state is unknown; never reuse it
+
+    def _terminate(dbapi_connection: Any) -> None:
+        """Invalidating a connection: drop it at once. SQLAlchemy's own way first says goodbye to the server
+        and waits up to 2 s for it, which a frozen server never answers."""
+        dbapi_connection.driver_connection.terminate()
+
+    dialect.do_terminate = _terminate  # type: ignore[method-assign]
+    return engine
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "the database did not answer in time"
+    return f"the database is unreachable ({type(exc).__name__})"
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

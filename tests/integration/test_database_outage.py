@@ -1,0 +1,140 @@
+"""A gateway whose Postgres is frozen (SIGSTOP) or stopped answers quickly and clearly: `/ready` 503 naming the
+database within 2 s, requests that need the database 503 `unavailable` (with Retry-After) within
+`database_timeout_s`, never 500 and never a hang; once the database is back, 200 again with no restart.
+
+Each test runs its own Postgres (never the session's, which other tests share)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+from httpx import Response
+
+from shared.settings import Settings
+from tests.integration.rest_helpers import api, new_project, problem, start_run
+from trainforge.embedded import EmbeddedPostgres
+
+pytestmark = pytest.mark.slow
+
+TIMEOUT_S = 2.0
+"""The gateway's `database_timeout_s` here."""
+READY_WITHIN_S = 2.0
+
+
+@pytest.fixture
+async def own_postgres(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedPostgres, str]]:
+    """A Postgres of this test's own, migrated: (server, URL)."""
+    from migrations import upgrade
+
+    server = EmbeddedPostgres(tmp_path / "pg" / "data")
+    url = await anyio.to_thread.run_sync(server.start)
+    try:
+        await anyio.to_thread.run_sync(upgrade, url)
+        yield server, url
+    finally:
+        await anyio.to_thread.run_sync(server.stop)
+
+
+def _postgres_pids(data_dir: Path) -> list[int]:
+    """The postmaster and every process it started (backends, checkpointer, ...)."""
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    children = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and int((proc / "stat").read_text().rpartition(")")[2].split()[1]) == postmaster:
+                children.append(int(proc.name))
+        except (OSError, IndexError, ValueError):
+            pass  # ended while we looked
+    return [postmaster, *children]
+
+
+@contextmanager
+def frozen(data_dir: Path) -> Iterator[None]:
+    """Every Postgres process stopped with SIGSTOP, continued on the way out whatever happens."""
+    pids = _postgres_pids(data_dir)
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        yield
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+
+async def timed(request: Awaitable[Response]) -> tuple[Response, float]:
+    started = time.monotonic()
+    response = await request
+    return response, time.monotonic() - started
+
+
+def _unavailable(response: Response, took: float) -> dict[str, Any]:
+    body = problem(response, 503)
+    assert body["code"] == "unavailable", body
+    assert int(response.headers["Retry-After"]) > 0
+    assert took < TIMEOUT_S + 1.0, f"answered after {took:.1f}s"
+    return body
+
+
+async def test_frozen_postgres_is_a_quick_503_and_reads_work_again_once_it_continues(
+    settings: Settings, own_postgres: tuple[EmbeddedPostgres, str]
+) -> None:
+    server, url = own_postgres
+    settings = msgspec.structs.replace(settings, database_url=url, database_timeout_s=TIMEOUT_S)
+    async with api(settings) as client:
+        await new_project(client, "outage")
+        run = (await start_run(client, "outage")).json()
+        path = f"/api/v1/runs/{run['id']}"
+        assert (await client.get(path)).status_code == 200
+
+        with frozen(server.data_dir):
+            ready, took = await timed(client.get("/ready"))
+            assert ready.status_code == 503 and took < READY_WITHIN_S, (ready.text, took)
+            assert ready.json() == {"status": "not ready",
+                                    "checks": {"database": "unreachable: timeout", "nats": "ok"}}
+            _unavailable(*await timed(client.get(path)))
+            _unavailable(*await timed(client.get(path)))  # a second request is as quick, not queued behind
+            ready, took = await timed(client.get("/ready"))
+            assert ready.status_code == 503 and took < READY_WITHIN_S, (ready.text, took)
+
+        response = await client.get(path)
+        assert response.status_code == 200, response.text
+        assert response.json()["id"] == run["id"]
+        assert (await client.get("/ready")).status_code == 200
+
+
+async def test_stopped_postgres_is_a_503_not_a_500_and_a_restarted_one_serves_again(
+    settings: Settings, own_postgres: tuple[EmbeddedPostgres, str]
+) -> None:
+    server, url = own_postgres
+    settings = msgspec.structs.replace(settings, database_url=url, database_timeout_s=TIMEOUT_S)
+    async with api(settings) as client:
+        await new_project(client, "outage")
+        run = (await start_run(client, "outage")).json()
+        path = f"/api/v1/runs/{run['id']}"
+        assert (await client.get(path)).status_code == 200
+
+        await anyio.to_thread.run_sync(server.stop)
+        body = _unavailable(*await timed(client.get(path)))
+        assert "database" in body["detail"]
+        ready, took = await timed(client.get("/ready"))
+        assert ready.status_code == 503 and took < READY_WITHIN_S
+        assert ready.json()["checks"]["database"].startswith("unreachable: ")
+        assert ready.json()["checks"]["nats"] == "ok"
+        _unavailable(*await timed(client.post("/api/v1/projects", json={"name": "later"})))
+
+        assert await anyio.to_thread.run_sync(server.start) == url  # same socket: the pool reconnects by itself
+        response = await client.get(path)
+        assert response.status_code == 200, response.text
+        assert (await client.get("/ready")).status_code == 200
