@@ -19,6 +19,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
 
@@ -225,11 +226,17 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
         await js.key_value(names.attempts_bucket)
     except Exception:  # noqa: BLE001 - as above
         await js.create_key_value(bucket=names.attempts_bucket, history=1, ttl=ATTEMPTS_TTL_S)
+    await ensure_rate_limits_bucket(js, settings)
+
+
+async def ensure_rate_limits_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
+    """The rate-limit counts' bucket (in memory: a NATS restart empties it, and it is made again)."""
+    names = Subjects(settings.bus_prefix)
     try:
-        await js.key_value(names.rate_limits_bucket)
+        return await js.key_value(names.rate_limits_bucket)
     except Exception:  # noqa: BLE001 - as above
-        await js.create_key_value(bucket=names.rate_limits_bucket, history=1, ttl=RATE_LIMIT_TTL_S,
-                                  storage=js_api.StorageType.MEMORY)
+        return await js.create_key_value(bucket=names.rate_limits_bucket, history=1, ttl=RATE_LIMIT_TTL_S,
+                                         storage=js_api.StorageType.MEMORY)
 
 
 async def ensure_pool_consumer(js: JetStreamContext, settings: Settings, pool: str) -> str:

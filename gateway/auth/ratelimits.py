@@ -28,6 +28,7 @@ from nats.js.kv import KeyValue
 
 from gateway.auth.caller import Caller
 from gateway.state import GatewayState
+from shared.bus import ensure_rate_limits_bucket
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,14 @@ class KeyValueStore(Store):
     async def _bucket(self) -> KeyValue:
         if self._kv is None:
             gw = self._gateway()
-            self._kv = await gw.js.key_value(gw.subjects.rate_limits_bucket)
+            self._kv = await ensure_rate_limits_bucket(gw.js, gw.settings)
         return self._kv
+
+    def _lost(self, exc: Exception) -> None:
+        """After a NATS restart the in-memory bucket is gone: look it up (or make it) again next time."""
+        if isinstance(exc, nats.js.errors.NoStreamResponseError | nats.js.errors.NotFoundError
+                      | nats.js.errors.ServiceUnavailableError | nats.js.errors.BucketNotFoundError):
+            self._kv = None
 
     def _key(self, key: str) -> str:
         return f"{self._namespace}.{hashlib.sha256(key.encode()).hexdigest()[:40]}"
@@ -81,6 +88,7 @@ class KeyValueStore(Store):
         try:
             await (await self._bucket()).put(self._key(key), value.encode() if isinstance(value, str) else value)
         except nats.errors.Error as exc:
+            self._lost(exc)
             log.warning("rate limits: could not record a request (%r)", exc)
 
     async def get(self, key: str, renew_for: int | timedelta | None = None) -> bytes | None:
@@ -89,6 +97,7 @@ class KeyValueStore(Store):
         except nats.js.errors.KeyNotFoundError:  # never written, lapsed, or deleted
             return None
         except nats.errors.Error as exc:
+            self._lost(exc)
             log.warning("rate limits: could not read a count (%r); letting the request through", exc)
             return None
         return entry.value
