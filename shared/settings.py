@@ -38,11 +38,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     nats_user: str | None = None
     """NATS user name (with `nats_password`). A URL with userinfo (nats://user:pass@host) works too."""
     nats_password: str | None = None
+    nats_password_file: Path | None = None
+    """File holding that password (instead of `nats_password`; `trainforge secrets init` writes one per part)."""
     nats_token: str | None = None
     """NATS authorization token (instead of a user)."""
     nats_nkey_seed_file: Path | None = None
-    nats_password_file: Path | None = None
-    """File holding that password (instead of `nats_password`; `trainforge secrets init` writes one per part)."""
     """File holding an nkey seed (`SU...`) for a server that authenticates nkeys (needs the `nkeys` package)."""
     nats_creds_file: Path | None = None
     """A `.creds` file (user JWT and nkey seed) for a server in operator/JWT mode (needs `nkeys`)."""
@@ -68,6 +68,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     no CORS headers, same-origin pages only."""
     idempotency_ttl_h: float = 24.0
     page_size_max: int = 200
+    max_json_kb: int = 1024
+    """Largest request body of a route that takes JSON (413 beyond); uploads have their own limits."""
+    max_json_depth: int = 32
+    """Deepest nesting of arrays and objects accepted in a JSON body (400 beyond)."""
     preflight_timeout_s: float = 2.0
     """How long run creation waits for a runner to confirm a docker run's files (no answer: queued anyway)."""
 
