@@ -80,10 +80,6 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Most parameters a custom model YAML may build to (yolov8x: 68 M), counted before anything is built."""
     architecture_max_gflops: float = 3000.0
     """Most GFLOPs its forward pass may take at the requested imgsz (yolov8x: 258 at 640, 2,640 at 2048)."""
-    max_json_kb: int = 1024
-    """Largest request body of a route that takes JSON (413 beyond); uploads have their own limits."""
-    max_json_depth: int = 32
-    """Deepest nesting of arrays and objects accepted in a JSON body (400 beyond)."""
     architecture_max_activation_mb: float = 2048.0
     """Most MB its layers' outputs may take at the requested imgsz, batch 1, float32 (yolov8x at 640: 184)."""
     architecture_validate_memory_mb: int = 4096
