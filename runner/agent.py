@@ -454,6 +454,7 @@ class RunnerAgent:
         )
         publisher.on_checkpoint = lambda checkpoint_id: setattr(ctx, "last_checkpoint_id", checkpoint_id)
         active = ActiveJob(msg=msg, ctx=ctx, publisher=publisher)
+        ctx.holds_claim = lambda: self._holds_claim(active)
         self._active[job.run_id] = active
         if self._canceling_all:
             self._cancel_for_shutdown(active)
@@ -567,6 +568,11 @@ class RunnerAgent:
                              ctx.run_id, ctx.attempt, active.superseded)
                 ctx.cancel_requested.set()
                 return
+
+    def _holds_claim(self, active: ActiveJob) -> bool:
+        claim = active.claim
+        return (claim is not None and claim.lost is None and active.superseded is None
+                and claim.unconfirmed_for() < 2 * self.settings.runner_heartbeat_s + 2 * CALL_TIMEOUT_S)
 
     async def _release_claim(self, active: ActiveJob) -> None:
         if (keeper := self._claim_keepers.pop(active.job.run_id, None)) is not None:

@@ -9,6 +9,7 @@ never touch NATS directly, and never block the event loop: CPU-bound work goes t
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
@@ -84,6 +85,9 @@ class RunContext:
     attempt of this run recorded (after a runner died)."""
     last_checkpoint_id: str | None = None
     """Updated by the emitter: the newest checkpoint of this attempt."""
+    holds_claim: Callable[[], bool] = lambda: True
+    """Whether this attempt surely still holds the run (its claim renewed within the last heartbeats): an
+    executor deletes nothing a next attempt may resume from unless it does (`runner.claims`)."""
 
     @property
     def run_id(self) -> str:

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from runner.executors.base import RunContext
 from shared.artifacts import ArtifactStore, media_type
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -121,6 +122,11 @@ class JobBridge:
         return self.call(self.store.put_file, key, path)
 
     def delete_file(self, uri: str) -> None:
+        """Delete a stored file of this attempt; skipped while the attempt is not sure it still holds the run
+        (`RunContext.holds_claim`): a next attempt may be about to resume from it."""
+        if not self.ctx.holds_claim():
+            log.warning("run %s: not deleting %s (this attempt's claim is not confirmed)", self.ctx.run_id, uri)
+            return
         self.call(self.store.delete, uri)
 
     def artifact(self, path: Path, *, name: str | None = None, kind: str = "file", meta: dict | None = None) -> str:

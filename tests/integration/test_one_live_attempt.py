@@ -202,3 +202,33 @@ async def test_a_runner_killed_with_9_takes_its_jobs_processes_with_it_and_resta
         await nc.close()
     assert done.type == "run.completed" and done.attempt >= 2
     assert events.log_lines(attempt=done.attempt) == [f"done {done.attempt}"]
+
+
+async def test_nats_killed_for_twice_the_ack_wait_during_a_yolo_training_trains_once_and_completes(
+    settings: Settings, own_nats: tuple[RestartableNats, str], tmp_path: Path
+) -> None:
+    from shared.contracts import Job
+    from shared.contracts.yolo import YoloTrainSpec
+    from tests.datagen import make_detect_dataset
+    from tests.integration.runner_support import POOL
+
+    server, url = own_nats
+    settings = msgspec.structs.replace(settings, nats_url=url, attempt_hold_s=20.0)
+    data = make_detect_dataset(tmp_path / "data", n_train=8, n_val=4, imgsz=64)
+    epochs = 3
+    spec = YoloTrainSpec(model="yolov8n", data=str(data), epochs=epochs, batch=4, imgsz=64, device="cpu")
+    job = Job(run_id=uuid.uuid4().hex, project_id="p1", pool=POOL, spec=spec)
+    async with bus_of(url) as (_, js):
+        await ensure_topology(js, settings)
+        async with running_agent(settings, runner_id="holder"), running_agent(settings, runner_id="other"):
+            async with RunEvents(js, settings, job) as events:
+                await publish_job(js, settings, job)
+                await events.wait_for_type("run.metrics", timeout=180)  # the first epoch ended
+            await _outage(server, 2 * settings.job_ack_wait_s)
+            async with RunEvents(js, settings, job) as events:
+                done = await events.wait_for_type(*TERMINAL, timeout=300)
+    assert (done.type, done.attempt) == ("run.completed", 1), done
+    assert done.result["epochs_completed"] == epochs  # type: ignore[attr-defined]
+    assert [e.attempt for e in events.events if e.type in ("run.claimed", "run.started")] == [1, 1]
+    assert [e.epoch for e in events.events if e.type == "run.metrics"] == list(range(1, epochs + 1))
+    assert [e.type for e in events.events if e.type in TERMINAL] == ["run.completed"]
