@@ -23,8 +23,9 @@ DOCS_SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 
 MESSAGES: dict[str, tuple[Any, str, str]] = {
     "job.v1.json": (Job, "Job", "A job on {p}.jobs.v1.{pool} (docs/events.md, Job)."),
-    "run-event.v1.json": (RunEvent, "Run event", "One run event on {p}.events.v1.{project_id}.{run_id}.{type}, "
-                          "tagged by `type` (docs/events.md, Events)."),
+    "run-event.v1.json": (RunEvent, "Run event",
+                          "One run event on {p}.events.v1.{project_id}.{run_id}.{type}, tagged by `type` "
+                          "(docs/events.md, Events)."),
     "runner-heartbeat.v1.json": (RunnerHeartbeat, "Runner heartbeat",
                                  "A runner's heartbeat on {p}.runners.v1.{runner_id}.heartbeat "
                                  "(docs/events.md, Runner heartbeats and the fleet)."),
@@ -49,7 +50,7 @@ def generated() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shared.contracts.schema", description=__doc__)
-    parser.add_argument("--out", type=Path, default=DOCS_SCHEMAS, help="folder to write (default: docs/schemas)")
+    parser.add_argument("--out", type=Path, default=DOCS_SCHEMAS, help="folder (default: docs/schemas)")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is not current")
     args = parser.parse_args(argv)
     stale = [name for name, text in generated().items()

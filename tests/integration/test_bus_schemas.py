@@ -47,7 +47,8 @@ async def test_every_message_of_a_container_run_and_a_yolo_training_matches_the_
     jobs = [
         container_job("for i in 1 2 3; do echo step=$i/3 loss=0.$i; done; echo warn >&2"),
         Job(run_id=uuid.uuid4().hex, project_id="p1", pool=POOL,
-            spec=YoloTrainSpec(model="yolov8n-cls", data=str(data), epochs=1, batch=8, imgsz=64, device="cpu")),
+            spec=YoloTrainSpec(model="yolov8n-cls", data=str(data), epochs=1, batch=8, imgsz=64,
+                               device="cpu")),
     ]
     async with bus(settings) as nc:
         js = nc.jetstream()

@@ -68,7 +68,8 @@ EVERY_EVENT = [
     RunArtifact(**BASE, seq=7, name="weights/best.pt", uri="file:///b.pt", kind="weights", size_bytes=3),
     RunCompleted(**BASE, seq=8, exit_code=0, result=None),
     RunCompleted(**BASE, seq=8, result={"metrics": {"fitness": 0.2}}),
-    RunFailed(**BASE, seq=8, cause=FailureCause.USER, error_type="CommandFailed", message="exit 1", exit_code=1),
+    RunFailed(**BASE, seq=8, cause=FailureCause.USER, error_type="CommandFailed", message="exit 1",
+              exit_code=1),
     RunCancelRequested(**{**BASE, "attempt": 0, "runner_id": "gateway"}, seq=2, requested_by="u1"),
     RunCanceled(**BASE, seq=8, reason="requested"),
     RunRequeued(**BASE, seq=8, reason="runner shutdown"),
@@ -90,7 +91,8 @@ def test_a_heartbeat_and_jobs_of_every_kind_validate() -> None:
     validator("runner-heartbeat.v1.json").validate(json.loads(msgspec.json.encode(beat)))
     check = validator("job.v1.json")
     for spec in (ContainerSpec(start_command="true"), YoloTrainSpec(data="/d/data.yaml"),
-                 YoloValSpec(model="/m.pt", data="/d/data.yaml"), YoloExportSpec(model="/m.pt", format="onnx"),
+                 YoloValSpec(model="/m.pt", data="/d/data.yaml"),
+                 YoloExportSpec(model="/m.pt", format="onnx"),
                  YoloPredictSpec(model="/m.pt", sources=["/i.jpg"])):
         check.validate(json.loads(msgspec.json.encode(Job(run_id="r" * 32, project_id="p" * 32, pool="cpu",
                                                           spec=spec))))
@@ -100,6 +102,7 @@ def test_unknown_fields_pass_and_wrong_types_or_tags_do_not() -> None:
     check = validator("run-event.v1.json")
     body = json.loads(msgspec.json.encode(EVERY_EVENT[1]))
     check.validate({**body, "added_in_a_later_version": [1]})
-    for bad in ({**body, "seq": "1"}, {**body, "type": "run.nonsense"}, {k: v for k, v in body.items() if k != "seq"}):
+    without_seq = {k: v for k, v in body.items() if k != "seq"}
+    for bad in ({**body, "seq": "1"}, {**body, "type": "run.nonsense"}, without_seq):
         with pytest.raises(jsonschema.ValidationError):
             check.validate(bad)
