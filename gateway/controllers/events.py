@@ -67,7 +67,7 @@ class EventsController(Controller):
     tags = ["events"]
 
     @get("/runs/{run_id:str}/events", summary="Live events of a run (Server-Sent Events)",
-         responses={204: FINISHED})
+         opt={QUERY_TOKEN_OPT: True}, responses={204: FINISHED})
     async def run_events(
         self, gw: Gateway, me: Me, run_id: FromPath[str], last_event_id_header: LastEventIdHeader = None,
         last_event_id: LastEventIdQuery = None, access_token: AccessTokenQuery = None,
