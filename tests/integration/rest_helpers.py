@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 import nats
+import uvicorn
 from httpx import Response
 from litestar.testing import AsyncTestClient
 from nats.aio.client import Client as NATS
@@ -43,6 +44,24 @@ def in_app(client: AsyncTestClient, fn: Callable[..., Awaitable[Any]], *args: An
     """Run `fn` on the app's event loop: the test client runs the app (its NATS connection, its database
     pool) on a loop of its own, in another thread."""
     return client.blocking_portal.call(functools.partial(fn, *args, **kwargs))
+
+
+@asynccontextmanager
+async def served_gateway(settings: Settings) -> AsyncIterator[str]:
+    """A real gateway (uvicorn, on a free loopback port) for tests that need HTTP itself; yields its base URL."""
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, lifespan="on", log_level="warning",
+                            timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
 
 
 @asynccontextmanager

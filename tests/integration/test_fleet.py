@@ -14,35 +14,23 @@ from typing import Any
 import httpx
 import nats
 import pytest
-import uvicorn
 from httpx_sse import aconnect_sse
 from nats.js import JetStreamContext
 
-from gateway.app import create_app
 from runner.agent import RunnerAgent
 from shared.bus import ensure_topology
 from shared.settings import Settings
 from tests.auth_support import authorize
 from tests.integration.events_support import wait_for
+from tests.integration.rest_helpers import served_gateway
 from tests.integration.runner_support import POOL, RunEvents, container_job, publish_job, running_agent
 from tests.library_support import insert_run
 
 
 @pytest.fixture
 async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, lifespan="on", log_level="warning",
-                            timeout_graceful_shutdown=1)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=60) as client:
+    async with served_gateway(settings) as url, httpx.AsyncClient(base_url=f"{url}/api/v1", timeout=60) as client:
         yield await authorize(client)
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
 
 
 @pytest.fixture

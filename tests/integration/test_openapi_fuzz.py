@@ -7,21 +7,19 @@ uses; an API token is used for the rest, so a password change does not either).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import anyio.to_thread
 import httpx
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from schemathesis.generation import GenerationMode
 
-from gateway.app import create_app
 from shared.settings import Settings
 from tests.auth_support import login
+from tests.integration.rest_helpers import served_gateway
 
 pytestmark = pytest.mark.slow
 
@@ -32,17 +30,8 @@ SKIPPED = ("/events", "/auth/logout")
 
 @pytest.fixture
 async def gateway_url(settings: Settings) -> AsyncIterator[str]:
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, lifespan="on", log_level="warning",
-                            timeout_graceful_shutdown=1)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
+    async with served_gateway(settings) as url:
+        yield url
 
 
 async def test_no_request_to_any_operation_gets_a_server_error(gateway_url: str) -> None:
