@@ -28,6 +28,8 @@ from gateway.db.models import EventRecord, Run
 from gateway.errors import BadRequest
 from gateway.eventhub import EventHub, HubEvent
 from gateway.auth.caller import Me
+from gateway.auth.middleware import QUERY_TOKEN_OPT
+from gateway.controllers.common import AccessTokenQuery
 from gateway.services.projects import get_project
 from gateway.services.runs import get_run
 from gateway.state import Gateway
@@ -51,11 +53,6 @@ FINISHED = ResponseSpec(None, description="The run is finished and nothing follo
 LastEventIdHeader = Annotated[
     str | None,
     HeaderParameter(name="Last-Event-ID", required=False, description="Resume after this event id"),
-]
-AccessTokenQuery = Annotated[
-    str | None,
-    QueryParameter(name="access_token", required=False, max_length=4096,
-                   description="For clients that cannot send headers (EventSource): the bearer token"),
 ]
 LastEventIdQuery = Annotated[
     int | None,
@@ -82,7 +79,8 @@ class EventsController(Controller):
         return ServerSentEvent(
             _stream(gw, {"run_id": run_id}, EventRecord.run_id == run_id, start, run_id=run_id))
 
-    @get("/projects/{ref:str}/events", summary="Live events of every run of a project (Server-Sent Events)")
+    @get("/projects/{ref:str}/events", summary="Live events of every run of a project (Server-Sent Events)",
+         opt={QUERY_TOKEN_OPT: True})
     async def project_events(
         self, gw: Gateway, me: Me, ref: FromPath[str], last_event_id_header: LastEventIdHeader = None,
         last_event_id: LastEventIdQuery = None, access_token: AccessTokenQuery = None,
