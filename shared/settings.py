@@ -62,6 +62,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     events_max_age_days: float = 30.0
     """Retention of the events stream in NATS (Postgres keeps the projection for good)."""
     events_max_bytes: int = -1
+    projector_ack_wait_s: float = 5.0
+    """How long the projector's fetched events stay unacknowledged before JetStream redelivers them (a gateway
+    killed mid-batch delays its runs' events this long); long batches are kept alive with progress acks."""
+    projector_gap_wait_s: float = 15.0
+    """How long the projector holds a run's events back behind a missing seq before it stores them anyway."""
     sse_keepalive_s: float = 15.0
     cors_origins: list[str] = []
     """Origins (`https://app.example.com`) whose pages may call the API and the event streams (CORS). Empty:
