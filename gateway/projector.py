@@ -11,6 +11,20 @@ A durable pull consumer on the events stream hands out batches; each batch is ON
 The messages are acked only after the commit. A crash before the ack redelivers them and step 3 drops the
 duplicates: events are at-least-once on the wire and exactly-once in the projection.
 
+Per (run, attempt), events are stored in `seq` order with no gap, so positions follow seq and nobody sees a
+terminal event before the events it ends:
+- step 2 also reads the highest stored seq of each (run, attempt) of the batch (the unique index answers);
+  an event past `that + 1` is *held*: kept unacked in memory (progress acks every third of the ack wait)
+  and offered again with every batch until the missing seqs arrive. They do so within the consumer's short
+  ack wait (`projector_ack_wait_s`) when a killed gateway had fetched them, at once when another gateway is
+  committing them. A gap still open after `projector_gap_wait_s` is logged as an error and passed: the
+  missing seqs are given up (one that arrives later is stored late, after them). A seq the database refused
+  (terminated as poison) is no gap.
+- the `run.completed` that completes a `yolo.train` run is held until the weights registrar has written
+  `runs.registration` (it is asked at once), so the model version is readable when the completion is;
+  after `REGISTRATION_WAIT_S` it is stored anyway and the registrar finishes later.
+- within a batch, each (run, attempt)'s events take the batch's positions in seq order.
+
 Database errors that look transient are retried with backoff on the same batch (the messages are kept alive
 with `in_progress()`); a data error (bad value, too long a string) is narrowed down to its message, which is
 logged and terminated so it cannot stall the stream.
@@ -23,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +64,12 @@ EVENTS_LOCK = 0x7472_6663_6576  # "trfcev": the advisory lock that orders projec
 NOTIFY_CHANNEL = "trainforge_events"
 BATCH = 500
 FETCH_TIMEOUT_S = 0.5
-ACK_WAIT_S = 30.0
+HELD_RECHECK_S = 0.2
+"""Fetch timeout while events are held: how soon a filled gap or a finished registration is noticed."""
+HELD_MAX = 4 * BATCH
+"""Most events held in memory; beyond it the highest seqs are handed back to JetStream (nak with a delay)."""
+REGISTRATION_WAIT_S = 60.0
+"""Longest a training's run.completed waits for the registrar before it is stored without registration."""
 MISSING_RUN_RETRIES = 5
 """An event whose run row does not exist (yet) is redelivered this often before it is stored unfolded."""
 MISSING_RUN_DELAY_S = 1.0
@@ -73,18 +93,42 @@ _INSERT_EVENTS = text(
 )
 
 
+STORE = "store"
+DUPLICATE = "duplicate"
+"""Stored already (or stored by this very batch under another message): ack."""
+HELD = "held"
+"""Behind a seq gap or a registration: keep it unacked."""
+DEFERRED = "deferred"
+"""Its run row does not exist yet: redeliver it later."""
+DROPPED = "dropped"
+"""Terminated as poison."""
+
+_STORED_SEQS = text(
+    """
+    SELECT g.run_id, g.attempt,
+           (SELECT max(e.seq) FROM events e WHERE e.run_id = g.run_id AND e.attempt = g.attempt) AS seq
+    FROM unnest(CAST(:run_id AS text[]), CAST(:attempt AS int[])) AS g(run_id, attempt)
+    """
+)
+"""The highest stored seq of each (run, attempt): one index probe each (`uq_events_run_attempt_seq`)."""
+
+
 @dataclass(slots=True)
 class _Item:
     msg: Msg
     event: EventBase
     body: str
     """The event's JSON as it came on the wire (NUL characters replaced: Postgres' jsonb refuses them)."""
-    deferred: bool = False
-    """Its run row does not exist yet: redeliver it later."""
+    outcome: str = ""
+    """What the last store attempt decided: STORE, DUPLICATE, HELD, DEFERRED or DROPPED."""
 
     @property
     def key(self) -> tuple[str, int, int]:
         return (self.event.run_id, self.event.attempt, self.event.seq)
+
+    @property
+    def group(self) -> tuple[str, int]:
+        return (self.event.run_id, self.event.attempt)
 
 
 class _Poison(Exception):
@@ -103,8 +147,23 @@ class Projector:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._advisories: Subscription | None = None
+        self._keepalive_task: asyncio.Task[None] | None = None
+        self._ack_wait = gw.settings.projector_ack_wait_s
+        self._gap_wait = gw.settings.projector_gap_wait_s
+        self._held: list[_Item] = []
+        """Events kept unacked behind a gap or a registration, offered again with every batch."""
+        self._inflight: list[_Item] = []
+        """The batch being stored (kept alive with progress acks like the held events)."""
+        self._gaps: dict[tuple[str, int], tuple[int, float]] = {}
+        """(run, attempt) -> (the first missing seq, when that gap was first seen)."""
+        self._dropped: set[tuple[str, int, int]] = set()
+        """Keys terminated as poison: no gap."""
+        self._registering: dict[str, float] = {}
+        """Run id -> since when its completion waits for the registrar."""
         self.projected = 0
         """New events stored since start (duplicates not counted)."""
+        self.given_up = 0
+        """Seqs passed over because they did not arrive within `projector_gap_wait_s`."""
 
     async def start(self) -> None:
         names = self.gw.subjects
@@ -113,7 +172,7 @@ class Projector:
             filter_subject=names.events_all,
             ack_policy=js_api.AckPolicy.EXPLICIT,
             deliver_policy=js_api.DeliverPolicy.ALL,
-            ack_wait=ACK_WAIT_S,
+            ack_wait=self._ack_wait,
             max_deliver=-1,
             max_ack_pending=20 * BATCH,
         )
@@ -124,6 +183,8 @@ class Projector:
                         exc.description)
         self._sub = await self.gw.js.pull_subscribe_bind(durable=names.projector_consumer,
                                                          stream=names.events_stream)
+        info = await self.gw.js.consumer_info(names.events_stream, names.projector_consumer)
+        self._ack_wait = info.config.ack_wait or self._ack_wait  # what the server really applies
         self._advisories = await self.gw.nc.subscribe(
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{names.jobs_stream}.*",
             queue="trainforge-gateway", cb=self._on_max_deliveries,
@@ -131,6 +192,8 @@ class Projector:
         self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name="projector")
         self._task.add_done_callback(_log_crash)
+        self._keepalive_task = asyncio.create_task(self._keepalive(), name="projector-keepalive")
+        self._keepalive_task.add_done_callback(_log_crash)
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -144,6 +207,13 @@ class Projector:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
+            await asyncio.gather(self._keepalive_task, return_exceptions=True)
+            self._keepalive_task = None
+        held, self._held = self._held, []
+        for item in held:  # another projector may have them now, not after ack_wait
+            await _quietly(item.msg.nak())
         await self._sub.unsubscribe()
 
     # -- the loop ----------------------------------------------------------------------------------------
@@ -151,9 +221,11 @@ class Projector:
         backoff = 0.1
         while not self._stopping.is_set():
             try:
-                msgs = await self._sub.fetch(BATCH, timeout=FETCH_TIMEOUT_S)
+                msgs = await self._sub.fetch(BATCH, timeout=HELD_RECHECK_S if self._held else FETCH_TIMEOUT_S)
             except (TimeoutError, nats.errors.TimeoutError):
-                continue
+                if not self._held:
+                    continue
+                msgs = []  # nothing new: look at the held events again (a gap filled elsewhere, a deadline)
             except nats.errors.Error as exc:  # disconnected, reconnecting, stream or consumer gone
                 log.warning("projector: fetch failed (%s); retrying in %.1fs", exc, backoff)
                 await self._sleep(backoff)
@@ -168,6 +240,13 @@ class Projector:
                 log.exception("projector: handling a batch of %d messages failed", len(msgs))
                 await self._sleep(1.0)
 
+    async def _keepalive(self) -> None:
+        """Progress acks for the batch being stored and the held events, every third of the ack wait."""
+        while not self._stopping.is_set():
+            await self._sleep(self._ack_wait / 3)
+            for item in [*self._inflight, *self._held]:
+                await _quietly(item.msg.in_progress())
+
     async def _handle(self, msgs: list[Msg]) -> None:
         items: list[_Item] = []
         for msg in msgs:
@@ -181,78 +260,111 @@ class Projector:
                 await msg.ack()  # not a run event: nothing to project
                 continue
             items.append(_Item(msg, event, _json_text(msg.data)))
-        if not items:
+        if not items and not self._held:
             return
+        items, self._held = [*self._held, *items], []
+        self._inflight = items
         try:
             await self._store_with_retry(items)
+            for item in items:
+                if item.outcome in (STORE, DUPLICATE):
+                    await item.msg.ack()
+                elif item.outcome == DEFERRED:
+                    await item.msg.nak(delay=MISSING_RUN_DELAY_S)
+                elif item.outcome == HELD:
+                    self._held.append(item)
         except (asyncio.CancelledError, _Abandoned):
             for item in items:  # not committed: let another projector have them now, not after ack_wait
-                await _quietly(item.msg.nak())
+                if item.outcome != DROPPED:
+                    await _quietly(item.msg.nak())
+            self._held = []
             raise
-        for item in items:
-            if item.deferred:
-                await item.msg.nak(delay=MISSING_RUN_DELAY_S)
-            else:
-                await item.msg.ack()
+        finally:
+            self._inflight = []
+        if len(self._held) > HELD_MAX:  # bounded memory: the newest come back later
+            self._held.sort(key=lambda i: i.event.seq)
+            for item in self._held[HELD_MAX:]:
+                await _quietly(item.msg.nak(delay=1.0))
+            del self._held[HELD_MAX:]
 
     async def _store_with_retry(self, items: list[_Item]) -> None:
-        """Store `items`, retrying transient errors; items whose run does not exist yet get `deferred`."""
+        """Store `items`, retrying transient errors; each item's `outcome` says what became of it."""
         backoff = 0.2
         while True:
             try:
                 await self._store(items)
                 return
             except _Poison:
-                if len(items) > 1:
-                    for item in items:
+                if len(items) > 1:  # one by one, in seq order: each finds the one before it stored
+                    for item in sorted(items, key=lambda i: i.key):
                         await self._store_with_retry([item])
                     return
                 item = items[0]
                 log.exception("projector: dropping event %s that the database refuses", item.event.msg_id)
                 await item.msg.term()
+                item.outcome = DROPPED
+                self._dropped.add(item.key)
                 return
             except Exception:  # noqa: BLE001 - the database is unreachable or restarting: keep trying
                 log.exception("projector: storing %d events failed; retrying in %.1fs", len(items), backoff)
                 if self._stopping.is_set():
                     raise _Abandoned from None
-                for item in items:
-                    await _quietly(item.msg.in_progress())
-                await self._sleep(backoff)
+                await self._sleep(backoff)  # the keepalive task keeps the messages from redelivery
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     async def _store(self, items: list[_Item]) -> None:
         trained: list[str] = []
+        completing: list[tuple[str, EventBase]] = []
         try:
             async with self.gw.engine.begin() as conn:
-                await self._store_in(conn, items, trained)
+                await self._store_in(conn, items, trained, completing)
         except DBAPIError as exc:
             sqlstate = getattr(exc.orig, "sqlstate", None) or ""
             if sqlstate[:2] in ("22", "23", "54"):  # data exception, integrity violation, too large
                 raise _Poison(str(exc)) from exc
             raise
-        if trained and (registrar := self.gw.extras.get("registrar")) is not None:
+        registrar = self.gw.extras.get("registrar")
+        if trained and registrar is not None:
             registrar.submit(trained)  # type: ignore[attr-defined]
+        for run_id, completion in completing:  # after the commit: the registrar reads the weights artifact
+            registrar.prepare(run_id, completion)  # type: ignore[union-attr]
 
-    async def _store_in(self, conn: AsyncConnection, items: list[_Item], trained: list[str]) -> None:
-        """Fold `items` in one transaction; `trained` gets the ids of `yolo.train` runs it completes."""
+    async def _store_in(self, conn: AsyncConnection, items: list[_Item], trained: list[str],
+                        completing: list[tuple[str, EventBase]]) -> None:
+        """Fold `items` in one transaction; `trained` gets the ids of `yolo.train` runs it completes without
+        registration, `completing` the completions held for the registrar."""
         await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": EVENTS_LOCK})
         run_ids = sorted({item.event.run_id for item in items})
         columns = [getattr(Run, name) for name in RunRow.columns()]
         result = await conn.execute(
-            select(Run.id, Run.owner_id, Run.kind, *columns)
+            select(Run.id, Run.owner_id, Run.kind, Run.registration.is_not(None).label("registered"),
+                   *columns)
             .where(Run.id.in_(run_ids)).order_by(Run.id).with_for_update()
         )
         rows: dict[str, RunRow] = {}
         owners: dict[str, str | None] = {}
         kinds: dict[str, str] = {}
+        registered: set[str] = set()
         for row in result:
             rows[row.id] = RunRow(**{name: getattr(row, name) for name in RunRow.columns()})
             owners[row.id] = row.owner_id
             kinds[row.id] = row.kind
+            if row.registered:
+                registered.add(row.id)
 
         for item in items:
-            item.deferred = item.event.run_id not in rows and _deliveries(item.msg) < MISSING_RUN_RETRIES
-        storing = [item for item in items if not item.deferred]
+            deferred = item.event.run_id not in rows and _deliveries(item.msg) < MISSING_RUN_RETRIES
+            item.outcome = DEFERRED if deferred else ""
+        candidates = [item for item in items if item.outcome != DEFERRED]
+        if not candidates:
+            return
+        groups = sorted({item.group for item in candidates})
+        stored = await conn.execute(_STORED_SEQS, {"run_id": [g[0] for g in groups],
+                                                   "attempt": [g[1] for g in groups]})
+        self._hold_gaps(candidates, {(r.run_id, r.attempt): r.seq for r in stored})
+        storing = self._in_seq_order(candidates)
+        self._hold_completions(storing, rows, kinds, registered, completing)
+        storing = [item for item in storing if item.outcome == STORE]
         if not storing:
             return
         for item in storing:
@@ -290,7 +402,9 @@ class Projector:
             rows[run_id] = rows[run_id].apply(result_.changes)
             changes[run_id].update(result_.changes)
             if kinds[run_id] == TRAIN_KIND and result_.changes.get("status") == RunStatus.COMPLETED:
-                trained.append(run_id)
+                self._registering.pop(run_id, None)
+                if run_id not in registered:
+                    trained.append(run_id)
             if result_.checkpoint:
                 checkpoints.append(result_.checkpoint)
             if result_.artifact:
@@ -308,6 +422,91 @@ class Projector:
                     update(Run).where(Run.id == run_id).values(**values, updated_at=func.now()))
         await conn.execute(text("SELECT pg_notify(:channel, :payload)"),
                            {"channel": NOTIFY_CHANNEL, "payload": str(max_position)})
+
+    # -- order: seq gaps and registrations ------------------------------------------------------------------
+    def _hold_gaps(self, items: list[_Item], stored: dict[tuple[str, int], int]) -> None:
+        """Mark each item STORE, DUPLICATE or HELD: a (run, attempt)'s events are stored from its highest
+        stored seq on without a gap; a gap older than `projector_gap_wait_s` is given up (logged)."""
+        now = time.monotonic()
+        by_group: dict[tuple[str, int], list[_Item]] = defaultdict(list)
+        for item in items:
+            by_group[item.group].append(item)
+        for group, members in by_group.items():
+            members.sort(key=lambda i: i.event.seq)
+            highest = stored.get(group) or 0
+            expected = highest + 1
+            holding = False
+            for item in members:
+                seq = item.event.seq
+                if holding:
+                    item.outcome = HELD
+                    continue
+                if seq < expected:  # stored before; or the same event twice in this batch: ack it once stored
+                    item.outcome = DUPLICATE if seq <= highest else HELD
+                    continue
+                while expected < seq and (*group, expected) in self._dropped:
+                    self._dropped.discard((*group, expected))
+                    expected += 1
+                if seq > expected:
+                    missing, since = self._gaps.get(group, (0, now))
+                    if missing != expected:
+                        self._gaps[group] = (expected, since := now)
+                    if now - since < self._gap_wait:
+                        holding = True
+                        item.outcome = HELD
+                        continue
+                    log.error("projector: run %s attempt %d: seq %d..%d did not arrive within %.0fs; storing "
+                              "seq %d on without them (if they come, they are stored late, after it)",
+                              group[0], group[1], expected, seq - 1, now - since, seq)
+                    self.given_up += seq - expected
+                    self._gaps.pop(group, None)
+                item.outcome = STORE
+                expected = seq + 1
+            if not holding and (gap := self._gaps.pop(group, None)) is not None:
+                waited = now - gap[1]
+                log.log(logging.INFO if waited >= 1.0 else logging.DEBUG,
+                        "projector: run %s attempt %d: seq %d came after %.1fs; the events held behind it "
+                        "are stored", group[0], group[1], gap[0], waited)
+
+    @staticmethod
+    def _in_seq_order(items: list[_Item]) -> list[_Item]:
+        """The STORE items in batch order, except that each (run, attempt)'s take its places in seq order."""
+        storing = [item for item in items if item.outcome == STORE]
+        by_group: dict[tuple[str, int], list[_Item]] = defaultdict(list)
+        for item in storing:
+            by_group[item.group].append(item)
+        ordered = {group: iter(sorted(members, key=lambda i: i.event.seq))
+                   for group, members in by_group.items()}
+        return [next(ordered[item.group]) for item in storing]
+
+    def _hold_completions(self, storing: list[_Item], rows: dict[str, RunRow], kinds: dict[str, str],
+                          registered: set[str], completing: list[tuple[str, EventBase]]) -> None:
+        """HELD for the run.completed that would complete a `yolo.train` run not registered yet (and what
+        follows it in its attempt), while the registrar registers its weights (asked in `completing`)."""
+        if self.gw.extras.get("registrar") is None:
+            return
+        now = time.monotonic()
+        folded: dict[str, RunRow] = {}
+        cut: set[tuple[str, int]] = set()
+        for item in storing:
+            run_id = item.event.run_id
+            if item.group in cut:
+                item.outcome = HELD
+                continue
+            if kinds.get(run_id) != TRAIN_KIND or run_id in registered:
+                continue
+            row = folded.get(run_id) or rows[run_id]
+            changes = fold(row, item.event).changes
+            if changes.get("status") == RunStatus.COMPLETED:
+                since = self._registering.setdefault(run_id, now)
+                if now - since < REGISTRATION_WAIT_S:
+                    completing.append((run_id, item.event))
+                    cut.add(item.group)
+                    item.outcome = HELD
+                    continue
+                log.warning("projector: run %s completes before its weights are registered (the registrar "
+                            "took over %.0fs); they are registered later", run_id, now - since)
+            folded[run_id] = row.apply(changes)
 
     # -- max deliveries of a job ---------------------------------------------------------------------------
     async def _on_max_deliveries(self, msg: Msg) -> None:
