@@ -319,13 +319,13 @@ async def test_a_completed_training_registers_its_best_weights_as_the_next_model
 
     in_app(client, finish)
 
-    async def registered() -> Any:
+    async def completed() -> Any:
         body = (await client.get(f"/api/v1/runs/{run['id']}")).json()
-        return body if body["registration"] else None
+        return body if body["status"] == "completed" else None
 
-    body = await wait_for(registered, timeout=15, what="registration")
-    assert body["status"] == "completed"
-    registration = body["registration"]
+    body = await wait_for(completed, timeout=30, what="the run completed")
+    registration = body["registration"]  # written before the completion is stored
+    assert "model" in registration, registration
     assert registration["model"] == "shapes-detector" and registration["version"] == 1
     version = (await client.get("/api/v1/models/shapes-detector/versions/1")).json()
     assert version["source_run_id"] == run["id"] and version["dataset_id"] == run["spec"]["dataset_id"]
@@ -337,6 +337,28 @@ async def test_a_completed_training_registers_its_best_weights_as_the_next_model
     again = in_app(client, registrar.register, run["id"])
     assert again == registration
     assert (await client.get("/api/v1/models/shapes-detector")).json()["versions_count"] == 1
+
+
+async def test_a_trainings_model_version_is_readable_once_its_run_reads_completed(
+    client: AsyncTestClient, settings: Settings, weights: Path
+) -> None:
+    run = (await _train(client, dataset="shapes", register_as="at-once")).json()
+    best = settings.artifacts_dir / "runs" / run["id"] / "best.pt"
+    best.parent.mkdir(parents=True)
+    best.write_bytes(weights.read_bytes())
+    common = {"run_id": run["id"], "project_id": run["project_id"], "attempt": 1, "runner_id": "r1"}
+    in_app(client, publish, client.app.state.gw, RunStarted(**common, seq=1),
+           RunArtifact(**common, seq=2, name="weights/best.pt", uri=best.as_uri()), RunCompleted(**common, seq=3))
+
+    async def completed() -> Any:
+        body = (await client.get(f"/api/v1/runs/{run['id']}")).json()
+        return body if body["status"] == "completed" else None
+
+    body = await wait_for(completed, timeout=30, what="the run completed")
+    # the first read that says completed already names the version, and the version is there
+    assert body["registration"] and body["registration"]["ref"] == "at-once:1", body["registration"]
+    version = await client.get("/api/v1/models/at-once/versions/1")
+    assert version.status_code == 200 and version.json()["source_run_id"] == run["id"]
 
 
 async def test_a_training_without_register_as_goes_to_the_projects_model_or_a_task_named_one(
