@@ -119,9 +119,16 @@ async def _stream(gw: Gateway, topic: dict[str, str], where: ColumnElement[bool]
     with _hub(gw).subscribe(**topic) as sub:  # before the replay: what commits meanwhile is queued
         # The run's status is read before the replay: if it is terminal, the replay holds its terminal event.
         terminal = run_id is not None and await _is_terminal(gw, run_id)
+        replayed_terminal = False
         async for message, last in _replay(gw, where, last):
             yield message
+            replayed_terminal = replayed_terminal or message.event in TERMINAL_EVENT_TYPES
         if terminal:
+            return
+        if run_id is not None and replayed_terminal and await _is_terminal(gw, run_id):
+            # It ended during the replay: the hub's copy of that event is skipped below, so end here.
+            async for message, last in _replay(gw, where, last):
+                yield message
             return
         while True:
             try:
