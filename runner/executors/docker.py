@@ -7,15 +7,19 @@ One attempt:
 3. look for a command of an earlier attempt still running in the container (after a runner crash):
    setting `runner_reattach` = `reattach` follows it, `restart` ends it first;
 4. otherwise start the command with the wrapper (see `docker_argv`): in its own process group, output to a
-   log file inside the container, streamed back through the `docker exec` client;
+   log file inside the container, streamed back through the `docker exec` client, whose stdin the runner
+   holds open: when the runner dies, the end of that input makes the wrapper end the command's group;
 5. while it runs: log lines → log events, metrics and progress parsed from them, `checkpoint-*` folders of
    the output folder → checkpoint events, GPU use sampled;
 6. cancel (or the run's timeout): SIGTERM to the process group inside the container, SIGKILL after
    `cancel_grace_s`, then check the group is gone. Killing the `docker exec` client alone would leave the
    training running in the container.
 
-If the runner itself goes away (this coroutine is cancelled), only the local `docker exec` client is
-stopped: the command keeps running in the container for the next attempt to re-attach to.
+If the runner dies (kill -9), the wrapper sees the end of its input and ends the command (SIGTERM,
+`cancel_grace_s`, SIGKILL), so a next attempt elsewhere never runs beside an orphan. If this coroutine is
+cancelled while the command runs (the runner goes away without canceling the run), the runner lets go on
+purpose with `runner_reattach` = `reattach` (a byte on the wrapper's stdin: the command keeps running for the
+next attempt on this host to re-attach to) and ends the command like a dead runner's otherwise.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from runner.checkpoints_watch import (
 )
 from runner.executors.base import Canceled, Completed, ExecutorError, Failed, Outcome, RunContext
 from runner.executors.docker_argv import (
+    DETACH_BYTE,
+    DETACHED_MARK,
     EXIT_MARK,
     NO_SUCH_GROUP,
     PGID_MARK,
@@ -73,6 +79,8 @@ CR_LOG_EVERY_S = 1.0
 STATE_SAVE_EVERY_S = 1.0
 DOCKER_CALL_TIMEOUT_S = 30.0
 KILL_CONFIRM_S = 5.0
+DETACH_CONFIRM_S = 5.0
+"""How long the runner waits for the wrapper to confirm that it let go (`DETACHED_MARK`)."""
 STATE_FILE = "docker-state.json"
 
 
@@ -249,6 +257,7 @@ class _Attempt:
     cr_logged_at: float = 0.0
     saved_at: float = 0.0
     pgid_known: asyncio.Event = field(default_factory=asyncio.Event)
+    detached: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def settings(self) -> Settings:
@@ -291,7 +300,8 @@ class _Attempt:
                 offset = self.state.offset if self.state.follow_dir == folder else 0
                 self.state.follow_dir, self.state.offset = folder, offset
                 self.pgid = pgid
-                return follow_argv(self.target, AttemptFiles(folder), offset)
+                grace_s = self.settings.cancel_grace_s
+                return follow_argv(self.target, AttemptFiles(folder), offset, grace_s=grace_s)
             await emit.log(f"ending process group {pgid} left by an earlier attempt ({folder})", "system")
             if not await self._stop_group(pgid):
                 where = f"in {self.target.container!r}"
@@ -308,7 +318,8 @@ class _Attempt:
         where = f"{self.target.container!r} (target {self.target.name!r}), in {plan.workdir}"
         await emit.log(f"docker exec into {where}: {plan.command}", "system")
         return start_argv(
-            self.target, env=plan.env, workdir=plan.workdir, files=plan.files, command=plan.command
+            self.target, env=plan.env, workdir=plan.workdir, files=plan.files, command=plan.command,
+            grace_s=self.settings.cancel_grace_s,
         )
 
     async def _find_previous(self) -> tuple[int, str] | None:
@@ -322,7 +333,7 @@ class _Attempt:
     # -- while it runs -----------------------------------------------------------------------------------
     async def _supervise(self, argv: list[str]) -> Outcome:
         try:
-            proc = await _spawn(argv)
+            proc = await _spawn(argv, hold_stdin=True)
         except OSError as exc:
             return Failed(FailureCause.INFRASTRUCTURE, "DockerUnavailable", self._no_docker(exc))
         assert proc.stdout is not None and proc.stderr is not None
@@ -349,9 +360,11 @@ class _Attempt:
         finally:
             for task in helpers:
                 task.cancel()
-            if proc.returncode is None:  # the runner is going away (or the client hangs): the command stays
-                proc.kill()
-                await asyncio.shield(proc.wait())
+            if proc.returncode is None:  # the runner is going away, or the client hangs
+                detach = self.settings.runner_reattach == "reattach" and stop_reason is None
+                await asyncio.shield(self._let_go(proc, detach=detach))
+            elif proc.stdin is not None:
+                proc.stdin.close()
             for task in readers:
                 task.cancel()
             await asyncio.gather(*helpers, *readers, return_exceptions=True)
@@ -377,6 +390,25 @@ class _Attempt:
         if exited in done:
             return None
         return "canceled" if canceled in done else "timeout"
+
+    async def _let_go(self, proc: asyncio.subprocess.Process, *, detach: bool) -> None:
+        """Stop watching a command whose `docker exec` client still runs. With `detach`, tell the wrapper to
+        leave the command running (for a next attempt on this host to re-attach to); otherwise, or when it
+        does not confirm, close its stdin: the wrapper ends the command's group (SIGTERM, grace, SIGKILL)."""
+        assert proc.stdin is not None
+        if detach:
+            with contextlib.suppress(OSError):  # ConnectionResetError, BrokenPipeError: the client is gone
+                proc.stdin.write(DETACH_BYTE)
+                await proc.stdin.drain()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.detached.wait(), DETACH_CONFIRM_S)
+        proc.stdin.close()
+        if not self.detached.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), self.settings.cancel_grace_s + KILL_CONFIRM_S)
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
 
     async def _stop_command(self) -> bool:
         if self.pgid is None:
@@ -484,6 +516,8 @@ class _Attempt:
                 self.pgid_known.set()
             elif text.startswith(EXIT_MARK) and text[len(EXIT_MARK) :].lstrip("-").isdigit():
                 self.exit_status = int(text[len(EXIT_MARK) :])
+            elif text == DETACHED_MARK:
+                self.detached.set()
             elif text.strip():
                 self.stderr_tail.append(text[:MAX_LOG_LINE])
                 await self.ctx.emit.log(text[:MAX_LOG_LINE], "stderr")
@@ -574,8 +608,9 @@ class _Attempt:
         await anyio.to_thread.run_sync(self.state.save, self.state_path)
 
 
-async def _spawn(argv: list[str]) -> asyncio.subprocess.Process:
-    """Run `argv` (never through a shell), its output piped back."""
+async def _spawn(argv: list[str], *, hold_stdin: bool = False) -> asyncio.subprocess.Process:
+    """Run `argv` (never through a shell), its output piped back; with `hold_stdin`, its stdin is a pipe this
+    process holds (its end closes when the runner dies, whatever way)."""
     pipe = asyncio.subprocess.PIPE
-    devnull = asyncio.subprocess.DEVNULL
-    return await asyncio.create_subprocess_exec(*argv, stdin=devnull, stdout=pipe, stderr=pipe)
+    stdin = pipe if hold_stdin else asyncio.subprocess.DEVNULL
+    return await asyncio.create_subprocess_exec(*argv, stdin=stdin, stdout=pipe, stderr=pipe)

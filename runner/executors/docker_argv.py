@@ -10,8 +10,13 @@ Files of one attempt, inside the container: `<run_dir>/<run_id>/attempt-<n>/job.
   pid is not mistaken for it);
 - `job.log`: everything the command wrote to stdout and stderr (the runner re-reads it after a crash);
 - `job.exit`: the command's exit status, written by the wrapper when the command ended.
-The wrapper and the follower report on their stderr: `trainforge-pgid <N>` once the command runs, and
-`trainforge-exit <status>` when it has ended; anything else there comes from docker or the wrapper.
+The wrapper and the follower report on their stderr: `trainforge-pgid <N>` once the command runs,
+`trainforge-detached` when the runner let go on purpose, and `trainforge-exit <status>` when it has ended;
+anything else there comes from docker or the wrapper.
+
+The runner keeps the exec's stdin open (`docker exec -i`, a pipe) for as long as it watches the command. When
+the runner dies (kill -9) its end of the pipe closes, `docker exec` passes the end of input on, and the
+wrapper ends the command's process group, so that a next attempt elsewhere never runs beside an orphan.
 """
 
 from __future__ import annotations
@@ -24,9 +29,34 @@ from runner.targets import ContainerTarget
 
 PGID_MARK = "trainforge-pgid "
 EXIT_MARK = "trainforge-exit "
+DETACHED_MARK = "trainforge-detached"
+DETACH_BYTE = b"d"
+"""Written by the runner on the exec's stdin before it closes it on purpose: keep the command running."""
 
-WRAPPER = r"""set -u
-workdir=$1 log=$2 pidfile=$3 exitfile=$4 command=$5
+GUARD = r"""guard() {
+  while kill -0 "$2" 2>/dev/null; do
+    IFS= read -r -n 1 -t 0.2 byte
+    rc=$?
+    [ "$rc" -gt 128 ] && continue
+    if [ "$rc" -eq 0 ]; then echo "trainforge-detached" >&2; return 0; fi
+    kill -TERM -- "-$1" 2>/dev/null || return 0
+    i=0
+    while kill -0 -- "-$1" 2>/dev/null; do
+      if [ "$i" -ge "$3" ]; then kill -KILL -- "-$1" 2>/dev/null; return 0; fi
+      sleep 0.1
+      i=$((i + 1))
+    done
+    return 0
+  done
+}
+"""
+"""`guard PGID PID TICKS`: while process PID runs, watch this exec's stdin, which the runner holds open. A
+byte (`DETACH_BYTE`): the runner lets go on purpose, the command keeps running. End of input: the runner (or
+its `docker exec` client) is gone, so the whole process group PGID is ended: SIGTERM, up to TICKS tenths of a
+second, SIGKILL. Shell builtins only (and `sleep`): no procps in the container."""
+
+WRAPPER = GUARD + r"""set -u
+ticks=$1 workdir=$2 log=$3 pidfile=$4 exitfile=$5 command=$6
 mkdir -p -- "${log%/*}" || exit 125
 cd -- "$workdir" || { echo "trainforge: cannot enter the working directory $workdir" >&2; exit 125; }
 rm -f -- "$pidfile" "$exitfile"
@@ -36,32 +66,40 @@ setsid -w bash -c \
   trainforge-job "$pidfile" "$command" >> "$log" 2>&1 < /dev/null &
 child=$!
 while [ ! -s "$pidfile" ] && kill -0 "$child" 2>/dev/null; do sleep 0.05; done
+pgid=
 if [ -s "$pidfile" ]; then read -r pgid _ < "$pidfile"; echo "trainforge-pgid $pgid" >&2; fi
-tail --pid="$child" -s 0.2 -n +1 -f -- "$log" 2>/dev/null
+tail --pid="$child" -s 0.2 -n +1 -f -- "$log" 2>/dev/null &
+tailer=$!
+[ -n "$pgid" ] && guard "$pgid" "$child" "$ticks"
 wait "$child"
 rc=$?
+wait "$tailer"
 echo "$rc" > "$exitfile"
 echo "trainforge-exit $rc" >&2
 exit "$rc"
 """
-"""Start the command in its own session and process group (`setsid`), detached from this exec: its output
-goes to the log file only, so it keeps running when the `docker exec` client dies. The wrapper streams the
-log to its stdout (`tail --pid`) and waits for the command."""
+"""Start the command in its own session and process group (`setsid`): its output goes to the log file only.
+The wrapper streams the log to its stdout (`tail --pid`), guards the group (see `GUARD`: the command ends
+when its runner is gone, unless the runner let go on purpose) and waits for the command."""
 
-FOLLOW = r"""set -u
-log=$1 pidfile=$2 exitfile=$3 offset=$4
+FOLLOW = GUARD + r"""set -u
+ticks=$1 log=$2 pidfile=$3 exitfile=$4 offset=$5
 pgid=
 read -r pgid _ 2>/dev/null < "$pidfile"
 case $pgid in ''|*[!0-9]*) echo "trainforge: no process recorded in $pidfile" >&2; exit 125;; esac
 echo "trainforge-pgid $pgid" >&2
-tail --pid="$pgid" -s 0.2 -c +"$((offset + 1))" -f -- "$log" 2>/dev/null
+tail --pid="$pgid" -s 0.2 -c +"$((offset + 1))" -f -- "$log" 2>/dev/null &
+tailer=$!
+guard "$pgid" "$pgid" "$ticks"
+wait "$tailer"
 i=0
 while [ ! -s "$exitfile" ] && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 if [ -s "$exitfile" ]; then read -r rc < "$exitfile"; echo "trainforge-exit $rc" >&2; exit "$rc"; fi
 echo "trainforge: the command ended but its exit status was not recorded" >&2
 exit 125
 """
-"""Re-attach to a command started by an earlier attempt: stream its log from a byte offset until it ends."""
+"""Re-attach to a command started by an earlier attempt: stream its log from a byte offset until it ends,
+guarding its group like the wrapper does."""
 
 PROBE = r"""shopt -s nullglob
 for pidfile in "$1"/attempt-*/job.pid; do
@@ -120,21 +158,29 @@ def inspect_argv(target: ContainerTarget) -> list[str]:
     return [target.docker, "inspect", "--type", "container", "--format", running, target.container]
 
 
+def grace_ticks(grace_s: float) -> str:
+    """`grace_s` in tenths of a second (at least one), as the guard counts it."""
+    return str(max(1, round(grace_s * 10)))
+
+
 def start_argv(
-    target: ContainerTarget, *, env: dict[str, str], workdir: str, files: AttemptFiles, command: str
+    target: ContainerTarget, *, env: dict[str, str], workdir: str, files: AttemptFiles, command: str,
+    grace_s: float,
 ) -> list[str]:
     assignments = [f"{key}={value}" for key, value in {"LANG": "C.UTF-8", **env}.items()]
     return [
         target.docker, "exec", "-i", target.container,
         "env", *assignments,
-        "bash", "-c", WRAPPER, "trainforge-wrapper", workdir, files.log, files.pid, files.exit, command,
+        "bash", "-c", WRAPPER, "trainforge-wrapper", grace_ticks(grace_s),
+        workdir, files.log, files.pid, files.exit, command,
     ]  # fmt: skip
 
 
-def follow_argv(target: ContainerTarget, files: AttemptFiles, offset: int) -> list[str]:
+def follow_argv(target: ContainerTarget, files: AttemptFiles, offset: int, *, grace_s: float) -> list[str]:
     return [
         target.docker, "exec", "-i", target.container,
-        "bash", "-c", FOLLOW, "trainforge-follow", files.log, files.pid, files.exit, str(int(offset)),
+        "bash", "-c", FOLLOW, "trainforge-follow", grace_ticks(grace_s),
+        files.log, files.pid, files.exit, str(int(offset)),
     ]  # fmt: skip
 
 

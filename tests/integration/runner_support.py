@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -23,6 +25,7 @@ from shared.settings import Settings
 from shared.subjects import Subjects
 
 POOL = "cpu"
+TERMINAL = ("run.completed", "run.failed", "run.canceled")
 
 
 def container_job(command: str, *, project_id: str = "p1", **spec: Any) -> Job:
@@ -159,3 +162,57 @@ def live_group_members(pgid: int) -> list[int]:
     from runner.executors.local import group_members
 
     return group_members(pgid)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def connect(url: str) -> NATS:
+    """A client that keeps reconnecting (through outages of the server under test)."""
+    async with asyncio.timeout(10):
+        while True:
+            with contextlib.suppress(OSError, nats.errors.Error):
+                return await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+            await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def bus_of(url: str) -> AsyncIterator[tuple[NATS, JetStreamContext]]:
+    nc = await connect(url)
+    try:
+        yield nc, nc.jetstream()
+    finally:
+        await nc.close()
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def until(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll a condition of the OS (process table, files) until it holds; TimeoutError after `timeout`."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.05)
+    return True
+
+
+@contextlib.contextmanager
+def reaped_processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """A list to append child processes to; each one still running is killed on the way out."""
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        yield started
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()

@@ -4,22 +4,37 @@ is this machine: `docker exec` runs commands in their own process group, as a co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shlex
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+import nats
 import pytest
 
 from runner.executors.base import Canceled, Completed, Failed, RunContext
 from runner.executors.docker import DockerExecutor
+from runner.executors.local import group_members
 from runner.targets import Targets, parse_targets
+from shared.bus import ensure_topology
 from shared.contracts import ContainerSpec, FailureCause, Job, ResumeFrom
 from shared.contracts.common import new_id
 from shared.settings import Settings
 from tests.fakes.recording_emitter import RecordingEmitter
+from tests.integration.runner_support import (
+    RunEvents,
+    alive,
+    container_job,
+    publish_job,
+    reaped_processes,
+    start_runner_process,
+    until,
+)
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 TRAIN = FAKES / "train_llm.py"
@@ -242,12 +257,28 @@ async def test_after_a_runner_crash_the_next_attempt_reattaches_to_the_running_c
     assert not group_alive(pgid)
 
 
+async def test_an_attempt_cancelled_in_restart_mode_ends_its_command_instead_of_letting_go(bench: Bench):
+    settings = bench.settings(runner_reattach="restart")
+    ctx = bench.context(settings, train_command("--stubborn_worker", max_steps=400, save_steps=3))
+    task = asyncio.create_task(DockerExecutor(settings, bench.targets()).run(ctx))
+    await wait_for(lambda: len(ctx.emit.of("checkpoint")) >= 1)  # type: ignore[attr-defined]
+    pgid = bench.pgid_of(ctx.run_id)
+
+    task.cancel()  # the runner goes away: closing the wrapper's stdin ends the group (the worker ignores TERM)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert not group_members(pgid)  # (killed members may linger as zombies until init reaps them)
+    assert (bench.run_dir / ctx.run_id / "attempt-1" / "job.exit").exists()
+
+
 async def test_after_a_runner_crash_restart_ends_the_old_command_and_resumes_from_a_checkpoint(bench: Bench):
     settings = bench.settings(runner_reattach="restart")
     run_id = new_id()
     command = train_command(max_steps=40, save_steps=5, step_time=0.05)
-    first = bench.context(settings, command, run_id=run_id)
-    task = asyncio.create_task(DockerExecutor(settings, bench.targets()).run(first))
+    first_settings = bench.settings(runner_reattach="reattach")  # lets go of its command when cancelled
+    first = bench.context(first_settings, command, run_id=run_id)
+    task = asyncio.create_task(DockerExecutor(first_settings, bench.targets()).run(first))
     await wait_for(lambda: len(first.emit.of("checkpoint")) >= 1)  # type: ignore[attr-defined]
     old_pgid = bench.pgid_of(run_id)
     task.cancel()
@@ -398,3 +429,38 @@ async def test_copied_artifacts_respect_the_size_limit(bench: Bench):
     assert Path(copied["config"]["uri"]).read_text() == (bench.host_root / "train.yaml").read_text()
     assert copied["tensorboard"]["meta"] == {"copied": True}
 
+
+
+async def test_a_runner_killed_with_9_takes_the_command_in_the_container_with_it(
+    bench: Bench, settings: Settings
+) -> None:
+    """The host-side `docker exec` client outlives a runner killed with -9, and so would the command in the
+    container: the wrapper sees the end of its stdin (the runner's end of the pipe closed) and ends it."""
+    targets = bench.tmp / "targets.toml"
+    targets.write_text(
+        f'[targets.llm]\ncontainer = "trainer"\nworkdir = "{bench.tmp / "app"}"\n'
+        f'host_root = "{bench.host_root}"\nrun_dir = "{bench.run_dir}"\n'
+    )
+    settings = msgspec.structs.replace(settings, runner_targets_file=targets, runner_reattach="reattach")
+    job = container_job("sleep 600 & echo $!; echo $$; wait", backend="docker", target="llm")
+    pids: list[int] = []
+    nc = await nats.connect(settings.nats_url)
+    try:
+        js = nc.jetstream()
+        await ensure_topology(js, settings)
+        with reaped_processes() as started:
+            async with RunEvents(js, settings, job) as events:
+                runner = start_runner_process(settings, "docker-r1", bench.tmp / "runner.log")
+                started.append(runner)
+                await publish_job(js, settings, job)
+                await events.wait_for(lambda e: e.type == "run.log" and len(events.log_lines()) >= 2, timeout=30)
+            pids = [int(line) for line in events.log_lines()[:2]]  # the child (sleep), then bash
+            runner.kill()
+            runner.wait()
+            await until(lambda: not any(alive(pid) for pid in pids), timeout=settings.cancel_grace_s + 5)
+            assert not group_members(pids[1])
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        await nc.close()

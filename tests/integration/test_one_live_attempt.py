@@ -11,10 +11,9 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,26 +27,23 @@ from shared.secretfiles import secrets_dir
 from shared.settings import Settings
 from shared.subjects import Subjects
 from tests.integration.runner_support import (
+    TERMINAL,
     RunEvents,
+    alive,
+    bus_of,
     container_job,
+    free_port,
     live_group_members,
     publish_job,
+    reaped_processes,
     running_agent,
     start_runner_process,
+    until,
 )
 from trainforge.busauth import BusCredentials
 from trainforge.embedded import nats_server_binary
 
 pytestmark = pytest.mark.slow
-
-TERMINAL = ("run.completed", "run.failed", "run.canceled")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @dataclass
 class RestartableNats:
@@ -76,28 +72,11 @@ class RestartableNats:
 def own_nats(tmp_path: Path, bus_prefix: str) -> Iterator[tuple[RestartableNats, str]]:
     folder = secrets_dir(tmp_path / "nats")
     credentials = BusCredentials.ensure(folder)
-    server = RestartableNats(folder, credentials.write_server_config(folder, bus_prefix), _free_port())
+    server = RestartableNats(folder, credentials.write_server_config(folder, bus_prefix), free_port())
     server.start()
     yield server, credentials.url_for(f"nats://127.0.0.1:{server.port}", "gateway")
     if server.process is not None and server.process.poll() is None:
         server.kill()
-
-
-async def _connect(url: str) -> nats.NATS:
-    async with asyncio.timeout(10):
-        while True:
-            with contextlib.suppress(OSError, nats.errors.Error):
-                return await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
-            await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def bus_of(url: str) -> AsyncIterator[tuple[nats.NATS, object]]:
-    nc = await _connect(url)
-    try:
-        yield nc, nc.jetstream()
-    finally:
-        await nc.close()
 
 
 async def _outage(server: RestartableNats, seconds: float) -> None:
@@ -136,30 +115,10 @@ async def test_nats_killed_for_twice_the_ack_wait_during_a_container_run_runs_ev
                                if "standing by" in r.getMessage() or "delivered again" in r.getMessage()])
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-async def _until(condition, timeout: float) -> bool:  # noqa: ANN001 - a predicate
-    """Poll a condition of the OS (process table) until it holds; False after `timeout`."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.05)
-    return True
-
-
 @pytest.fixture
 def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    with reaped_processes() as started:
+        yield started
 
 
 async def test_a_runner_killed_with_9_takes_its_jobs_processes_with_it_and_restarted_it_hands_the_run_on(
@@ -183,7 +142,7 @@ async def test_a_runner_killed_with_9_takes_its_jobs_processes_with_it_and_resta
             pids = [int(line) for line in events.log_lines()[:2]]  # the child (sleep), then bash
             first.kill()
             first.wait()
-            await _until(lambda: not any(_alive(pid) for pid in pids), timeout=5)
+            await until(lambda: not any(alive(pid) for pid in pids), timeout=5)
             assert not live_group_members(pids[1])
             second = start_runner_process(settings, "r1", tmp_path / "r1.log")
             processes.append(second)

@@ -54,11 +54,13 @@ def context(command: str, *, device: str = "cpu", resume: ResumeFrom | None = No
 def test_start_argv_is_docker_exec_env_bash_with_the_fixed_wrapper_and_client_strings_as_arguments():
     t = target()
     files = attempt_files(t, "run1", 2)
-    argv = start_argv(t, env={"CUDA_VISIBLE_DEVICES": "0,1", "X": "a b; c"}, workdir="/app/sub dir", files=files, command=HOSTILE)
+    env = {"CUDA_VISIBLE_DEVICES": "0,1", "X": "a b; c"}
+    argv = start_argv(t, env=env, workdir="/app/sub dir", files=files, command=HOSTILE, grace_s=2.5)
     assert argv == [
         "/usr/bin/docker", "exec", "-i", "llama-factory",
         "env", "LANG=C.UTF-8", "CUDA_VISIBLE_DEVICES=0,1", "X=a b; c",
         "bash", "-c", WRAPPER, "trainforge-wrapper",
+        "25",  # the grace period in tenths of a second
         "/app/sub dir",
         "/tmp/trainforge/run1/attempt-2/job.log",
         "/tmp/trainforge/run1/attempt-2/job.pid",
@@ -69,15 +71,17 @@ def test_start_argv_is_docker_exec_env_bash_with_the_fixed_wrapper_and_client_st
 
 def test_scripts_are_constants_without_client_text():
     for script in (WRAPPER, FOLLOW, PROBE, SIGNAL):
-        assert "rm -rf" not in script and "{" not in script.replace("${", "").replace("{ echo", "")
+        assert "rm -rf" not in script
+        assert "{" not in script.replace("${", "").replace("{ echo", "").replace("guard() {", "")
 
 
 def test_other_argument_vectors():
     t = target()
     files = attempt_files(t, "run1", 1)
     assert inspect_argv(t) == ["/usr/bin/docker", "inspect", "--type", "container", "--format", "{{.State.Running}}", "llama-factory"]
-    assert follow_argv(t, files, 1234)[-5:] == ["trainforge-follow", files.log, files.pid, files.exit, "1234"]
-    assert follow_argv(t, files, 1234)[:6] == ["/usr/bin/docker", "exec", "-i", "llama-factory", "bash", "-c"]
+    follow = follow_argv(t, files, 1234, grace_s=0.01)
+    assert follow[-6:] == ["trainforge-follow", "1", files.log, files.pid, files.exit, "1234"]
+    assert follow[:6] == ["/usr/bin/docker", "exec", "-i", "llama-factory", "bash", "-c"]
     assert probe_argv(t, "run1")[-2:] == ["trainforge-probe", "/tmp/trainforge/run1"]
     assert signal_argv(t, 4242, "TERM") == [
         "/usr/bin/docker", "exec", "llama-factory", "bash", "-c", SIGNAL, "trainforge-signal", "TERM", "4242",
