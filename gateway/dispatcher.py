@@ -4,9 +4,13 @@ JetStream hands a pool's jobs out first in, first out, so the order is made befo
 in Postgres (status `queued`, `enqueued_at` NULL); a pass of the dispatcher orders them and publishes the job of
 each run that may start now:
 - the limits have room (settings `max_running_global`, `max_running_per_user`, `max_running_per_project`;
-  active runs count: claimed, running, canceling, and published but not yet claimed);
+  active runs count: published but not yet claimed, and claimed, running or canceling while the run holds its
+  leases: a run whose runner died stops counting once its leases lapse, `lease_ttl_s` after their last
+  renewal, though Postgres still says `running` until its next attempt reports; that attempt must take leases
+  again before it runs, and waits for them, so the limits hold);
 - a live runner of the run's pool fits it (kind, device kind, GPU memory and count: `shared.scheduling.misfit`)
-  and has a free slot (runners' latest heartbeats on `{P}_RUNNERS`; their busy slots from Postgres).
+  and has a free slot (runners' latest heartbeats on `{P}_RUNNERS`; their busy slots from Postgres, less the
+  runs a restarted runner lists in `released_runs`).
 The line: fair share between users first (the user with the fewest active runs, counting those ahead in line,
 goes next; ties: the user whose last run was published longest ago, then whose next run waits longest), then
 priority (higher first), then age. (Fewest active runs alone is not fair: with one free slot, every user has 0
@@ -52,7 +56,7 @@ from gateway.state import GatewayState
 from shared.bus import DUPLICATE_WINDOW_S
 from shared.contracts import Limits, Requirements, RunnerHeartbeat, event_decoder
 from shared.contracts.common import RunStatus, new_id, utcnow
-from shared.scheduling import DISPATCHER_KEY, misfit, requirement_text
+from shared.scheduling import DISPATCHER_KEY, lease_holder, misfit, requirement_text
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,10 @@ ADMIT_TIMEOUT_S = 5.0
 RUNNER_LIVE_BEATS = 3
 """A runner counts as live while its last heartbeat is at most this many heartbeat intervals old."""
 ACCEPTING = ("idle", "busy")
+SILENT_BEATS = 1.5
+"""A runner not heard from for this many heartbeat intervals may have died: the dispatcher then checks whether
+its runs still hold their leases."""
+LEASE_READ_TIMEOUT_S = 5.0
 
 Outcome = Literal["published", "publish_failed", "waiting"]
 
@@ -104,6 +112,8 @@ class Dispatcher:
         self.gw = gw
         self.instance = new_id()
         self.runners: dict[str, RunnerHeartbeat] = {}
+        self._heard: dict[str, float] = {}
+        """When (monotonic) each runner's latest heartbeat arrived here."""
         self.leader = False
         self._revision = 0
         self._renew_at = 0.0
@@ -191,8 +201,9 @@ class Dispatcher:
             return
         before = self.runners.get(beat.runner_id)
         self.runners[beat.runner_id] = beat
-        if before is None or (before.state, before.slots, before.devices, before.kinds) != (
-            beat.state, beat.slots, beat.devices, beat.kinds
+        self._heard[beat.runner_id] = time.monotonic()
+        if before is None or (before.state, before.slots, before.devices, before.kinds, before.instance) != (
+            beat.state, beat.slots, beat.devices, beat.kinds, beat.instance
         ):
             self._wake.set()
 
@@ -256,14 +267,17 @@ class Dispatcher:
         if not waiting:
             self._outcomes = {}
             return {}
-        active = [r for r in rows if not r.waiting]
-        pools = self._pools(active)
-        total = len(active)
-        per_user = Counter(r.owner_id for r in active)
-        per_project = Counter(r.project_id for r in active)
         settings = self.gw.settings
         limits = Limits(total=settings.max_running_global, per_user=settings.max_running_per_user,
                         per_project=settings.max_running_per_project)
+        active = [r for r in rows if not r.waiting]
+        pools = self._pools(active)
+        if limits.total or limits.per_user or limits.per_project:
+            lapsed = await self._lapsed(active)  # after reading the rows: see `_lapsed`
+            active = [r for r in active if r.id not in lapsed]
+        total = len(active)
+        per_user = Counter(r.owner_id for r in active)
+        per_project = Counter(r.project_id for r in active)
 
         outcomes: dict[str, Outcome] = {}
         verdicts: dict[str, tuple[int, str]] = {}
@@ -317,9 +331,56 @@ class Dispatcher:
             ))
         return rows
 
+    async def _lapsed(self, active: list[_Row]) -> set[str]:
+        """Claimed, running or canceling runs that no longer hold a lease: their runner died (or restarted and
+        released them) and the leases lapsed. They no longer count against the limits.
+
+        Only runs whose runner fell silent or released them are looked at (a live runner renews its runs'
+        leases with every heartbeat). The bucket is read after the rows: a run the rows show claimed took its
+        leases before its run.claimed, so a lease missing now was released (its work is over) or lapsed."""
+        interval = self.gw.settings.runner_heartbeat_s
+        now = time.monotonic()
+        suspects = []
+        for run in active:
+            if run.status == RunStatus.QUEUED:
+                continue  # published, not claimed: it counts until it is claimed (then it holds leases)
+            beat = self.runners.get(run.runner_id or "")
+            heard = self._heard.get(run.runner_id or "")
+            if (beat is None or heard is None or now - heard > SILENT_BEATS * interval or beat.state == "stopped"
+                    or (run.id in beat.released_runs and run.id not in beat.active_runs)):
+                suspects.append(run.id)
+        if not suspects:
+            return set()
+        try:
+            holders = await asyncio.wait_for(self._lease_holders(), LEASE_READ_TIMEOUT_S)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("dispatcher: leases not read (%r); counting every active run", exc)
+            return set()
+        return {run_id for run_id in suspects if run_id not in holders}
+
+    async def _lease_holders(self) -> set[str]:
+        """The runs named by the live keys of the leases bucket."""
+        assert self._kv is not None
+        watcher = await self._kv.watchall(ignore_deletes=True)
+        holders: set[str] = set()
+        try:
+            async for entry in watcher:
+                if entry is None:  # the end of what is stored now
+                    break
+                if entry.key != DISPATCHER_KEY and (run_id := lease_holder(entry.value)) is not None:
+                    holders.add(run_id)
+        finally:
+            await watcher.stop()
+        return holders
+
     def _pools(self, active: list[_Row]) -> dict[str, _Pool]:
         """Live runners by pool with their free slots, and each pool's published but unclaimed runs."""
-        busy = Counter(r.runner_id for r in active if r.status != RunStatus.QUEUED and r.runner_id)
+        busy: Counter[str | None] = Counter()
+        for r in active:
+            beat = self.runners.get(r.runner_id or "")
+            released = beat is not None and r.id in beat.released_runs and r.id not in beat.active_runs
+            if r.status != RunStatus.QUEUED and r.runner_id and not released:
+                busy[r.runner_id] += 1
         horizon = utcnow() - timedelta(seconds=RUNNER_LIVE_BEATS * self.gw.settings.runner_heartbeat_s)
         pools: dict[str, _Pool] = defaultdict(_Pool)
         for beat in self.runners.values():

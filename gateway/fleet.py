@@ -3,8 +3,12 @@
 At start an ordered consumer reads the last heartbeat of every runner subject (`DeliverPolicy.LAST_PER_SUBJECT`)
 and then follows new ones. A runner is `lost` when its last heartbeat (the stream's timestamp, so only the
 NATS server's clock counts) is older than `LOST_AFTER_BEATS` × `runner_heartbeat_s`, and `stopped` when it
-said so. Each heartbeat with host numbers is also a resource sample, fanned out to live subscribers (the
-resources SSE stream) through bounded queues; a subscriber that falls behind is dropped (its stream ends).
+said so. A runner process is one `instance`: a heartbeat with a new instance under a known runner id ends
+the old one at once (the runner restarted, e.g. under `trainforge up`): the view follows the new process's
+heartbeat (its `active_runs`, its `released_runs`: what the dead process ran and the new one handed on),
+counts the restart, and ignores heartbeats of ended instances that arrive late. Each heartbeat with host
+numbers is also a resource sample, fanned out to live subscribers (the resources SSE stream) through bounded
+queues; a subscriber that falls behind is dropped (its stream ends).
 
 Also here: drain/resume of one runner and advice from a runner of a pool, both core NATS request/reply.
 """
@@ -43,6 +47,8 @@ FORGET_AFTER = timedelta(days=7)
 QUEUE_MAX = 256
 CONTROL_TIMEOUT_S = 5.0
 """A drain answers once the runner's fetch in flight ended (at most ~2 s)."""
+ENDED_KEPT = 8
+"""Ended instances remembered per runner (their late heartbeats are ignored)."""
 ADVICE_TIMEOUT_S = 120.0
 """The runner caps its measurement (`runner.advice.MEASURE_CAP_S` plus slack) below this."""
 
@@ -62,6 +68,15 @@ class RunnerView(msgspec.Struct, frozen=True, kw_only=True):
     state: RunnerState
     last_seen: datetime
     host_stats: HostStats | None = None
+    instance: str = ""
+    """The runner process the view is of (a new one when the runner restarted under the same id)."""
+    instance_since: datetime | None = None
+    """When this gateway first heard that process."""
+    restarts: int = 0
+    """Instances of this runner id that ended since this gateway started following it."""
+    released_runs: list[str] = []
+    """Runs the previous process held when it died; this process handed them on (they run as a next attempt,
+    here or elsewhere)."""
 
 
 class HostSample(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,6 +111,10 @@ class FleetError(Exception):
 class _Entry:
     beat: RunnerHeartbeat
     last_seen: datetime
+    instance_since: datetime
+    restarts: int = 0
+    ended: tuple[str, ...] = ()
+    """Earlier instances of this runner id, newest last."""
 
 
 class SampleSubscription:
@@ -186,9 +205,20 @@ class FleetService:
             return
         seen = msg.metadata.timestamp
         known = self._runners.get(beat.runner_id)
-        if known is not None and known.last_seen > seen:
-            return
-        self._runners[beat.runner_id] = _Entry(beat=beat, last_seen=seen)
+        if known is None:
+            self._runners[beat.runner_id] = _Entry(beat=beat, last_seen=seen, instance_since=seen)
+        elif beat.instance in known.ended or (
+                known.last_seen > seen and beat.instance == known.beat.instance):
+            return  # a late heartbeat of an ended process, or an older one of this process
+        elif beat.instance != known.beat.instance:  # the runner restarted: the old process is over
+            if known.beat.instance:
+                log.info("fleet: runner %s restarted (instance %s ended, %s began; released %s)", beat.runner_id,
+                         known.beat.instance, beat.instance or "?", ", ".join(beat.released_runs) or "no runs")
+            ended = (*known.ended, known.beat.instance)[-ENDED_KEPT:] if known.beat.instance else known.ended
+            self._runners[beat.runner_id] = _Entry(beat=beat, last_seen=max(seen, known.last_seen),
+                                                   instance_since=seen, restarts=known.restarts + 1, ended=ended)
+        else:
+            known.beat, known.last_seen = beat, seen
         if beat.host_stats is not None:
             self._publish(host_sample(beat.host, [beat.runner_id], seen, beat.host_stats))
 
@@ -238,7 +268,8 @@ class FleetService:
             id=beat.runner_id, host=beat.host, pool=beat.pool, device=beat.device, devices=beat.devices,
             slots=beat.slots, kinds=beat.kinds, current_run=beat.active_runs[0] if beat.active_runs else None,
             active_runs=beat.active_runs, state=self._state(entry, now), last_seen=entry.last_seen,
-            host_stats=beat.host_stats,
+            host_stats=beat.host_stats, instance=beat.instance, instance_since=entry.instance_since,
+            restarts=entry.restarts, released_runs=beat.released_runs,
         )
 
     def live(self) -> list[RunnerView]:

@@ -10,10 +10,12 @@ Signatures: before anything else, a job must carry the gateway's signature over 
 runs nor gets an event. Only `runner_allow_unsigned_jobs` (insecure) lets a runner start without a verify key.
 
 Scheduling: a job that does not fit this runner (its kind, device, GPU memory or count: `Job.requirements`)
-is handed back at once (`nak`) for another runner of the pool; so is one whose leases (`Job.limits`,
-`runner.leases`) cannot all be taken now. Note that JetStream counts such a hand-back as a delivery: attempt
-numbers are delivery numbers and may skip, and hand-backs count against `job_max_deliver`. The gateway's
-dispatcher publishes a job only when it fits a live runner and the limits have room, so they are rare.
+is handed back at once (`nak`) for another runner of the pool. Note that JetStream counts such a hand-back as
+a delivery: attempt numbers are delivery numbers and may skip, and hand-backs count against `job_max_deliver`.
+A job whose leases (`Job.limits`, `runner.leases`) cannot all be taken now (typically the next attempt of a
+run whose runner died: its leases lapsed and another run took the slot) waits for them instead: run.requeued,
+the delivery kept (`in_progress`, no delivery used up), the leases taken as soon as they are free. The
+gateway's dispatcher publishes a job only when it fits a live runner and the limits have room: both are rare.
 
 Stopping (`stop()`, SIGTERM): stop fetching, wait `shutdown_grace_s` for running jobs, cancel what is left
 (or give it back, `shutdown_action = "requeue"`), publish their final events, drain the connection.
@@ -32,6 +34,7 @@ import re
 import socket
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import anyio.to_thread
 import msgspec
@@ -78,6 +81,8 @@ LEASE_RETRY_S = 2.0
 """How long a runner keeps trying to take a job's leases (a finishing run may not have released its own yet)
 before it hands the job back."""
 LEASE_POLL_S = 0.2
+LEASE_WAIT_POLL_S = 1.0
+"""How often a job that waits for its leases tries them again."""
 SHUTDOWN_REASON = "runner shutdown"
 
 
@@ -162,6 +167,7 @@ class RunnerAgent:
         """Unique per process: heartbeats and attempt claims carry it, so a restart under the same id shows."""
         self._claims: AttemptClaims | None = None
         self._released_runs: list[str] = []
+        self._beat_lock = asyncio.Lock()
         self.registry = registry or ExecutorRegistry(settings)
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
@@ -456,6 +462,7 @@ class RunnerAgent:
         active = ActiveJob(msg=msg, ctx=ctx, publisher=publisher)
         ctx.holds_claim = lambda: self._holds_claim(active)
         self._active[job.run_id] = active
+        self._beat_soon()
         if self._canceling_all:
             self._cancel_for_shutdown(active)
         keepalive = asyncio.create_task(self._keep_claimed(msg), name=f"keep-claimed {job.run_id}")
@@ -470,6 +477,7 @@ class RunnerAgent:
                 await self._finish(active, outcome)
         finally:
             del self._active[job.run_id]
+            self._beat_soon()
             if active.leases is not None:
                 await asyncio.shield(active.leases.release())
             await asyncio.shield(self._release_claim(active))
@@ -489,11 +497,11 @@ class RunnerAgent:
             log.info("run %s: no GPU of this host is free now; handing the job back", job.run_id)
         return device
 
-    async def _take_leases(self, active: ActiveJob) -> str | None:
-        """Take the run's leases, retrying for a moment; None when held, else which limit is full."""
+    async def _take_leases(self, active: ActiveJob, patience: float = LEASE_RETRY_S) -> str | None:
+        """Take the run's leases, retrying for `patience` s; None when held, else which limit is full."""
         assert self._leases_kv is not None
         leases = RunLeases(self._leases_kv, active.job, runner_id=self.runner_id, attempt=active.ctx.attempt)
-        deadline = time.monotonic() + LEASE_RETRY_S
+        deadline = time.monotonic() + patience
         while True:
             try:
                 why = await leases.acquire()
@@ -506,6 +514,28 @@ class RunnerAgent:
         if why is None:
             active.leases = leases
         return why
+
+    async def _wait_for_leases(self, active: ActiveJob, full: str) -> Literal["held", "canceled", "stopping"]:
+        """A limit is full: report the run queued again (run.requeued) and keep the delivery (in_progress, the
+        claim held), taking the leases as soon as they are free. Handing the job back instead would use up a
+        delivery per try (`job_max_deliver`), and the next attempt of a run whose runner died would fail
+        while the run that took its lapsed slot runs."""
+        job, ctx = active.job, active.ctx
+        log.info("run %s attempt %d: %s; waiting for a free slot", job.run_id, ctx.attempt, full)
+        await active.publisher.requeued(reason=f"waiting: {full}")
+        while True:
+            stop = asyncio.create_task(self._stop_requested.wait())
+            await asyncio.wait([stop], timeout=LEASE_WAIT_POLL_S)
+            stop.cancel()
+            if self._stop_requested.is_set():
+                await self._release_claim(active)  # before the nak: the next attempt need not stand by
+                await active.msg.nak()
+                return "stopping"
+            if ctx.cancel_requested.is_set() or await self._cancel_recorded(job.run_id):
+                return "canceled"
+            if await self._take_leases(active, patience=0.0) is None:
+                log.info("run %s attempt %d: leases taken after waiting", job.run_id, ctx.attempt)
+                return "held"
 
     async def _take_claim(self, active: ActiveJob) -> bool:
         """Hold the run's attempt claim; while another attempt may still run it, stand by (the delivery kept
@@ -596,10 +626,11 @@ class RunnerAgent:
             if ctx.cancel_requested.is_set() or await self._cancel_recorded(job.run_id):
                 return Canceled(reason="requested")
             if (full := await self._take_leases(active)) is not None:
-                log.info("run %s: %s; handing the job back", job.run_id, full)
-                await self._release_claim(active)
-                await active.msg.nak(delay=max(1.0, self.settings.lease_ttl_s / 3))
-                return None
+                waited = await self._wait_for_leases(active, full)
+                if waited == "stopping":
+                    return None
+                if waited == "canceled":
+                    return Canceled(reason="requested")
             await publisher.claimed(host=self.host, device=ctx.device)
             try:
                 executor = await self.registry.executor_for(job.spec)
@@ -812,6 +843,14 @@ class RunnerAgent:
         if self._js is not None:
             await self._publish_heartbeat()
 
+    def _beat_soon(self) -> None:
+        """An extra heartbeat in the background: the runs on this runner changed."""
+        if self._js is None:
+            return
+        task = asyncio.create_task(self._beat_quietly(), name="heartbeat now")
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
     def _sample(self) -> tuple[list[DeviceInfo], HostStats]:
         """The runner's devices and its host, sampled together (one NVML session for both): its one device,
         or for `auto` every GPU of the host (else the CPU)."""
@@ -826,7 +865,17 @@ class RunnerAgent:
             raise DeviceError(f"device {self.device} not found on this host")
         return [device], host
 
+    async def _beat_quietly(self) -> None:
+        try:
+            await self._heartbeat_now()
+        except nats.errors.Error as exc:  # closing: the periodic beat or the next process tells the fleet
+            log.debug("runner %s: extra heartbeat not published (%r)", self.runner_id, exc)
+
     async def _publish_heartbeat(self) -> None:
+        async with self._beat_lock:  # one at a time: two lease renewals at once would lose a lease
+            await self._publish_heartbeat_locked()
+
+    async def _publish_heartbeat_locked(self) -> None:
         assert self._js is not None
         for active in list(self._active.values()):
             if active.leases is not None:

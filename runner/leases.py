@@ -21,17 +21,11 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from shared.contracts import Job
-from shared.scheduling import lease_groups
+from shared.scheduling import LeaseRecord, lease_groups
 
 log = logging.getLogger(__name__)
 
-
-class LeaseRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """The value of a lease key."""
-
-    run_id: str
-    runner_id: str
-    attempt: int
+__all__ = ["LeaseRecord", "RunLeases"]
 
 
 @dataclass(slots=True)

@@ -11,6 +11,8 @@ import hashlib
 import re
 from collections.abc import Sequence
 
+import msgspec
+
 from shared import names as _names
 from shared.contracts.commands import Limits, Requirements
 from shared.contracts.events import DeviceInfo
@@ -72,6 +74,22 @@ def lease_groups(limits: Limits | None, owner_id: str | None, project_id: str) -
         (f"project.{project_id}", limits.per_project),
     ]
     return [(prefix, slots) for prefix, slots in groups if slots > 0]
+
+
+class LeaseRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """The value of a lease key: which attempt of which run holds it."""
+
+    run_id: str
+    runner_id: str
+    attempt: int
+
+
+def lease_holder(value: bytes | None) -> str | None:
+    """The run that holds a lease key with this value; None when it is not a lease record."""
+    try:
+        return msgspec.json.decode(value or b"", type=LeaseRecord).run_id
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 DISPATCHER_KEY = "dispatcher"

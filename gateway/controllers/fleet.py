@@ -125,8 +125,10 @@ class RunnersController(Controller):
 
 
 async def _visible_runs(gw: GatewayState, caller: Caller, views: list[RunnerView]) -> list[RunnerView]:
-    """The views with the runs the caller may not see left out: `current_run` blanked, `active_runs` filtered."""
-    running = {run for v in views for run in [*v.active_runs, *([v.current_run] if v.current_run else [])]}
+    """The views with the runs the caller may not see left out: `current_run` blanked, `active_runs` and
+    `released_runs` filtered."""
+    running = {run for v in views
+               for run in [*v.active_runs, *v.released_runs, *([v.current_run] if v.current_run else [])]}
     if caller.is_admin or not running:
         return views
     async with gw.sessionmaker() as session:
@@ -134,7 +136,8 @@ async def _visible_runs(gw: GatewayState, caller: Caller, views: list[RunnerView
             Run.id.in_(running), member_of(caller, Run.project_id)))).scalars())
     return [msgspec.structs.replace(
         v, current_run=v.current_run if v.current_run in visible else None,
-        active_runs=[run for run in v.active_runs if run in visible]) for v in views]
+        active_runs=[run for run in v.active_runs if run in visible],
+        released_runs=[run for run in v.released_runs if run in visible]) for v in views]
 
 
 async def _control(gw: GatewayState, caller: Caller, runner_id: str,

@@ -8,10 +8,11 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import msgspec
 import nats
 import pytest
 from httpx_sse import aconnect_sse
@@ -19,7 +20,9 @@ from nats.js import JetStreamContext
 
 from runner.agent import RunnerAgent
 from shared.bus import ensure_topology
+from shared.contracts import RunnerHeartbeat
 from shared.settings import Settings
+from shared.subjects import Subjects
 from tests.auth_support import authorize
 from tests.integration.events_support import wait_for
 from tests.integration.rest_helpers import served_gateway
@@ -95,6 +98,41 @@ async def test_registry_lists_runners_with_host_stats_and_a_killed_one_becomes_l
         assert (await api.post("/runners/doomed/drain")).status_code == 409
     await wait_state(api, "steady", "stopped")
     assert (await api.get("/runners", params={"pool": "elsewhere"})).json()["total"] == 0
+
+
+async def test_a_new_instance_under_a_known_id_ends_the_old_one_and_the_view_follows_it_at_once(
+    settings: Settings, api: httpx.AsyncClient, js: JetStreamContext
+) -> None:
+    names = Subjects(settings.bus_prefix)
+    runner_id, run_id = "reborn", uuid.uuid4().hex
+
+    async def beat(instance: str, seq: int, **fields: Any) -> None:
+        heartbeat = RunnerHeartbeat(runner_id=runner_id, seq=seq, pool=POOL, kinds=["container"],
+                                    instance=instance, **fields)
+        await js.publish(names.runner_heartbeat(runner_id), msgspec.json.encode(heartbeat))
+
+    async def view_where(check: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        async def seen() -> dict[str, Any] | None:
+            response = await api.get(f"/runners/{runner_id}")
+            return response.json() if response.status_code == 200 and check(response.json()) else None
+
+        return await wait_for(seen, what=what)
+
+    await beat("first", 1, active_runs=[run_id], state="busy")
+    old = await view_where(lambda v: v["instance"] == "first", "the first process")
+    assert (old["state"], old["current_run"], old["active_runs"], old["restarts"]) == ("busy", run_id, [run_id], 0)
+
+    await beat("second", 1, released_runs=[run_id], state="idle")  # restarted under the same id (up)
+    new = await view_where(lambda v: v["instance"] == "second", "the restarted process")
+    assert (new["state"], new["current_run"], new["active_runs"]) == ("idle", None, [])
+    assert new["released_runs"] == [run_id] and new["restarts"] == 1
+    assert new["instance_since"] and new["instance_since"] >= old["instance_since"]
+
+    await beat("first", 2, active_runs=[run_id], state="busy")  # the ended process's late heartbeat
+    await beat("second", 2, released_runs=[run_id], state="idle", slots=3)  # behind it on the same subject
+    after = await view_where(lambda v: v["slots"] == 3, "the restarted process's next heartbeat")
+    assert (after["instance"], after["current_run"], after["active_runs"], after["restarts"]) == (
+        "second", None, [], 1)
 
 
 async def test_a_runner_that_never_sent_a_heartbeat_is_unknown(api: httpx.AsyncClient) -> None:

@@ -5,6 +5,7 @@ with -9, in a child process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -25,7 +26,7 @@ from gateway.db.models import EventRecord, Run
 from gateway.services.runs import create_run
 from runner.leases import LeaseRecord
 from shared.bus import ensure_topology
-from shared.contracts import ContainerSpec, Limits, Requirements
+from shared.contracts import ContainerSpec, Limits, Requirements, event_decoder
 from shared.contracts.events import DeviceInfo
 from shared.settings import Settings
 from shared.subjects import Subjects
@@ -39,6 +40,7 @@ from tests.integration.runner_support import (
 )
 
 TERMINAL = {"completed", "failed", "canceled"}
+TERMINAL_TYPES = ("run.completed", "run.failed", "run.canceled")
 
 
 def _with(settings: Settings, **values: Any) -> Settings:
@@ -308,3 +310,77 @@ async def test_a_runner_hands_back_a_job_it_cannot_fit_without_claiming_it(setti
                 await events.wait_for_type("run.claimed", timeout=1.5)
         info = await js.consumer_info(names.jobs_stream, names.pool_consumer("cpu"))
     assert info.num_pending + info.num_ack_pending == 1  # still there for a runner that fits
+
+
+async def test_a_killed_runners_slot_frees_when_its_leases_lapse_and_its_next_attempt_waits_for_a_slot(
+    settings: Settings, tmp_path: Path,
+) -> None:
+    # Ack wait long: the killed run comes back only when its runner restarts (as under `up`), so the waiting
+    # run can only have started because the dead run's leases lapsed.
+    settings = _with(settings, max_running_global=1, lease_ttl_s=3.0, job_ack_wait_s=60.0)
+    names = Subjects(settings.bus_prefix)
+    trace, gate = tmp_path / "trace.txt", tmp_path / "second-may-end"
+    first_cmd = (f'echo "start first $TRAINFORGE_ATTEMPT" >> {trace}; '
+                 '[ "$TRAINFORGE_ATTEMPT" = 1 ] && { sleep 600 & echo $!; echo $$; wait; }; '
+                 f'echo "end first $TRAINFORGE_ATTEMPT" >> {trace}')
+    second_cmd = (f'echo "start second" >> {trace}; while [ ! -e {gate} ]; do sleep 0.1; done; '
+                  f'echo "end second" >> {trace}')
+    pids: list[int] = []
+    processes = []
+    events: list[Any] = []
+
+    async def until(match: Any, timeout: float = 30) -> Any:  # the next event (or one seen) that matches
+        for event in events:
+            if match(event):
+                return event
+        async with asyncio.timeout(timeout):
+            while True:
+                event = event_decoder.decode((await sub.next_msg(timeout=None)).data)
+                events.append(event)
+                if match(event):
+                    return event
+
+    try:
+        async with jetstream(settings) as js, api(settings) as client:
+            project = (await new_project(client, "dead"))["id"]
+            sub = await js.subscribe(names.run_events(project, "*"), ordered_consumer=True)
+            processes.append(start_runner_process(settings, "r1", tmp_path / "r1.log"))
+            await runner_seen(client)
+            first = submit(client, "dead", first_cmd, owner="alice")
+
+            def stdout() -> list[str]:
+                return [line.text for e in events if e.type == "run.log"
+                        for line in e.lines if line.stream == "stdout"]
+
+            await until(lambda _: len(stdout()) >= 2)  # the child (sleep), then bash
+            pids = [int(line) for line in stdout()[:2]]
+            second = submit(client, "dead", second_cmd, owner="bob")  # waits: the global limit is 1
+            async with running_agent(settings, runner_id="r2", slots=1):
+                processes[0].kill()  # -9: no final event, its leases lapse lease_ttl_s after their last renewal
+                processes[0].wait()
+                started = await until(lambda e: e.run_id == second and e.type == "run.started")
+                rows = {r.id: r for r in await runs(settings)}
+                assert (rows[first].status, rows[first].attempt) == ("running", 1)  # Postgres still says so
+                # restarted under the same id: it hands the run on at once; the next attempt finds the slot
+                # taken, reports the run queued again and waits with the job for a free slot
+                processes.append(start_runner_process(settings, "r1", tmp_path / "r1.log"))
+                waiting = await until(lambda e: e.run_id == first and e.type == "run.requeued" and e.attempt > 1)
+                assert not any(e.run_id == first and e.type == "run.started" and e.attempt > 1 for e in events)
+                gate.touch()
+                done = await until(lambda e: e.run_id == first and e.type in TERMINAL_TYPES)
+                second_done = await until(lambda e: e.run_id == second and e.type in TERMINAL_TYPES)
+            await sub.unsubscribe()
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert (done.type, done.attempt) == ("run.completed", waiting.attempt)  # no delivery used up by waiting
+    assert second_done.type == "run.completed"
+    assert events.index(started) < events.index(done)
+    # what really ran, in order: never two at once
+    assert trace.read_text().splitlines() == [
+        "start first 1", "start second", "end second", f"start first {done.attempt}", f"end first {done.attempt}"]
