@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+import anyio
 
 import msgspec
 import nats
@@ -29,6 +34,7 @@ from shared.contracts.events import DeviceInfo
 from shared.settings import Settings
 from shared.subjects import Subjects
 from tests.auth_support import authorize
+from trainforge.embedded import EmbeddedPostgres
 
 CONTAINER = {"kind": "container", "start_command": "echo hello"}
 
@@ -71,6 +77,49 @@ async def database(settings: Settings) -> AsyncIterator[async_sessionmaker[Async
         yield async_sessionmaker(engine, expire_on_commit=False)
     finally:
         await engine.dispose()
+
+
+@asynccontextmanager
+async def postgres_of_own(folder: Path) -> AsyncIterator[tuple[EmbeddedPostgres, str]]:
+    """A Postgres of one test's own (never the session's, which other tests share), migrated: (server, URL)."""
+    from migrations import upgrade
+
+    server = EmbeddedPostgres(folder / "data")
+    url = await anyio.to_thread.run_sync(server.start)
+    try:
+        await anyio.to_thread.run_sync(upgrade, url)
+        yield server, url
+    finally:
+        await anyio.to_thread.run_sync(server.stop)
+
+
+def postgres_pids(data_dir: Path) -> list[int]:
+    """The postmaster and every process it started (backends, checkpointer, ...)."""
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    children = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and int((proc / "stat").read_text().rpartition(")")[2].split()[1]) == postmaster:
+                children.append(int(proc.name))
+        except (OSError, IndexError, ValueError):
+            pass  # ended while we looked
+    return [postmaster, *children]
+
+
+@contextmanager
+def frozen(data_dir: Path) -> Iterator[None]:
+    """Every Postgres process stopped with SIGSTOP, continued on the way out whatever happens."""
+    pids = postgres_pids(data_dir)
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        yield
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
 
 
 @asynccontextmanager

@@ -63,9 +63,11 @@ async def request_cancel(nc: NATS, js: JetStreamContext, settings: Settings, run
 class RunEvents:
     """The events of one run, read from the events stream with an ordered consumer."""
 
-    def __init__(self, js: JetStreamContext, settings: Settings, job: Job) -> None:
+    def __init__(self, js: JetStreamContext, settings: Settings, job: Job | tuple[str, str]) -> None:
+        """`job`: the run's job, or (project id, run id) of a run the gateway started."""
+        project_id, run_id = (job.project_id, job.run_id) if isinstance(job, Job) else job
         self._js = js
-        self._subject = Subjects(settings.bus_prefix).run_events(job.project_id, job.run_id)
+        self._subject = Subjects(settings.bus_prefix).run_events(project_id, run_id)
         self.events: list[Event] = []
         self._sub: Any = None
 
@@ -88,6 +90,15 @@ class RunEvents:
                 self.events.append(event)
                 if match(event):
                     return event
+
+    async def read_all(self, timeout: float = 10.0) -> list[Event]:
+        """Every event of the run stored so far (the ordered consumer replays the run from its start)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await self._sub.next_msg(timeout=None)
+                self.events.append(event_decoder.decode(msg.data))
+                if msg.metadata.num_pending == 0:
+                    return self.events
 
     async def wait_for_type(self, *types: str, attempt: int | None = None, timeout: float = 10.0) -> Event:
         return await self.wait_for(

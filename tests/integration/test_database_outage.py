@@ -6,11 +6,8 @@ Each test runs its own Postgres (never the session's, which other tests share)."
 
 from __future__ import annotations
 
-import os
-import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +17,7 @@ import pytest
 from httpx import Response
 
 from shared.settings import Settings
-from tests.integration.rest_helpers import api, new_project, problem, start_run
+from tests.integration.rest_helpers import api, frozen, new_project, postgres_of_own, problem, start_run
 from trainforge.embedded import EmbeddedPostgres
 
 pytestmark = pytest.mark.slow
@@ -33,44 +30,8 @@ READY_WITHIN_S = 2.0
 @pytest.fixture
 async def own_postgres(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedPostgres, str]]:
     """A Postgres of this test's own, migrated: (server, URL)."""
-    from migrations import upgrade
-
-    server = EmbeddedPostgres(tmp_path / "pg" / "data")
-    url = await anyio.to_thread.run_sync(server.start)
-    try:
-        await anyio.to_thread.run_sync(upgrade, url)
+    async with postgres_of_own(tmp_path / "pg") as (server, url):
         yield server, url
-    finally:
-        await anyio.to_thread.run_sync(server.stop)
-
-
-def _postgres_pids(data_dir: Path) -> list[int]:
-    """The postmaster and every process it started (backends, checkpointer, ...)."""
-    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
-    children = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and int((proc / "stat").read_text().rpartition(")")[2].split()[1]) == postmaster:
-                children.append(int(proc.name))
-        except (OSError, IndexError, ValueError):
-            pass  # ended while we looked
-    return [postmaster, *children]
-
-
-@contextmanager
-def frozen(data_dir: Path) -> Iterator[None]:
-    """Every Postgres process stopped with SIGSTOP, continued on the way out whatever happens."""
-    pids = _postgres_pids(data_dir)
-    try:
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
-        yield
-    finally:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
 
 
 async def timed(request: Awaitable[Response]) -> tuple[Response, float]:
