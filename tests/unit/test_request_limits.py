@@ -45,3 +45,14 @@ def test_the_filter_rewrites_records_with_arguments(caplog: pytest.LogCaptureFix
     with caplog.at_level(logging.INFO, logger="test.redaction"):
         logger.info('%s - "%s %s HTTP/1.1" %d', "127.0.0.1:9", "GET", "/x/events?access_token=tfp_abcdefghijkl", 200)
     assert "tfp_abcdefghijkl" not in caplog.text and "access_token=[redacted]" in caplog.text
+
+
+def test_uvicorns_access_log_still_formats_after_redaction() -> None:
+    """uvicorn's access formatter reads the five arguments of the record itself: they stay arguments."""
+    from uvicorn.logging import AccessFormatter
+
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:9", "GET", "/x/events?access_token=tfp_abcdefghijkl", "1.1", 200), None)
+    assert RedactingFilter().filter(record)
+    line = AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False).format(record)
+    assert line == '127.0.0.1:9 - "GET /x/events?access_token=[redacted] HTTP/1.1" 200 OK'
