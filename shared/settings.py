@@ -131,6 +131,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Runs one project has running at once; 0: no limit."""
     lease_ttl_s: float = 15.0
     """A run's leases (and the dispatcher's lock) lapse this long after their holder stops renewing them."""
+    attempt_hold_s: float = 60.0
+    """A runner cut off from the bus keeps running its jobs this long, then stops them itself; a new attempt
+    takes over a silent attempt's claim only after this (plus cancel_grace_s + a heartbeat + 5 s)."""
 
     # -- runner ----------------------------------------------------------------------------------------
     runner_pool: str = "cpu"
@@ -139,9 +142,6 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     runner_id: str | None = None
     runner_slots: int = 1
     runner_local_backend: bool = False
-    attempt_hold_s: float = 60.0
-    """A runner cut off from the bus keeps running its jobs this long, then stops them itself; a new attempt
-    takes over a silent attempt's claim only after this (plus cancel_grace_s + a heartbeat + 5 s)."""
     """Allow `container` runs with backend `local` (bash on this host). Off unless the operator enables it."""
     runner_workdir_root: Path | None = None
     """Root of local-backend working directories. Unset: <state_dir>/work."""
