@@ -16,20 +16,13 @@ from gateway.errors import Unavailable, Unprocessable
 from gateway.services import architectures as service
 from shared.settings import Settings
 from tests.integration.rest_helpers import api, problem
+from tests.architecture_support import FULL_RESOLUTION, WIDE_CONVS, rss_mb
 
 TINY_YAML = """\
 nc: 2
 backbone:
   - [-1, 1, Conv, [8, 3, 2]]
   - [-1, 1, Conv, [16, 3, 2]]
-head:
-  - [-1, 1, Classify, [nc]]
-"""
-WIDE_CONVS = """\
-nc: 2
-backbone:
-  - [-1, 1, Conv, [4096, 3, 1]]
-  - [-1, 1, Conv, [4096, 3, 1]]
 head:
   - [-1, 1, Classify, [nc]]
 """
@@ -40,20 +33,6 @@ backbone:
 head:
   - [-1, 1, Classify, [nc]]
 """
-FULL_RESOLUTION = """\
-nc: 2
-backbone:
-  - [-1, 1, Conv, [64, 1, 1]]
-  - [-1, 1, Conv, [64, 1, 1]]
-  - [-1, 1, Conv, [64, 1, 1]]
-head:
-  - [-1, 1, Classify, [nc]]
-"""
-
-
-def _rss_mb() -> float:
-    return next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
-                if line.startswith("VmRSS")) / 1024
 
 
 def _stock_yaml(name: str) -> str:
@@ -72,10 +51,10 @@ def local(tmp_path: Path) -> Settings:
 
 async def test_huge_models_are_refused_by_layer_without_the_gateway_growing(settings: Settings) -> None:
     async with api(settings) as client:
-        before = _rss_mb()
+        before = rss_mb()
         wide = problem(await client.post("/api/v1/architectures/validate",
                                          json={"yaml": WIDE_CONVS, "imgsz": 32}), 422)
-        grown = _rss_mb() - before
+        grown = rss_mb() - before
         one = problem(await client.post("/api/v1/architectures", json={"name": "w", "yaml": ONE_WIDE_LAYER}), 422)
         full = problem(await client.post("/api/v1/architectures/validate",
                                          json={"yaml": FULL_RESOLUTION, "imgsz": 2048}), 422)

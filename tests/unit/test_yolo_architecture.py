@@ -8,6 +8,7 @@ import pytest
 
 from runner.yolo.architecture import Budget, check_budget, parse_model_yaml, validate_architecture
 from runner.yolo.export import export_formats
+from tests.architecture_support import FULL_RESOLUTION, WIDE_CONVS, rss_mb
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +71,6 @@ def test_export_formats_lists_every_format_and_what_this_runner_can_make(yolov8_
 
 # -- the validation budget (meta device: nothing is allocated) ---------------------------------------------
 
-WIDE_CONVS = """\
-nc: 2
-backbone:
-  - [-1, 1, Conv, [4096, 3, 1]]
-  - [-1, 1, Conv, [4096, 3, 1]]
-head:
-  - [-1, 1, Classify, [nc]]
-"""
 ONE_WIDE_LAYER = """\
 nc: 2
 backbone:
@@ -86,31 +79,17 @@ backbone:
 head:
   - [-1, 1, Classify, [nc]]
 """
-FULL_RESOLUTION = """\
-nc: 2
-backbone:
-  - [-1, 1, Conv, [64, 1, 1]]
-  - [-1, 1, Conv, [64, 1, 1]]
-  - [-1, 1, Conv, [64, 1, 1]]
-head:
-  - [-1, 1, Classify, [nc]]
-"""
-
-
-def _rss_mb() -> float:
-    return next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
-                if line.startswith("VmRSS")) / 1024
 
 
 def test_a_model_past_the_parameter_budget_is_refused_at_its_layer_before_anything_is_built(yolov8_yaml: str) -> None:
-    before = _rss_mb()
+    before = rss_mb()
     report = validate_architecture(WIDE_CONVS, imgsz=32)
 
     assert report["valid"] is False and report["reason"] == "budget"
     assert (report["layer"], report["line"]) == (1, 4)
     assert report["error"].startswith("layer 1 (Conv): the model would have 151,121,920 parameters by this layer")
     assert "at most 100,000,000 are allowed" in report["error"]
-    assert _rss_mb() - before < 100  # 151 M float32 parameters would be 600 MB
+    assert rss_mb() - before < 100  # 151 M float32 parameters would be 600 MB
 
 
 def test_activation_and_flops_budgets_are_counted_at_the_requested_imgsz(yolov8_yaml: str) -> None:
