@@ -464,3 +464,99 @@ async def test_a_runner_killed_with_9_takes_the_command_in_the_container_with_it
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         await nc.close()
+
+
+async def test_a_command_left_running_by_a_requeue_stop_runs_once_another_runner_stands_by_its_owner_reattaches(
+    bench: Bench, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """shutdown_action=requeue in reattach mode: the stopping runner lets go of the command (it keeps running)
+    and marks the claim detached; a runner of another id that gets the redelivery stands by however long the
+    claim is silent (no second copy); the same runner id, restarted, takes the run back and reattaches."""
+    from runner.agent import RunnerAgent
+    from runner.claims import ClaimRecord
+    from shared.subjects import Subjects
+    from tests.integration.runner_support import POOL
+
+    targets = bench.tmp / "targets.toml"
+    targets.write_text(
+        f'[targets.llm]\ncontainer = "trainer"\nworkdir = "{bench.tmp / "app"}"\n'
+        f'host_root = "{bench.host_root}"\nrun_dir = "{bench.run_dir}"\n'
+    )
+    settings = msgspec.structs.replace(
+        settings, runner_targets_file=targets, runner_reattach="reattach", shutdown_action="requeue",
+        shutdown_grace_s=0.1, job_max_deliver=30, attempt_hold_s=2.0,
+    )
+    pids, steps, finish = bench.tmp / "pids", bench.tmp / "steps", bench.tmp / "finish"
+    job = container_job(
+        f'echo $$ >> {pids}; i=0; while [ ! -e {finish} ]; do i=$((i+1)); echo "step $i" >> {steps}; '
+        f'echo "step $i"; sleep 0.05; done; echo finished',
+        backend="docker", target="llm",
+    )
+    caplog.set_level("INFO", logger="runner")
+    agents: list[tuple[RunnerAgent, asyncio.Task[None]]] = []
+
+    async def start(runner_id: str) -> RunnerAgent:
+        agent = RunnerAgent(settings, POOL, runner_id=runner_id)
+        agents.append((agent, asyncio.create_task(agent.run())))
+        await asyncio.wait_for(agent.ready.wait(), 30)
+        return agent
+
+    def lines(path: Path) -> list[str]:
+        return path.read_text().splitlines() if path.exists() else []
+
+    nc = await nats.connect(settings.nats_url)
+    pid: int | None = None
+    try:
+        js = nc.jetstream()
+        await ensure_topology(js, settings)
+        claims = await js.key_value(Subjects(settings.bus_prefix).attempts_bucket)
+
+        async def claim() -> ClaimRecord:
+            return msgspec.json.decode((await claims.get(job.run_id)).value or b"", type=ClaimRecord)
+
+        async with RunEvents(js, settings, job) as events:
+            first = await start("docker-a")
+            await publish_job(js, settings, job)
+            await until(lambda: len(lines(steps)) >= 3, timeout=30)
+            pid = int(lines(pids)[0])
+            await asyncio.wait_for(first.stop(), 30)
+            await agents[0][1]
+            assert alive(pid)  # left running
+            record = await claim()
+            assert record.detached and record.runner_id == "docker-a" and record.instance == first.instance
+            assert (await events.wait_for_type("run.requeued", attempt=1)).reason == "runner shutdown"  # type: ignore[attr-defined]
+
+            other = await start("docker-b")  # another host's runner: gets the redelivery, must start nothing
+            await until(lambda: "claim detached" in caplog.text, timeout=30)
+            seen = len(lines(steps))
+            await until(lambda: len(lines(steps)) >= seen + 10, timeout=30)  # silent claim, still no takeover
+            assert job.run_id in other.active_runs
+            assert lines(pids) == [str(pid)]
+            assert (await claim()).detached
+
+            back = await start("docker-a")  # the same runner id again: adopts the claim, B hands the job back
+            async with asyncio.timeout(60):
+                while (await claim()).instance != back.instance or (await claim()).detached:
+                    await asyncio.sleep(0.05)
+            await events.wait_for(lambda e: e.type == "run.log" and any(
+                "re-attaching to process group" in line.text for line in e.lines), timeout=30)  # type: ignore[attr-defined]
+            assert job.run_id in back.active_runs
+            finish.touch()
+            done = await events.wait_for_type("run.completed", "run.failed", "run.canceled", timeout=30)
+    finally:
+        for agent, task in reversed(agents):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(agent.stop(), 30)
+            await asyncio.gather(task, return_exceptions=True)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        await nc.close()
+    assert done.type == "run.completed", done
+    assert done.attempt > 2
+    assert lines(pids) == [str(pid)]  # one copy of the command, ever
+    assert any(f"re-attaching to process group {pid}" in line
+               for line in events.log_lines("system", attempt=done.attempt))
+    claimed = {e.attempt for e in events.events if e.type == "run.claimed"}
+    assert claimed == {1, done.attempt}  # the standby's attempts published nothing
+    assert lines(steps)[-1] == f"step {len(lines(steps))}"
