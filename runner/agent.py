@@ -84,8 +84,6 @@ LEASE_POLL_S = 0.2
 LEASE_WAIT_POLL_S = 1.0
 """How often a job that waits for its leases tries them again."""
 SHUTDOWN_REASON = "runner shutdown"
-OWNER_BACK_NAK_S = 1.0
-"""A standby on a detached claim whose runner id is live again hands its delivery back for this long."""
 
 
 class RunnerError(RuntimeError):
@@ -128,8 +126,6 @@ class ActiveJob:
     was unreachable for `attempt_hold_s`): it publishes no terminal event then."""
     shutdown: bool = False
     """Canceled because the runner stops (not because someone asked)."""
-    detached_holder: str | None = None
-    """The runner id whose detached claim this attempt stood by on (`runner.claims`)."""
 
     @property
     def job(self) -> Job:
@@ -213,13 +209,8 @@ class RunnerAgent:
         assert self._claims is not None
         try:
             for record, revision in await self._claims.predecessors():
-                if record.detached:
-                    log.warning("run %s: attempt %d of this runner's previous process left its command running; "
-                                "adopting its claim (the next delivery reattaches here)", record.run_id,
-                                record.attempt)
-                else:
-                    log.warning("run %s: attempt %d ended with this runner's previous process; handing it on",
-                                record.run_id, record.attempt)
+                log.warning("run %s: attempt %d ended with this runner's previous process; handing it on",
+                            record.run_id, record.attempt)
                 await self._claims.release_predecessor(record, revision)
                 self._released_runs.append(record.run_id)
         except (*RETRYABLE, nats.errors.Error) as exc:
@@ -389,9 +380,7 @@ class RunnerAgent:
 
     def _cancel_for_shutdown(self, active: ActiveJob) -> None:
         active.shutdown = True
-        ctx = active.ctx
-        ctx.let_go = self.settings.shutdown_action == "requeue" and ctx.attempt < self.settings.job_max_deliver
-        ctx.cancel_requested.set()
+        active.ctx.cancel_requested.set()
 
     # -- claiming jobs ---------------------------------------------------------------------------------
     async def _fetch_loop(self, sub: JetStreamContext.PullSubscription, stop_waiter: asyncio.Task[bool]) -> None:
@@ -548,11 +537,10 @@ class RunnerAgent:
                 log.info("run %s attempt %d: leases taken after waiting", job.run_id, ctx.attempt)
                 return "held"
 
-    async def _take_claim(self, active: ActiveJob) -> Literal["held", "canceled", "gone"]:
+    async def _take_claim(self, active: ActiveJob) -> bool:
         """Hold the run's attempt claim; while another attempt may still run it, stand by (the delivery kept
-        with `in_progress`, nothing started). "gone" when there is nothing to run: the run ended meanwhile
-        (acknowledged), this runner stops, or the claim is detached and its owner is live again (handed back).
-        "canceled": the run was canceled while this attempt stood by on a detached claim (no claim held)."""
+        with `in_progress`, nothing started). False when there is nothing to run: the run ended meanwhile
+        (acknowledged) or this runner stops (handed back)."""
         assert self._claims is not None
         job, ctx = active.job, active.ctx
         record = ClaimRecord(run_id=job.run_id, project_id=job.project_id, runner_id=self.runner_id,
@@ -569,23 +557,8 @@ class RunnerAgent:
                 await anyio.to_thread.run_sync(self._claims.remember, job.run_id)
                 keeper = asyncio.create_task(self._hold_claim(active), name=f"claim {job.run_id}")
                 self._claim_keepers[job.run_id] = keeper
-                return "held"
-            if isinstance(got, Standby) and got.holder.detached:
-                active.detached_holder = got.holder.runner_id
-                if not announced:
-                    announced = True
-                    log.warning(
-                        "run %s attempt %d: attempt %d left its command running on runner %s (claim detached); "
-                        "standing by until that runner id takes it back, or the run ends or is canceled",
-                        job.run_id, ctx.attempt, got.holder.attempt, got.holder.runner_id)
-                if await self._owner_is_back(got.holder):
-                    log.info("run %s: runner %s is back; handing the delivery back for it", job.run_id,
-                             got.holder.runner_id)
-                    await active.msg.nak(delay=OWNER_BACK_NAK_S)
-                    return "gone"
-                if await self._cancel_recorded(job.run_id):
-                    return "canceled"
-            elif isinstance(got, Standby) and not announced:
+                return True
+            if isinstance(got, Standby) and not announced:
                 announced = True
                 log.warning(
                     "run %s attempt %d: attempt %d (runner %s) may still run it (its claim was written %.0f s "
@@ -596,7 +569,7 @@ class RunnerAgent:
             stop.cancel()
             if self._stop_requested.is_set():
                 await active.msg.nak()
-                return "gone"
+                return False
             try:
                 ended = await self._already_ended(job)
             except (*RETRYABLE, nats.errors.Error):
@@ -604,21 +577,7 @@ class RunnerAgent:
             if ended:
                 log.info("run %s: the attempt that held it finished it; acknowledging this delivery", job.run_id)
                 await self._ack(active)
-                return "gone"
-
-    async def _owner_is_back(self, holder: ClaimRecord) -> bool:
-        """Whether the runner id that left a detached claim is live again: its newest heartbeat is of the
-        process that adopted the claim (`AttemptClaims.release_predecessor`), not stopped, and recent."""
-        assert self._js is not None
-        try:
-            raw = await asyncio.wait_for(self._js.get_last_msg(
-                self.subjects.runners_stream, self.subjects.runner_heartbeat(holder.runner_id)), CALL_TIMEOUT_S)
-            beat = msgspec.json.decode(raw.data or b"", type=RunnerHeartbeat)
-        except (NotFoundError, TimeoutError, nats.errors.Error, msgspec.DecodeError, msgspec.ValidationError):
-            return False
-        age = time.time() - raw.time.timestamp() if raw.time is not None else float("inf")
-        return (beat.instance == holder.instance and beat.state != "stopped"
-                and age < 3 * self.settings.runner_heartbeat_s + 2 * CALL_TIMEOUT_S)
+                return False
 
     async def _hold_claim(self, active: ActiveJob) -> None:
         """Renew the claim every heartbeat. Stop the job at once when another attempt took the claim, or when
@@ -646,16 +605,8 @@ class RunnerAgent:
                 and claim.unconfirmed_for() < 2 * self.settings.runner_heartbeat_s + 2 * CALL_TIMEOUT_S)
 
     async def _release_claim(self, active: ActiveJob) -> None:
-        """Delete the claim; or, when the executor left the command running (`RunContext.detached`), mark it
-        detached and keep it in the ledger: only this runner id may run the run next (`runner.claims`)."""
         if (keeper := self._claim_keepers.pop(active.job.run_id, None)) is not None:
             keeper.cancel()
-        if active.claim is not None and active.ctx.detached:  # (called again after the report: a no-op then)
-            if active.claim.lost is None and await active.claim.detach():
-                log.warning("run %s attempt %d: its command keeps running; claim kept, marked detached (only "
-                            "runner %s takes the run next; cancel the run if this host is gone for good)",
-                            active.job.run_id, active.ctx.attempt, self.runner_id)
-            return
         if active.claim is not None:
             await active.claim.release()
             assert self._claims is not None
@@ -670,11 +621,8 @@ class RunnerAgent:
                 log.warning("run %s already ended (an ack was lost); acknowledging the redelivery", job.run_id)
                 await self._ack(active)
                 return None
-            if (taken := await self._take_claim(active)) == "gone":
+            if not await self._take_claim(active):
                 return None
-            if taken == "canceled":
-                return Canceled(reason="requested while its command was left running by runner "
-                                       f"{active.detached_holder}; that command was not stopped from here")
             if ctx.cancel_requested.is_set() or await self._cancel_recorded(job.run_id):
                 return Canceled(reason="requested")
             if (full := await self._take_leases(active)) is not None:

@@ -88,13 +88,6 @@ class RunContext:
     holds_claim: Callable[[], bool] = lambda: True
     """Whether this attempt surely still holds the run (its claim renewed within the last heartbeats): an
     executor deletes nothing a next attempt may resume from unless it does (`runner.claims`)."""
-    let_go: bool = False
-    """Set by the agent with `cancel_requested` when the runner stops and gives the run back (shutdown_action
-    `requeue`): the run is not canceled, so an executor that can leave its command running for the next attempt
-    on this host (docker, `runner_reattach = reattach`) may do that instead of stopping it."""
-    detached: bool = False
-    """Set by the executor: it returned (or was cancelled) with the command still running. The agent then keeps
-    the run's attempt claim, marked detached, so that no other runner starts the command beside it."""
 
     @property
     def run_id(self) -> str:

@@ -19,10 +19,7 @@ If the runner dies (kill -9), the wrapper sees the end of its input and ends the
 `cancel_grace_s`, SIGKILL), so a next attempt elsewhere never runs beside an orphan. If this coroutine is
 cancelled while the command runs (the runner goes away without canceling the run), the runner lets go on
 purpose with `runner_reattach` = `reattach` (a byte on the wrapper's stdin: the command keeps running for the
-next attempt on this host to re-attach to) and ends the command like a dead runner's otherwise. The same holds
-when the runner stops and gives the run back (`RunContext.let_go`, shutdown_action `requeue`). Either way it
-sets `RunContext.detached` when the wrapper confirmed: the agent keeps the attempt claim, marked detached, so
-only this runner id runs the run next (`runner.claims`).
+next attempt on this host to re-attach to) and ends the command like a dead runner's otherwise.
 """
 
 from __future__ import annotations
@@ -83,8 +80,6 @@ STATE_SAVE_EVERY_S = 1.0
 DOCKER_CALL_TIMEOUT_S = 30.0
 KILL_CONFIRM_S = 5.0
 DETACH_CONFIRM_S = 5.0
-LET_GO = "let go"
-"""A stop reason: the runner stops and gives the run back (`RunContext.let_go`); the command keeps running."""
 """How long the runner waits for the wrapper to confirm that it let go (`DETACHED_MARK`)."""
 STATE_FILE = "docker-state.json"
 
@@ -356,22 +351,18 @@ class _Attempt:
         stopped = True
         try:
             stop_reason = await self._wait(proc)
-            if stop_reason == "canceled" and self.ctx.let_go and self.settings.runner_reattach == "reattach":
-                stop_reason = LET_GO  # the runner stops and gives the run back: leave the command running
-            elif stop_reason is not None:
+            if stop_reason is not None:
                 stopped = await self._stop_command()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(proc.wait(), KILL_CONFIRM_S + 5)
-            if stop_reason != LET_GO:
-                with contextlib.suppress(TimeoutError):  # output still held open by a stray process
-                    await asyncio.wait_for(asyncio.gather(*readers), 10)
+            with contextlib.suppress(TimeoutError):  # output still held open by a stray process
+                await asyncio.wait_for(asyncio.gather(*readers), 10)
         finally:
             for task in helpers:
                 task.cancel()
             if proc.returncode is None:  # the runner is going away, or the client hangs
-                detach = self.settings.runner_reattach == "reattach" and stop_reason in (None, LET_GO)
+                detach = self.settings.runner_reattach == "reattach" and stop_reason is None
                 await asyncio.shield(self._let_go(proc, detach=detach))
-                self.ctx.detached = self.detached.is_set()
             elif proc.stdin is not None:
                 proc.stdin.close()
             for task in readers:
@@ -379,10 +370,9 @@ class _Attempt:
             await asyncio.gather(*helpers, *readers, return_exceptions=True)
             await asyncio.shield(self._save_state())
         await self._flush_progress()
-        if watcher is not None:  # a command left running is not over: its next attempt reports the rest
-            await self._emit_checkpoints(watcher, final=stop_reason != LET_GO)
-            if stop_reason != LET_GO:
-                await self._tensorboard_artifacts()
+        if watcher is not None:
+            await self._emit_checkpoints(watcher, final=True)
+            await self._tensorboard_artifacts()
         await self._save_state()
         return self._outcome(stop_reason, stopped, proc.returncode)
 
@@ -572,10 +562,6 @@ class _Attempt:
     # -- the end -----------------------------------------------------------------------------------------
     def _outcome(self, stop_reason: str | None, stopped: bool, client_status: int | None) -> Outcome:
         latest = self.latest_checkpoint
-        if stop_reason == LET_GO:
-            reason = "runner shutdown: " + ("the command keeps running" if self.ctx.detached else
-                                            "the command did not confirm it detached and was ended")
-            return Canceled(reason=reason, checkpoint_id=latest.id if latest else self.ctx.last_checkpoint_id)
         if stop_reason == "canceled":
             reason = "requested" if stopped else "requested; the process group was still there after SIGKILL"
             return Canceled(reason=reason, checkpoint_id=latest.id if latest else self.ctx.last_checkpoint_id)
