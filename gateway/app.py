@@ -10,43 +10,60 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import cast
 
 from litestar import Litestar, Router
 from litestar.config.app import AppConfig
 from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
+from gateway.apispec import document_responses
+from gateway.auth.cache import CallerCache
 from gateway.auth.caller import provide_me
 from gateway.auth.middleware import jwt_auth
 from gateway.auth.ratelimits import rate_limit_stores, rate_limits
+from gateway.background import Supervisor
 from gateway.bus import load_job_signer
 from gateway.controllers.architectures import ArchitecturesController
 from gateway.controllers.artifacts import ArtifactsController
 from gateway.controllers.auth import AuditController, AuthController, TokensController, UsersController
+from gateway.controllers.browser_session import BrowserSessionController
 from gateway.controllers.configs import ConfigsController
+from gateway.controllers.curation import CurationController
+from gateway.controllers.dataset_tools import DatasetToolsController
 from gateway.controllers.datasets import DatasetsController
 from gateway.controllers.events import EventsController
-from gateway.controllers.fleet import CatalogController, RunnersController, SystemController
-from gateway.controllers.health import HealthController
 from gateway.controllers.export_formats import ExportFormatsController
+from gateway.controllers.fleet import CatalogController, RunnersController, SystemController
+from gateway.controllers.fleet_datasets import FleetDatasetsController
+from gateway.controllers.health import HealthController
 from gateway.controllers.models import ModelsController
 from gateway.controllers.predict import PredictController
+from gateway.controllers.project_links import ProjectLinksController
 from gateway.controllers.projects import ProjectsController
 from gateway.controllers.queue import QueueController
 from gateway.controllers.runs import RunsController
+from gateway.controllers.sweeps import SweepsController
+from gateway.controllers.webhooks import WebhooksController
+from gateway.dashboard.routes import dashboard_routes
 from gateway.db.session import create_engine, create_sessionmaker
 from gateway.dispatcher import Dispatcher
 from gateway.errors import problem_details_plugin
 from gateway.eventhub import EventHub
 from gateway.fleet import FleetService
 from gateway.limits import RequestLimitsMiddleware
+from gateway.metrics import GatewayMetrics, MetricsController, http_metrics_config
 from gateway.projector import Projector
 from gateway.registration import WeightsRegistrar
+from gateway.requestid import RequestIdMiddleware, add_request_id_header
 from gateway.services.accounts import ensure_first_admin
 from gateway.state import GatewayState
 from gateway.sweeper import Sweeper
+from gateway.sweeps_tracker import SweepTracker
+from gateway.webhooks.deliverer import WebhookDeliverer
 from shared.bus import connect, ensure_topology
 from shared.settings import Settings
 from shared.subjects import Subjects
@@ -58,9 +75,12 @@ API_PREFIX = "/api/v1"
 
 def api_controllers() -> list[type]:
     """Controllers mounted under /api/v1. One per resource."""
-    return [AuthController, UsersController, TokensController, AuditController, ProjectsController, RunsController, QueueController, EventsController, DatasetsController,
+    return [AuthController, BrowserSessionController, UsersController, TokensController, AuditController, ProjectsController, RunsController, QueueController, EventsController, DatasetsController,
+            CurationController,
             ModelsController, RunnersController, SystemController, CatalogController, ConfigsController,
-            ArchitecturesController, ArtifactsController, ExportFormatsController, PredictController]
+            DatasetToolsController, ProjectLinksController,
+            ArchitecturesController, ArtifactsController, ExportFormatsController, PredictController,
+            WebhooksController, SweepsController, FleetDatasetsController]
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -69,6 +89,7 @@ def create_app(settings: Settings) -> Litestar:
 
     state_holder: dict[str, GatewayState] = {}
     auth = jwt_auth(settings)
+    metrics = GatewayMetrics()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -79,38 +100,38 @@ def create_app(settings: Settings) -> Litestar:
         await ensure_topology(js, settings)
         gw = GatewayState(settings=settings, engine=engine, sessionmaker=create_sessionmaker(engine), nc=nc, js=js,
                           subjects=Subjects(settings.bus_prefix), jwt_secret=auth.token_secret,
-                          job_signer=job_signer)
+                          job_signer=job_signer, metrics=metrics, callers=CallerCache(settings.auth_cache_s))
         state_holder["gw"] = gw
         app.state.gw = gw
-        started: list[object] = []
         try:
             await ensure_first_admin(gw)
-            for name, factory in background_services():
-                service = factory(gw)
-                await service.start()  # type: ignore[attr-defined]
-                gw.extras[name] = service
-                started.append(service)
-            log.info("gateway ready on http://%s:%s (OpenAPI at /schema)", settings.host, settings.port)
+            build_background_services(gw)
+            gw.supervisor = Supervisor(gw.background_services())
+            await gw.supervisor.start()
+            log.info("gateway ready on http://%s:%s (dashboard at /, OpenAPI at /schema)", settings.host,
+                     settings.port)
             yield
         finally:
-            for service in reversed(started):
-                try:
-                    await service.stop()  # type: ignore[attr-defined]
-                except Exception:  # noqa: BLE001 - keep stopping the rest
-                    log.exception("stopping %s failed", service)
+            if gw.supervisor is not None:
+                await gw.supervisor.stop()
             await nc.drain()
             await engine.dispose()
 
     def provide_state() -> GatewayState:
         return state_holder["gw"]
 
-    return Litestar(
-        route_handlers=[HealthController, Router(path=API_PREFIX, route_handlers=api_controllers())],
+    app = Litestar(
+        route_handlers=[HealthController, MetricsController, Router(path=API_PREFIX, route_handlers=api_controllers()),
+                        *cast("list[Router]", dashboard_routes())],
         lifespan=[lifespan],
         dependencies={"gw": Provide(provide_state, sync_to_thread=False), "me": provide_me},
         # authentication inserts its middleware first; the limits go in front of it, so a body too large or too
-        # deep is refused before a token is looked up
-        on_app_init=[auth.on_app_init, _outermost(RequestLimitsMiddleware(settings.max_json_depth))],
+        # deep is refused before a token is looked up; the HTTP metrics around them, so they count every answer;
+        # the request id outermost, so every answer carries it and every log line of the request
+        on_app_init=[auth.on_app_init, _outermost(RequestLimitsMiddleware(settings.max_json_depth)),
+                     _outermost(http_metrics_config().middleware), _outermost(RequestIdMiddleware())],
+        state=State({"metrics": metrics}),
+        before_send=[add_request_id_header],
         middleware=rate_limits(settings),
         request_max_body_size=settings.max_json_kb * 1024,
         stores=rate_limit_stores(provide_state),
@@ -126,6 +147,8 @@ def create_app(settings: Settings) -> Litestar:
         debug=False,
         logging_config=None,  # the process configures logging (trainforge.cli); one format for every line
     )
+    document_responses(app)  # the error statuses, event streams and downloads each operation answers
+    return app
 
 
 def _outermost(middleware: object) -> Callable[[AppConfig], AppConfig]:
@@ -143,13 +166,19 @@ def cors_config(settings: Settings) -> CORSConfig | None:
         return None
     return CORSConfig(
         allow_origins=list(settings.cors_origins), allow_methods=["*"],
-        allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key", "Range"],
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key", "Range", "X-Request-ID"],
         expose_headers=["Location", "Retry-After", "ETag", "Content-Disposition", "Content-Range",
-                        "Accept-Ranges"],
+                        "Accept-Ranges", "X-Request-ID"],
         allow_credentials=False, max_age=600)
 
 
-def background_services() -> list[tuple[str, object]]:
-    """(name, factory(gw)) of the long-lived services the lifespan starts, in start order."""
-    return [("registrar", WeightsRegistrar), ("projector", Projector), ("eventhub", EventHub),
-            ("dispatcher", Dispatcher), ("fleet", FleetService), ("sweeper", Sweeper)]
+def build_background_services(gw: GatewayState) -> None:
+    """The long-lived services the lifespan starts (`GatewayState.background_services` gives their order)."""
+    gw.registrar = WeightsRegistrar(gw)
+    gw.projector = Projector(gw)
+    gw.eventhub = EventHub(gw)
+    gw.dispatcher = Dispatcher(gw)
+    gw.fleet = FleetService(gw)
+    gw.sweeper = Sweeper(gw)
+    gw.webhooks = WebhookDeliverer(gw)
+    gw.sweeps = SweepTracker(gw)

@@ -19,8 +19,24 @@ start gets its place in its pool's line and the reason (`runs.queue_position`, `
 
 One gateway dispatches at a time: it holds key `dispatcher` of KV `Subjects.leases_bucket`, renewed every pass;
 when it stops renewing, the key lapses (`lease_ttl_s`) and another gateway takes over. A pass runs when a run
-is created (`admit`, in process; other gateways send `Subjects.dispatch_wake`), when the projector commits
+is created and cannot take the fast path (`admit`, in process; other gateways send `Subjects.dispatch_wake`),
+when a run ends (its event fetched by this gateway's projector, while runs wait), when the projector commits
 events (Postgres NOTIFY, while runs wait), when a runner appears or changes state, and every second.
+
+The fast path (`accept`, right after the run's row is committed): when this gateway dispatches, nothing waits
+in any line and no other gateway asked for a pass since the last one, the new run is checked against the
+dispatcher's view (the last pass's active runs, plus the jobs published since, less the runs whose terminal
+event was seen on the bus) with the same limit and capacity rules as a pass, and its job is published at
+once, without reading Postgres. The fast path and the passes hold one lock, so they never publish past each
+other; a run that may not start at once waits for the pass like any other (and every run created after it
+goes through the pass too, behind it). The view only errs towards too little room (a run ended but not yet
+seen), which sends a run to the pass, never past a limit; the runners' leases hold the limits in any case.
+
+The view and the passes learn that a run ended from its terminal event as this gateway's projector fetches
+it from the stream (`saw`), before it is stored: a slot is free again as soon as its run ends, without
+waiting for the projection's commit and NOTIFY (a run is left out of the active set for `ENDED_MEMORY_S`
+after its terminal event; its runner released its leases before publishing it). Events another gateway's
+projector fetched reach the dispatcher by the NOTIFY of their commit, as before.
 
 The runner enforces the same limits with leases when it claims a job (`runner.leases`): the job carries them.
 """
@@ -48,14 +64,16 @@ from nats.js.kv import KeyValue
 from sqlalchemy import func, or_, select, text
 from sqlalchemy.engine import make_url
 
-from gateway.bus import PublishFailed
+from gateway.background import TaskService
+from gateway.bus import PublishFailed, publish_event
 from gateway.db.models import ACTIVE_WHERE, Run
 from gateway.projector import NOTIFY_CHANNEL
-from gateway.services.runs import enqueue, resume_of
+from gateway.services.runs import enqueue, queued_event, resume_of
 from gateway.state import GatewayState
 from shared.bus import DUPLICATE_WINDOW_S
-from shared.contracts import Limits, Requirements, RunnerHeartbeat, event_decoder
+from shared.contracts import EventBase, Limits, Requirements, RunClaimed, RunnerHeartbeat, event_decoder
 from shared.contracts.common import RunStatus, new_id, utcnow
+from shared.contracts.events import TERMINAL_EVENT_TYPES
 from shared.scheduling import DISPATCHER_KEY, lease_holder, misfit, requirement_text
 
 log = logging.getLogger(__name__)
@@ -70,6 +88,13 @@ SILENT_BEATS = 1.5
 """A runner not heard from for this many heartbeat intervals may have died: the dispatcher then checks whether
 its runs still hold their leases."""
 LEASE_READ_TIMEOUT_S = 5.0
+ENDED_MEMORY_S = 120.0
+"""How long a run whose terminal event was seen live stays out of the active set (the projection has
+stored it long before)."""
+LIVE_TYPES = frozenset({"run.claimed", "run.requeued", *TERMINAL_EVENT_TYPES})
+"""The events the dispatcher is told of as soon as this gateway's projector fetches them (`saw`)."""
+ACCEPT_STOP_S = ADMIT_TIMEOUT_S + 1.0
+"""How long stopping waits for the fast paths in flight (a run left waiting is published by the next pass)."""
 
 Outcome = Literal["published", "publish_failed", "waiting"]
 
@@ -105,7 +130,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-class Dispatcher:
+class Dispatcher(TaskService):
     """`start()` / `stop()` from the gateway's lifespan; `admit(run_id)` after creating a run."""
 
     def __init__(self, gw: GatewayState) -> None:
@@ -126,6 +151,22 @@ class Dispatcher:
         self._kv: KeyValue | None = None
         self._subs: list[Any] = []
         self._pg: asyncpg.Connection | None = None
+        self._lock = asyncio.Lock()
+        """Held by a pass and by a fast path: one publishes at a time, in line order."""
+        self._view: dict[str, _Row] | None = None
+        """Active runs that do not wait (published, claimed, running, ...), as of the last pass and updated
+        since; None before the first pass."""
+        self._lapsed_runs: set[str] = set()
+        """Runs of the view that no longer hold leases (they do not count against the limits)."""
+        self._ended: dict[str, float] = {}
+        """Run id → when (monotonic) its terminal event was seen live."""
+        self._foreign_wake = False
+        """Another gateway asked for a pass (a run created there waits for it)."""
+        self._accepting: set[asyncio.Task[Outcome | None]] = set()
+        self.live_types = LIVE_TYPES
+        """What the projector tells `saw` of."""
+        self.fast_published = 0
+        """Jobs published by the fast path (the rest by passes)."""
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -141,10 +182,11 @@ class Dispatcher:
         self._task.add_done_callback(_log_crash)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        if self._accepting:
+            _, late = await asyncio.wait(list(self._accepting), timeout=ACCEPT_STOP_S)
+            for task in late:
+                task.cancel()
+        await self._cancel_task()
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -172,6 +214,94 @@ class Dispatcher:
         """This gateway published the run's run.queued: the dispatcher need not publish it again."""
         self._announced.add(run_id)
 
+    def accept(self, run: Run) -> asyncio.Task[Outcome | None]:
+        """A run was just created (its row committed): announce it (run.queued) and publish its job, at once
+        when it may start now (the fast path), else through a pass. In the background: the answer to the
+        request that created the run does not wait for it. The task's result: what became of the run
+        (None: another gateway dispatches, or no verdict in time)."""
+        task = asyncio.create_task(self._accept(run), name=f"accept {run.id}")
+        self._accepting.add(task)
+        task.add_done_callback(self._accepting.discard)
+        task.add_done_callback(_log_crash)
+        return task
+
+    async def _accept(self, run: Run) -> Outcome | None:
+        outcome = await self._fast(run)
+        if outcome is not None:
+            return outcome
+        if run.id not in self._announced:
+            try:
+                await publish_event(self.gw, queued_event(run))
+                self._announced.add(run.id)
+            except PublishFailed as exc:  # the pass publishes it with the job
+                log.warning("dispatcher: run.queued of run %s not published now (%s)", run.id, exc)
+        return await self.admit(run.id)
+
+    async def _fast(self, run: Run) -> Outcome | None:
+        """Publish the job of a new run now if it may start now and nothing waits ahead of it; None when it
+        must go through a pass (it then waits in line, and so does every run created after it)."""
+        if self._view is None or not self.leader:
+            return None
+        async with self._lock:
+            if (not self.leader or time.monotonic() >= self._renew_at or self._waiting_seen or self._foreign_wake
+                    or self._view is None):
+                return None
+            row = _row_of(run)
+            limits = self._limits()
+            reason = self._limit_reason(row, limits, *self._counts())
+            if reason is None:
+                reason = self._capacity_reason(row, self._pools(list(self._view.values())).get(row.pool) or _Pool())
+            if reason is not None:
+                self._waiting_seen = True  # it waits: later runs queue behind it
+                return None
+            try:
+                resume = None
+                if run.resume_of:
+                    async with self.gw.sessionmaker() as session:
+                        resume = await resume_of(session, run)
+                has_limits = limits.total or limits.per_user or limits.per_project
+                await enqueue(self.gw, run, resume=resume, limits=limits if has_limits else None,
+                              announce=run.id not in self._announced, announce_first=True)
+            except (LookupError, msgspec.ValidationError, PublishFailed) as exc:
+                log.info("dispatcher: run %s takes the pass (%s)", run.id, exc)
+                self._waiting_seen = True
+                return None
+            self._announced.discard(run.id)
+            row.waiting = False
+            if run.id not in self._ended:
+                self._view[run.id] = row
+            self.gw.metrics.observe_dispatch(run.pool, run.created_at)
+            self.fast_published += 1
+            return "published"
+
+    def _limits(self) -> Limits:
+        settings = self.gw.settings
+        return Limits(total=settings.max_running_global, per_user=settings.max_running_per_user,
+                      per_project=settings.max_running_per_project)
+
+    def _counts(self) -> tuple[int, Counter[str | None], Counter[str]]:
+        """Active runs in the view that count against the limits: in all, per owner, per project."""
+        assert self._view is not None
+        counted = [r for r in self._view.values() if r.id not in self._lapsed_runs]
+        return len(counted), Counter(r.owner_id for r in counted), Counter(r.project_id for r in counted)
+
+    def saw(self, event: EventBase) -> None:
+        """A run was claimed, handed back or ended: this gateway's projector fetched the event (called for
+        `LIVE_TYPES`, before the projection stores it)."""
+        run_id, event_type = event.run_id, event.type
+        row = self._view.get(run_id) if self._view is not None else None
+        if event_type in TERMINAL_EVENT_TYPES:
+            now = time.monotonic()
+            self._ended[run_id] = now
+            if self._view is not None:
+                self._view.pop(run_id, None)
+            if self._waiting_seen:
+                self._wake.set()
+        elif row is not None and isinstance(event, RunClaimed):
+            row.status, row.runner_id = RunStatus.CLAIMED.value, event.runner_id
+        elif row is not None and event_type == "run.requeued":
+            row.status, row.runner_id = RunStatus.QUEUED.value, None
+
     async def admit(self, run_id: str) -> Outcome | None:
         """Look at the line now; what the pass did with `run_id` (None: another gateway dispatches, or no
         answer within `ADMIT_TIMEOUT_S`)."""
@@ -190,6 +320,7 @@ class Dispatcher:
         return self._outcomes.get(run_id) if self.leader else None
 
     async def _on_wake(self, _msg: Msg) -> None:
+        self._foreign_wake = True
         self._wake.set()
 
     async def _on_heartbeat(self, msg: Msg) -> None:
@@ -261,20 +392,33 @@ class Dispatcher:
     # -- one pass ----------------------------------------------------------------------------------------------
     async def dispatch_once(self) -> dict[str, Outcome]:
         """Order the waiting runs, publish the jobs of those that may start, note why the others wait."""
-        rows = await self._active_rows()
+        async with self._lock:
+            self._foreign_wake = False
+            try:
+                return await self._dispatch_once()
+            except BaseException:
+                self._view = None  # not known now: no fast path until a pass succeeds
+                raise
+
+    async def _dispatch_once(self) -> dict[str, Outcome]:
+        now = time.monotonic()
+        for run_id in [r for r, seen in self._ended.items() if now - seen > ENDED_MEMORY_S]:
+            del self._ended[run_id]
+        rows = [r for r in await self._active_rows() if r.id not in self._ended]  # ended, not yet projected
         waiting = [r for r in rows if r.waiting]
         self._waiting_seen = bool(waiting)
+        limits = self._limits()
+        active = [r for r in rows if not r.waiting]
+        lapsed: set[str] = set()
+        if limits.total or limits.per_user or limits.per_project:
+            lapsed = await self._lapsed(active)  # after reading the rows: see `_lapsed`
+        self._lapsed_runs = lapsed
+        self._view = {r.id: r for r in active}
         if not waiting:
             self._outcomes = {}
             return {}
-        settings = self.gw.settings
-        limits = Limits(total=settings.max_running_global, per_user=settings.max_running_per_user,
-                        per_project=settings.max_running_per_project)
-        active = [r for r in rows if not r.waiting]
         pools = self._pools(active)
-        if limits.total or limits.per_user or limits.per_project:
-            lapsed = await self._lapsed(active)  # after reading the rows: see `_lapsed`
-            active = [r for r in active if r.id not in lapsed]
+        active = [r for r in active if r.id not in lapsed]
         total = len(active)
         per_user = Counter(r.owner_id for r in active)
         per_project = Counter(r.project_id for r in active)
@@ -294,6 +438,9 @@ class Dispatcher:
             if reason is None:
                 if await self._publish(run, limits):
                     outcomes[run.id] = "published"
+                    run.waiting = False
+                    if run.id not in self._ended:
+                        self._view[run.id] = run
                     total += 1
                     per_user[run.owner_id] += 1
                     per_project[run.project_id] += 1
@@ -482,6 +629,7 @@ class Dispatcher:
         except PublishFailed as exc:
             log.warning("dispatcher: %s", exc)
             return False
+        self.gw.metrics.observe_dispatch(row.pool, row.created_at)
         return True
 
     async def _queued_event_stored(self, run: Run) -> bool:
@@ -518,6 +666,16 @@ _NOTE = text(
 )
 
 
-def _log_crash(task: asyncio.Task[None]) -> None:
+def _row_of(run: Run) -> _Row:
+    try:
+        req = msgspec.convert(run.requirements, Requirements) if run.requirements else None
+    except msgspec.ValidationError:
+        req = None
+    return _Row(id=run.id, project_id=run.project_id, owner_id=run.owner_id, pool=run.pool, kind=run.kind,
+                priority=run.priority, status=run.status, runner_id=run.runner_id, requirements=req,
+                created_at=run.created_at, waiting=True, queue_position=None, wait_reason=None)
+
+
+def _log_crash(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("dispatcher stopped unexpectedly", exc_info=task.exception())

@@ -5,15 +5,15 @@ Every error response is `application/problem+json`:
      "code": "<code>", "errors": [{"field": "$.epochs", "message": "..."}]}   # errors: validation only
 Domain code raises `GatewayError` subclasses; Litestar's problem-details plugin (`problem_details_plugin()`)
 maps them, Litestar's own HTTP and validation errors and anything unexpected (500, logged with a traceback,
-no internals in the body) to that shape.
+no internals in the body) to that shape. The OpenAPI document describes it (`gateway.apispec.ProblemDetails`)
+and lists, per operation, the statuses it can answer.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
-
 from http import HTTPStatus
+from typing import Any
 
 import asyncpg
 import msgspec

@@ -15,10 +15,12 @@ import asyncio
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from gateway.background import TaskService
 from gateway.projector import NOTIFY_CHANNEL
 from gateway.state import GatewayState
 
@@ -30,7 +32,7 @@ QUEUE_MAX = 2000
 RECONNECT_MAX_S = 5.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class HubEvent:
     position: int
     run_id: str
@@ -38,6 +40,8 @@ class HubEvent:
     type: str
     data: str
     """The event's JSON."""
+    message: Any = None
+    """Its SSE message, encoded once for all the streams that send it (`gateway.controllers.events`)."""
 
 
 class Subscription:
@@ -64,9 +68,12 @@ class Subscription:
 
     async def next(self, timeout: float | None = None) -> HubEvent | None:
         """The next event; None once the subscription has ended. TimeoutError after `timeout` seconds."""
-        if self.ended and self._queue.empty():
-            return None
-        return await asyncio.wait_for(self._queue.get(), timeout)
+        if self._queue.empty():
+            if self.ended:
+                return None
+            async with asyncio.timeout(timeout):  # no task per wait, unlike wait_for (a thousand streams)
+                return await self._queue.get()
+        return self._queue.get_nowait()
 
     def close(self) -> None:
         self._hub._remove(self)
@@ -78,7 +85,7 @@ class Subscription:
         self.close()
 
 
-class EventHub:
+class EventHub(TaskService):
     def __init__(self, gw: GatewayState) -> None:
         self.gw = gw
         self._by_run: dict[str, set[Subscription]] = defaultdict(set)
@@ -108,12 +115,12 @@ class EventHub:
         if sub.run_id is not None:
             index, key = self._by_run, sub.run_id
         else:
-            index, key = self._by_project, sub.project_id
-        subs = index.get(key)  # type: ignore[arg-type]
+            index, key = self._by_project, sub.project_id or ""
+        subs = index.get(key)
         if subs is not None:
             subs.discard(sub)
             if not subs:
-                del index[key]  # type: ignore[arg-type]
+                del index[key]
 
     async def start(self) -> None:
         self._stopping.clear()
@@ -124,10 +131,7 @@ class EventHub:
     async def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._cancel_task()
         for subs in [*self._by_run.values(), *self._by_project.values()]:
             for sub in subs:
                 sub._end()

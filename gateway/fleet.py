@@ -24,9 +24,11 @@ from typing import Any, Literal
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api as js_api
 
+from gateway.background import TaskService
 from gateway.state import GatewayState
 from shared.contracts import RunnerHeartbeat, event_decoder
 from shared.contracts.events import DeviceInfo, HostStats
@@ -77,6 +79,18 @@ class RunnerView(msgspec.Struct, frozen=True, kw_only=True):
     released_runs: list[str] = []
     """Runs the previous process held when it died; this process handed them on (they run as a next attempt,
     here or elsewhere)."""
+    targets: list[str] = []
+    """The container targets (docker backend) this runner offers, by name."""
+
+
+class TargetView(msgspec.Struct, kw_only=True):
+    """A container target (docker backend) as the live runners offer it."""
+
+    name: str
+    runners: list[str]
+    """Live runners (neither lost nor stopped) whose targets file names it."""
+    pools: list[str]
+    """Their pools: a run naming the target goes to one of them."""
 
 
 class HostSample(msgspec.Struct, frozen=True, kw_only=True):
@@ -151,7 +165,7 @@ class SampleSubscription:
         self.close()
 
 
-class FleetService:
+class FleetService(TaskService):
     """The runner registry and the resource sample fan-out (a background service of the gateway)."""
 
     def __init__(self, gw: GatewayState) -> None:
@@ -179,10 +193,7 @@ class FleetService:
                          exc_info=task.exception())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._cancel_task()
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
@@ -269,12 +280,23 @@ class FleetService:
             slots=beat.slots, kinds=beat.kinds, current_run=beat.active_runs[0] if beat.active_runs else None,
             active_runs=beat.active_runs, state=self._state(entry, now), last_seen=entry.last_seen,
             host_stats=beat.host_stats, instance=beat.instance, instance_since=entry.instance_since,
-            restarts=entry.restarts, released_runs=beat.released_runs,
+            restarts=entry.restarts, released_runs=beat.released_runs, targets=beat.targets,
         )
 
     def live(self) -> list[RunnerView]:
         """Runners neither lost nor stopped."""
         return [v for v in self.runners() if v.state not in ("lost", "stopped")]
+
+    def targets(self) -> list[TargetView]:
+        """The container targets of live runners, by name, each with the runners and pools that offer it."""
+        found: dict[str, TargetView] = {}
+        for view in self.live():
+            for name in view.targets:
+                target = found.setdefault(name, TargetView(name=name, runners=[], pools=[]))
+                target.runners.append(view.id)
+                if view.pool not in target.pools:
+                    target.pools.append(view.pool)
+        return [found[name] for name in sorted(found)]
 
     def hosts(self) -> list[HostSample]:
         """One sample per host of a live runner: the newest heartbeat's."""

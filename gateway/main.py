@@ -27,6 +27,8 @@ def main(settings: Settings) -> int:
         timeout_graceful_shutdown=3,  # open SSE streams must not hold shutdown forever
         lifespan="on",
         proxy_headers=True,
+        # JSON lines: uvicorn's loggers (access log included) propagate to the root handler's JSON formatter
+        **({"log_config": None} if settings.log_format == "json" else {}),
     )
     logredact.install()  # after uvicorn.Config, which sets up uvicorn's own loggers: no token in the access log
     server = uvicorn.Server(config)

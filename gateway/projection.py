@@ -34,10 +34,12 @@ from shared.contracts.events import (
     RunFailed,
     RunLog,
     RunMetrics,
+    RunPaused,
     RunProgress,
     RunQueued,
     RunRequeued,
     RunStarted,
+    RunUnpaused,
 )
 
 GATEWAY_ATTEMPT = 0
@@ -152,6 +154,12 @@ def fold(row: RunRow, event: EventBase) -> Fold:
                 changes["status"] = RunStatus.QUEUED
         case RunCancelRequested():
             changes.update(status=RunStatus.CANCELING, cancel_requested=True)
+        case RunPaused():
+            if row.status == RunStatus.RUNNING and not changes:
+                changes["status"] = RunStatus.PAUSED
+        case RunUnpaused():
+            if row.status == RunStatus.PAUSED:
+                changes["status"] = RunStatus.RUNNING
         case _:
             pass  # run.log, run.queued, checkpoints and artifacts change no run column
     return Fold(changes=changes, **inserts)

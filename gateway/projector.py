@@ -53,10 +53,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.background import TaskService
 from gateway.db.models import Artifact, Checkpoint, Run
 from gateway.projection import RunRow, fold
 from gateway.state import GatewayState
 from shared.contracts import EventBase, FailureCause, RunFailed, RunnerHeartbeat, RunStatus, event_decoder
+from shared.pull import PullConsumer
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ MISSING_RUN_DELAY_S = 1.0
 BACKOFF_MAX_S = 10.0
 STOP_GRACE_S = 5.0
 TRAIN_KIND = "yolo.train"
-"""Completed runs of this kind are handed to the weights registrar (`gw.extras["registrar"]`) after commit."""
+"""Completed runs of this kind are handed to the weights registrar (`gw.registrar`) after commit."""
 
 _INSERT_EVENTS = text(
     """
@@ -139,7 +141,7 @@ class _Abandoned(Exception):
     """The projector stops while the database is unavailable: the batch is left to a redelivery."""
 
 
-class Projector:
+class Projector(TaskService):
     """Folds the events stream into Postgres. `start()` / `stop()` from the gateway's lifespan."""
 
     def __init__(self, gw: GatewayState) -> None:
@@ -181,8 +183,7 @@ class Projector:
         except BadRequestError as exc:  # exists with other settings: keep it
             log.warning("projector: kept consumer %s as it is (%s)", names.projector_consumer,
                         exc.description)
-        self._sub = await self.gw.js.pull_subscribe_bind(durable=names.projector_consumer,
-                                                         stream=names.events_stream)
+        self._sub = await PullConsumer.bind(self.gw.nc, names.events_stream, names.projector_consumer)
         info = await self.gw.js.consumer_info(names.events_stream, names.projector_consumer)
         self._ack_wait = info.config.ack_wait or self._ack_wait  # what the server really applies
         self._advisories = await self.gw.nc.subscribe(
@@ -219,26 +220,49 @@ class Projector:
     # -- the loop ----------------------------------------------------------------------------------------
     async def _run(self) -> None:
         backoff = 0.1
-        while not self._stopping.is_set():
-            try:
-                msgs = await self._sub.fetch(BATCH, timeout=HELD_RECHECK_S if self._held else FETCH_TIMEOUT_S)
-            except (TimeoutError, nats.errors.TimeoutError):
-                if not self._held:
+        prefetch: asyncio.Task[list[Msg]] | None = None
+        try:
+            while not self._stopping.is_set():
+                fetch, prefetch = prefetch or asyncio.create_task(self._fetch()), None
+                try:
+                    msgs = await fetch
+                except (TimeoutError, nats.errors.TimeoutError):
+                    if not self._held:
+                        continue
+                    msgs = []  # nothing new: look at the held events again (a gap filled elsewhere, a deadline)
+                except nats.errors.Error as exc:  # disconnected, reconnecting, stream or consumer gone
+                    log.warning("projector: fetch failed (%s); retrying in %.1fs", exc, backoff)
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX_S)
                     continue
-                msgs = []  # nothing new: look at the held events again (a gap filled elsewhere, a deadline)
-            except nats.errors.Error as exc:  # disconnected, reconnecting, stream or consumer gone
-                log.warning("projector: fetch failed (%s); retrying in %.1fs", exc, backoff)
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
-                continue
-            backoff = 0.1
-            try:
-                await self._handle(msgs)
-            except _Abandoned:
-                return
-            except Exception:  # noqa: BLE001 - e.g. NATS gone while acking: JetStream redelivers the rest
-                log.exception("projector: handling a batch of %d messages failed", len(msgs))
-                await self._sleep(1.0)
+                backoff = 0.1
+                if msgs:  # the next batch comes in while this one is stored (handled strictly after it)
+                    prefetch = asyncio.create_task(self._fetch())
+                try:
+                    await self._handle(msgs)
+                except _Abandoned:
+                    return
+                except Exception:  # noqa: BLE001 - e.g. NATS gone while acking: JetStream redelivers the rest
+                    log.exception("projector: handling a batch of %d messages failed", len(msgs))
+                    await self._sleep(1.0)
+        finally:
+            if prefetch is not None:
+                await self._give_back(prefetch)
+
+    async def _fetch(self) -> list[Msg]:
+        return await self._sub.fetch(BATCH, timeout=HELD_RECHECK_S if self._held else FETCH_TIMEOUT_S)
+
+    @staticmethod
+    async def _give_back(prefetch: asyncio.Task[list[Msg]]) -> None:
+        """A fetched batch that will not be handled: nak it, so another projector has it now."""
+        if not prefetch.done():
+            prefetch.cancel()
+        try:
+            msgs = await asyncio.shield(prefetch) if not prefetch.cancelled() else []
+        except (asyncio.CancelledError, Exception):  # noqa: BLE001 - a failed or cancelled fetch holds nothing
+            return
+        for msg in msgs:
+            await _quietly(msg.nak())
 
     async def _keepalive(self) -> None:
         """Progress acks for the batch being stored and the held events, every third of the ack wait."""
@@ -249,6 +273,10 @@ class Projector:
 
     async def _handle(self, msgs: list[Msg]) -> None:
         items: list[_Item] = []
+        # the dispatcher hears of runs claimed and ended now, not after the commit (`Dispatcher.saw`)
+        dispatcher = self.gw.dispatcher
+        watcher = dispatcher.saw if dispatcher is not None else None
+        watched: frozenset[str] = dispatcher.live_types if dispatcher is not None else frozenset()
         for msg in msgs:
             try:
                 event = event_decoder.decode(msg.data)
@@ -259,6 +287,8 @@ class Projector:
             if isinstance(event, RunnerHeartbeat) or not event.run_id:
                 await msg.ack()  # not a run event: nothing to project
                 continue
+            if watcher is not None and event.type in watched:
+                watcher(event)
             items.append(_Item(msg, event, _json_text(msg.data)))
         if not items and not self._held:
             return
@@ -323,9 +353,9 @@ class Projector:
             if sqlstate[:2] in ("22", "23", "54"):  # data exception, integrity violation, too large
                 raise _Poison(str(exc)) from exc
             raise
-        registrar = self.gw.extras.get("registrar")
+        registrar = self.gw.registrar
         if trained and registrar is not None:
-            registrar.submit(trained)  # type: ignore[attr-defined]
+            registrar.submit(trained)
         for run_id, completion in completing:  # after the commit: the registrar reads the weights artifact
             registrar.prepare(run_id, completion)  # type: ignore[union-attr]
 
@@ -483,7 +513,7 @@ class Projector:
                           registered: set[str], completing: list[tuple[str, EventBase]]) -> None:
         """HELD for the run.completed that would complete a `yolo.train` run not registered yet (and what
         follows it in its attempt), while the registrar registers its weights (asked in `completing`)."""
-        if self.gw.extras.get("registrar") is None:
+        if self.gw.registrar is None:
             return
         now = time.monotonic()
         folded: dict[str, RunRow] = {}

@@ -26,6 +26,7 @@ from typing import Any
 import anyio
 from sqlalchemy import case, select, update
 
+from gateway.background import TaskService
 from gateway.db.models import Artifact, Model, Project, Run
 from gateway.errors import GatewayError
 from gateway.services.models import register_version
@@ -42,7 +43,7 @@ WEIGHTS_NAMES = ("weights/best.pt", "weights/last.pt")
 MODEL_NAME_MAX = 128
 
 
-class WeightsRegistrar:
+class WeightsRegistrar(TaskService):
     def __init__(self, gw: GatewayState) -> None:
         self.gw = gw
         self._queue: asyncio.Queue[tuple[str, RunCompleted | None]] = asyncio.Queue()
@@ -53,10 +54,7 @@ class WeightsRegistrar:
         self._task = asyncio.create_task(self._run(), name="weights-registrar")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._cancel_task()
 
     def submit(self, run_ids: list[str]) -> None:
         """Register these completed training runs (called by the projector after its commit)."""
@@ -142,6 +140,7 @@ class WeightsRegistrar:
                 version = await register_version(  # in the library of the user who started the run
                     session, store, name=name, file_path=path, task=info.task, class_names=info.class_names,
                     metrics=metrics, source_run_id=run.id, dataset_id=run.spec.get("dataset_id"),
+                    dataset_version=run.spec.get("dataset_version"),
                     owner_id=run.owner_id, parent_version_id=run.options.get("model_version_id"), format="pt")
                 registration = {"model": name, "version": version.version, "model_version_id": version.id,
                                 "ref": f"{name}:{version.version}"}

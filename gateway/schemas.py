@@ -8,12 +8,17 @@ here with no change: each member gets a `Create<Spec>` twin with the REST-only f
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import itertools
+import textwrap
 import typing
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
+import msgspec.inspect
 from msgspec import UNSET, Meta, UnsetType
 
 from shared import names
@@ -105,13 +110,82 @@ def _run_spec_members() -> tuple[type[RunSpecBase], ...]:
     return typing.get_args(RunSpec) or (RunSpec,)  # type: ignore[return-value]
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstrings under a Struct's fields (`name: type = default` then a string), its bases' too: what the
+    OpenAPI document shows as each request field's description (msgspec itself keeps no field docstrings)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass.__module__ in ("builtins", "msgspec") or klass.__module__.startswith("msgspec."):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, after in itertools.pairwise(body):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                    and isinstance(after.value.value, str)):
+                docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+def _documented(tp: Any, description: str | None, default: Any = msgspec.NODEFAULT) -> Any:
+    """`tp` with a description and (for fields the REST request leaves UNSET) the spec's default, both shown in
+    the OpenAPI document (Litestar reads `extra_json_schema["extra"]` as extra schema keys)."""
+    extra: dict[str, Any] = {}
+    if default is not msgspec.NODEFAULT and default is not None:
+        extra["extra"] = {"default": msgspec.to_builtins(default)}
+    extra_keys = _bounds(msgspec.inspect.type_info(tp))
+    if extra_keys:
+        extra.setdefault("extra", {}).update(extra_keys)
+    if description is None and not extra:
+        return tp
+    return Annotated[tp, Meta(description=description, extra_json_schema=extra or None)]
+
+
+_BOUNDS = {"ge": "minimum", "gt": "exclusive_minimum", "le": "maximum", "lt": "exclusive_maximum",
+           "min_length": "min_length", "max_length": "max_length"}
+
+
+def _bounds(info: Any) -> dict[str, Any]:
+    """The bounds of a type as OpenAPI schema keys. Litestar drops those of 0 and every bound of an optional
+    type (`Annotated[str, Meta(max_length=...)] | None`); given again as extra keys, they reach the document."""
+    if isinstance(info, msgspec.inspect.UnionType):
+        arms = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
+        if len(arms) != 1:
+            return {}
+        info = arms[0]
+    if not isinstance(info, msgspec.inspect.IntType | msgspec.inspect.FloatType | msgspec.inspect.StrType):
+        return {}
+    return {key: getattr(info, name) for name, key in _BOUNDS.items() if getattr(info, name, None) is not None}
+
+
+def _spec_default(f: msgspec.structs.FieldInfo) -> Any:
+    if f.default is not msgspec.NODEFAULT:
+        return f.default
+    if f.default_factory is not msgspec.NODEFAULT:
+        return f.default_factory()
+    return msgspec.NODEFAULT
+
+
 def _create_type(spec_cls: type[RunSpecBase]) -> type[msgspec.Struct]:
     overlay = REQUEST_OVERLAYS.get(spec_cls.__struct_config__.tag)  # type: ignore[arg-type]
     if overlay is not None:
         return _request_type(spec_cls, overlay)
+    docs = field_docs(spec_cls)
+    described: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    for f in msgspec.structs.fields(spec_cls):  # the spec's fields again, with their docstrings
+        if f.name in docs or _bounds(msgspec.inspect.type_info(f.type)):
+            default = (f.default if f.default is not msgspec.NODEFAULT
+                       else msgspec.field(default_factory=f.default_factory)
+                       if f.default_factory is not msgspec.NODEFAULT else msgspec.NODEFAULT)
+            tp = _documented(f.type, docs.get(f.name))
+            described.append((f.name, tp) if default is msgspec.NODEFAULT else (f.name, tp, default))
     return msgspec.defstruct(
         f"Create{spec_cls.__name__}",
-        [("pool", Pool, "cpu"), ("priority", Priority, 50), ("requirements", RunRequirements | None, None)],
+        [*described, ("pool", Pool, "cpu"), ("priority", Priority, 50),
+         ("requirements", RunRequirements | None, None)],
         bases=(spec_cls,),
         tag=spec_cls.__struct_config__.tag,
         forbid_unknown_fields=True,
@@ -155,14 +229,14 @@ class RequestOverlay:
     """REST-only fields: (name, type, description)."""
 
 
-_DATASET = ("dataset", Ref, "Registered dataset, by id or name")
+_DATASET = ("dataset", Ref, "Registered dataset, by id or name: its latest version; `name:3` for version 3")
 _CONFIG = ("config", Name, "Saved configuration of the project whose params fill what this request leaves out")
 _MODEL_DOC = ("A built-in name (`yolov8n`, `yolo11s-cls`: the pretrained `.pt` when the deployment has it, else "
               "the untrained architecture), `library:<model>[:<version>]` or `library:<version id>` (weights "
               "library), or `artifact:<id>` (an exported or trained model file of a run)")
 
 REQUEST_OVERLAYS: dict[str, RequestOverlay] = {
-    "yolo.train": RequestOverlay(frozenset({"data", "dataset_id"}), (
+    "yolo.train": RequestOverlay(frozenset({"data", "dataset_id", "dataset_version"}), (
         _DATASET,
         ("architecture", Name, "Saved architecture (POST /architectures) to train; `model` then names weights "
                                "to transfer into it, or is left out"),
@@ -170,7 +244,7 @@ REQUEST_OVERLAYS: dict[str, RequestOverlay] = {
                               "name, or `<project>-<task>` if that model holds another task)"),
         _CONFIG,
     )),
-    "yolo.val": RequestOverlay(frozenset({"data", "dataset_id"}), (_DATASET, _CONFIG)),
+    "yolo.val": RequestOverlay(frozenset({"data", "dataset_id", "dataset_version"}), (_DATASET, _CONFIG)),
     "yolo.export": RequestOverlay(frozenset({"data"}), (
         ("dataset", Ref, "Calibration dataset for int8 export"), _CONFIG)),
     "yolo.predict": RequestOverlay(frozenset({"sources"}), (
@@ -186,14 +260,15 @@ FIELD_DOCS = {"model": _MODEL_DOC}
 
 def _request_type(spec_cls: type[RunSpecBase], overlay: RequestOverlay) -> type[msgspec.Struct]:
     fields: list[tuple[str, Any, Any]] = []
+    docs = {**field_docs(spec_cls), **FIELD_DOCS}
     for f in msgspec.structs.fields(spec_cls):
         if f.name not in overlay.server_fields:
-            doc = FIELD_DOCS.get(f.name)
-            tp = Annotated[f.type, Meta(description=doc)] if doc else f.type
+            tp = _documented(f.type, docs.get(f.name), _spec_default(f))
             fields.append((f.name, typing.Union[tp, UnsetType], UNSET))  # noqa: UP007
     for name, tp, doc in overlay.added:
         fields.append((name, typing.Union[Annotated[tp, Meta(description=doc)], UnsetType], UNSET))  # noqa: UP007
-    fields += [("pool", Pool | UnsetType, UNSET), ("priority", Priority | UnsetType, UNSET),
+    fields += [("pool", _documented(Pool, None, "cpu") | UnsetType, UNSET),
+               ("priority", _documented(Priority, None, 50) | UnsetType, UNSET),
                ("requirements", RunRequirements | None | UnsetType, UNSET)]
     return msgspec.defstruct(
         f"Create{spec_cls.__name__}",
@@ -412,3 +487,121 @@ def from_row(view: type[_V], row: object, **extra: Any) -> _V:
     """A view filled from the same-named attributes of an ORM row (plus `extra`)."""
     values = {name: getattr(row, name) for name in view.__struct_fields__ if name not in extra}
     return view(**values, **extra)
+
+
+# -- webhooks (docs/operations.md, "Webhooks") -------------------------------------------------------------
+WebhookEventType = Annotated[str, Meta(pattern=r"^run\.[a-z_]{1,40}$", description="An event type: run.completed, ...")]
+
+
+class WebhookCreate(Request):
+    url: Annotated[str, Meta(min_length=1, max_length=2048, description="http(s) URL the events are POSTed to")]
+    event_types: Annotated[list[WebhookEventType], Meta(min_length=1, max_length=32)] = msgspec.field(
+        default_factory=lambda: ["run.completed", "run.failed", "run.canceled"])
+    """The event types wanted; the terminal ones by default."""
+    secret: Annotated[str, Meta(min_length=16, max_length=256)] | None = None
+    """HMAC key of the signatures; unset: one is generated. Returned in this answer only."""
+
+
+class WebhookView(msgspec.Struct, kw_only=True):
+    id: str
+    project_id: str
+    url: str
+    event_types: list[str]
+    created_at: datetime
+
+
+class WebhookCreated(WebhookView, kw_only=True):
+    secret: str
+    """Shown this once: keep it where the receiver can read it."""
+
+
+class WebhookPage(msgspec.Struct, kw_only=True):
+    items: list[WebhookView]
+    total: int
+    limit: int
+    offset: int
+
+
+class WebhookDeliveryView(msgspec.Struct, kw_only=True):
+    id: str
+    """Sent as `Trainforge-Delivery`, the same on every attempt."""
+    webhook_id: str
+    event_id: str
+    event_type: str
+    run_id: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    delivered_at: datetime | None
+
+
+class WebhookDeliveryPage(msgspec.Struct, kw_only=True):
+    items: list[WebhookDeliveryView]
+    total: int
+    limit: int
+    offset: int
+
+
+# -- sweeps (docs/operations.md, "Sweeps") -----------------------------------------------------------------
+SweepValue = float | int | str | bool
+SweepParam = Literal["lr0", "batch", "imgsz", "optimizer", "epochs", "hsv_h", "hsv_s", "hsv_v", "degrees",
+                     "translate", "scale", "shear", "perspective", "flipud", "fliplr", "mosaic", "mixup",
+                     "copy_paste", "erasing", "close_mosaic"]
+"""What a sweep may vary: training settings and (through `extra`) Ultralytics' augmentation settings."""
+
+
+class SweepCreate(Request):
+    spec: dict[str, Any]
+    """A yolo.train run request (as for `POST /projects/{ref}/runs`, `kind` optional) every trial starts from."""
+    space: Annotated[dict[SweepParam, Annotated[list[SweepValue], Meta(min_length=1, max_length=64)]],
+                     Meta(min_length=1)]
+    """Values to try, per setting: `{"lr0": [0.01, 0.001], "optimizer": ["SGD", "AdamW"], "fliplr": [0, 0.5]}`."""
+    method: Literal["grid", "random"] = "grid"
+    """grid: every combination (the first `trials` of them); random: `trials` combinations drawn with `seed`."""
+    trials: Annotated[int, Meta(ge=1, le=200)] | None = None
+    """How many trials; grid default: every combination."""
+    metric: Annotated[str, Meta(min_length=1, max_length=256)] = "metrics/mAP50-95(B)"
+    """A key of the trials' latest metrics (`GET /runs/{id}`, `latest_metrics`)."""
+    direction: Literal["maximize", "minimize"] = "maximize"
+    parallelism: Annotated[int, Meta(ge=1, le=64)] = 2
+    """At most this many trials unfinished at once."""
+    seed: Annotated[int, Meta(ge=0)] = 0
+
+
+class SweepTrialView(msgspec.Struct, kw_only=True):
+    index: int
+    params: dict[str, Any]
+    run_id: str | None
+    status: str
+    """pending (not started yet), the run's status, or completed / failed / canceled."""
+    value: float | None
+    """The sweep's metric, once the trial completed."""
+    error: str | None = None
+
+
+class SweepView(msgspec.Struct, kw_only=True):
+    id: str
+    project_id: str
+    status: Literal["running", "completed", "canceled"]
+    method: str
+    metric: str
+    direction: str
+    parallelism: int
+    space: dict[str, Any]
+    base: dict[str, Any]
+    best_trial: int | None
+    best_run_id: str | None = None
+    best_value: float | None = None
+    created_at: datetime
+    finished_at: datetime | None
+    trials: list[SweepTrialView] = []
+
+
+class SweepPage(msgspec.Struct, kw_only=True):
+    items: list[SweepView]
+    total: int
+    limit: int
+    offset: int

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import anyio.to_thread
 
+from gateway.background import TaskService
 from gateway.services.artifacts import sweep_uploads
 from gateway.services.datasets import sweep_abandoned_preparations, uploads_dir
 from gateway.state import GatewayState
@@ -30,7 +31,7 @@ ABANDONED_AFTER = timedelta(hours=24)
 left by a gateway that stopped."""
 
 
-class Sweeper:
+class Sweeper(TaskService):
     def __init__(self, gw: GatewayState) -> None:
         self.gw = gw
         self._task: asyncio.Task[None] | None = None
@@ -44,10 +45,7 @@ class Sweeper:
         self._task = asyncio.create_task(self._sweep_forever(), name="sweeper")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._cancel_task()
 
     async def sweep(self) -> dict[str, int]:
         """One sweep now; how many uploads, abandoned datasets and abandoned request bodies it deleted."""

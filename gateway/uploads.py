@@ -50,11 +50,14 @@ class UploadedFile:
 class Form:
     fields: dict[str, str] = field(default_factory=dict)
     file: UploadedFile | None = None
+    """The first (or only) file part."""
+    files: list[UploadedFile] = field(default_factory=list)
+    """Every file part, in order (`max_files` > 1)."""
 
     def discard(self) -> None:
-        """Delete the uploaded file (call when done with it)."""
-        if self.file is not None:
-            self.file.path.unlink(missing_ok=True)
+        """Delete the uploaded files (call when done with them)."""
+        for uploaded in self.files or ([self.file] if self.file is not None else []):
+            uploaded.path.unlink(missing_ok=True)
 
 
 def _announced(request: Request[Any, Any, Any]) -> int | None:
@@ -83,16 +86,17 @@ async def read_json(request: Request[Any, Any, Any], limit: int = JSON_LIMIT) ->
 
 async def read_multipart(
     request: Request[Any, Any, Any], *, file_field: str, dest: Path, max_file_bytes: int,
-    allowed_fields: frozenset[str] = frozenset(),
+    allowed_fields: frozenset[str] = frozenset(), max_files: int = 1,
 ) -> Form:
     """Parse a multipart form: the part named `file_field` is written to `dest` (a new file; its folder is
     created), the text fields in `allowed_fields` are returned decoded. Anything else is a 400; a file larger
-    than `max_file_bytes` a 413. On error nothing is left on disk."""
+    than `max_file_bytes` a 413. On error nothing is left on disk. With `max_files` > 1 the form may carry that
+    many `file_field` parts (the n-th written to `dest` + `.n`), `max_file_bytes` each."""
     _, options = request.content_type
     boundary = options.get("boundary")
     if not boundary:
         raise BadRequest("multipart/form-data without a boundary in Content-Type")
-    limit = max_file_bytes + FORM_OVERHEAD
+    limit = max_file_bytes * max_files + FORM_OVERHEAD
     announced = _announced(request)
     if announced is not None and announced > limit:
         raise _too_large(max_file_bytes)
@@ -100,7 +104,7 @@ async def read_multipart(
     writers: list[_FileWriter] = []
     try:
         await _parse(request, form, writers, boundary, file_field, dest, max_file_bytes, limit,
-                     allowed_fields)
+                     allowed_fields, max_files)
     except BaseException:
         for writer in writers:
             await writer.abort()
@@ -110,14 +114,14 @@ async def read_multipart(
 
 async def _parse(
     request: Request[Any, Any, Any], form: Form, writers: list[_FileWriter], boundary: str, file_field: str,
-    dest: Path, max_file_bytes: int, limit: int, allowed: frozenset[str],
+    dest: Path, max_file_bytes: int, limit: int, allowed: frozenset[str], max_files: int = 1,
 ) -> None:
     writer: _FileWriter | None = None
     segment: MultipartSegment | None = None
     text = bytearray()
     received = 0
     try:
-        with PushMultipartParser(boundary.encode("latin-1"), max_segment_count=len(allowed) + 2,
+        with PushMultipartParser(boundary.encode("latin-1"), max_segment_count=len(allowed) + max_files + 1,
                                  strict=True) as parser:
             async for chunk in request.stream():
                 received += len(chunk)
@@ -127,11 +131,13 @@ async def _parse(
                     if isinstance(event, MultipartSegment):
                         segment = event
                         if segment.name == file_field:
-                            if writer is not None:
-                                raise BadRequest(f"more than one {file_field!r} part")
+                            if len(writers) >= max_files:
+                                raise BadRequest(f"more than one {file_field!r} part" if max_files == 1
+                                                 else f"more than {max_files} {file_field!r} parts")
                             if not segment.filename:
                                 raise BadRequest(f"the {file_field!r} part must be a file (with a filename)")
-                            writer = await _FileWriter.create(dest)
+                            path = dest if not writers else dest.with_name(f"{dest.name}.{len(writers)}")
+                            writer = await _FileWriter.create(path)
                             writers.append(writer)
                         elif segment.name not in allowed:
                             expected = ", ".join(sorted({file_field, *allowed}))
@@ -142,7 +148,9 @@ async def _parse(
                         assert segment is not None
                         if segment.name == file_field:
                             assert writer is not None
-                            form.file = await writer.finish(segment.filename or "")
+                            done = await writer.finish(segment.filename or "")
+                            form.files.append(done)
+                            form.file = form.file or done
                         else:
                             try:
                                 form.fields[segment.name] = text.decode(segment.charset or "utf-8")

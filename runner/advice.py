@@ -219,7 +219,7 @@ def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
     n = len(xs)
     mx, my = sum(xs) / n, sum(ys) / n
     var = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else 0.0
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=False)) / var if var else 0.0
     return my - slope * mx, slope
 
 
@@ -296,7 +296,7 @@ def measure(model: str, imgsz: int, device: str, state_dir: Path) -> Measurement
 
 
 def _power_of_two_at_most(value: float) -> int:
-    return 2 ** int(math.floor(math.log2(value))) if value >= 1 else 0
+    return 2 ** math.floor(math.log2(value)) if value >= 1 else 0
 
 
 def _allowed_root(path: Path, settings: Settings) -> bool:

@@ -46,6 +46,21 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
+from runner.advice import serve_advice
+from runner.claims import CALL_TIMEOUT_S, AttemptClaims, Claim, ClaimRecord, Standby, new_instance
+from runner.control import CancelListener
+from runner.devices import DeviceError, describe_device, describe_devices, parse_device, pick_device
+from runner.executors.base import Canceled, Completed, Executor, Failed, Outcome, RunContext
+from runner.executors.registry import ExecutorRegistry, ExecutorUnavailable, spec_kind
+from runner.gpu_sampler import cuda_indices
+from runner.leases import RunLeases
+from runner.pausing import PauseControl
+from runner.preflight import serve_preflight
+from runner.publisher import PUBLISH_DEADLINE_S, PUBLISH_TIMEOUT_S, RETRYABLE, PublishError, RunPublisher
+from runner.targets import load_targets
+from runner.yolo.serve_predict import PredictService, serve_predict
+from runner.yolo.service import YoloService, serve_yolo_service
+from shared import logsetup
 from shared.bus import connect, ensure_pool_consumer, ensure_topology
 from shared.contracts import FailureCause, Job, ResumeFrom, RunCheckpoint, RunnerHeartbeat, event_decoder, job_decoder
 from shared.contracts.common import TOKEN_RE
@@ -56,17 +71,7 @@ from shared.jobsign import JobSignatureError, JobVerifier
 from shared.scheduling import misfit
 from shared.settings import Settings
 from shared.subjects import Subjects
-from runner.advice import serve_advice
-from runner.control import CancelListener
-from runner.preflight import serve_preflight
-from runner.targets import load_targets
-from runner.devices import DeviceError, describe_device, describe_devices, parse_device, pick_device
-from runner.gpu_sampler import cuda_indices
-from runner.claims import CALL_TIMEOUT_S, AttemptClaims, Claim, ClaimRecord, Standby, new_instance
-from runner.leases import RunLeases
-from runner.executors.base import Canceled, Completed, Executor, Failed, Outcome, RunContext
-from runner.executors.registry import ExecutorRegistry, ExecutorUnavailable, spec_kind
-from runner.publisher import PUBLISH_DEADLINE_S, PUBLISH_TIMEOUT_S, RETRYABLE, PublishError, RunPublisher
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +89,13 @@ LEASE_POLL_S = 0.2
 LEASE_WAIT_POLL_S = 1.0
 """How often a job that waits for its leases tries them again."""
 SHUTDOWN_REASON = "runner shutdown"
+PREDECESSOR_TRIES = 5
+"""How often a starting runner tries to read and free its earlier process's claims before leaving them to lapse."""
+OWNER_BACK_NAK_S = 1.0
+"""A standby on a detached claim whose runner id is live again hands its delivery back for this long."""
+OWNER_BACK_PAUSE_S = 3.0
+"""... and fetches nothing for this long, so the owner's waiting fetch gets the redelivery (each delivery counts
+against `job_max_deliver`)."""
 
 
 class RunnerError(RuntimeError):
@@ -126,6 +138,8 @@ class ActiveJob:
     was unreachable for `attempt_hold_s`): it publishes no terminal event then."""
     shutdown: bool = False
     """Canceled because the runner stops (not because someone asked)."""
+    detached_holder: str | None = None
+    """The runner id whose detached claim this attempt stood by on (`runner.claims`)."""
 
     @property
     def job(self) -> Job:
@@ -167,6 +181,8 @@ class RunnerAgent:
         """Unique per process: heartbeats and attempt claims carry it, so a restart under the same id shows."""
         self._claims: AttemptClaims | None = None
         self._released_runs: list[str] = []
+        self._target_names: list[str] = []
+        """The container targets of the targets file (sent with every heartbeat)."""
         self._beat_lock = asyncio.Lock()
         self.registry = registry or ExecutorRegistry(settings)
         self._nc: NATS | None = None
@@ -174,7 +190,10 @@ class RunnerAgent:
         self._control: CancelListener | None = None
         self._preflight: Subscription | None = None
         self._runner_control: Subscription | None = None
+        self._pausing: PauseControl | None = None
         self._advice: Subscription | None = None
+        self._yolo_service: YoloService | None = None
+        self._predict: PredictService | None = None
         self._devices: list[DeviceInfo] = []
         self._host_stats: HostStats | None = None
         self._draining = False
@@ -195,6 +214,7 @@ class RunnerAgent:
         self._active: dict[str, ActiveJob] = {}
         self._finishing: set[asyncio.Task[None]] = set()
         self._claim_keepers: dict[str, asyncio.Task[None]] = {}
+        self._fetch_paused_until = 0.0
 
     @property
     def takeover_margin_s(self) -> float:
@@ -205,16 +225,42 @@ class RunnerAgent:
 
     async def _release_predecessors(self) -> None:
         """Claims an earlier process of this runner id held: it is dead, its jobs' processes with it. Free them
-        and nak their deliveries, so the next attempts start now; the first heartbeat names them."""
+        and nak their deliveries, so the next attempts start now; the first heartbeat names them. A detached
+        claim (its command left running on this host) is adopted, or, when its run has ended meanwhile, its
+        command is ended and the claim deleted. The bus may be slow right after a start: tried a few times."""
         assert self._claims is not None
-        try:
-            for record, revision in await self._claims.predecessors():
-                log.warning("run %s: attempt %d ended with this runner's previous process; handing it on",
-                            record.run_id, record.attempt)
-                await self._claims.release_predecessor(record, revision)
-                self._released_runs.append(record.run_id)
-        except (*RETRYABLE, nats.errors.Error) as exc:
-            log.warning("runner %s: earlier claims not checked (%r); they lapse by themselves", self.runner_id, exc)
+        for attempt in range(1, PREDECESSOR_TRIES + 1):
+            try:
+                for record, revision in await self._claims.predecessors():
+                    await self._release_predecessor(record, revision)
+                return
+            except (*RETRYABLE, nats.errors.Error) as exc:
+                if attempt == PREDECESSOR_TRIES:
+                    log.warning("runner %s: earlier claims not checked (%r); they lapse by themselves",
+                                self.runner_id, exc)
+                    return
+                log.info("runner %s: checking earlier claims failed (%r); trying again", self.runner_id, exc)
+                await asyncio.sleep(attempt)
+
+    async def _release_predecessor(self, record: ClaimRecord, revision: int) -> None:
+        assert self._claims is not None
+        if record.detached and await self._already_ended(record.project_id, record.run_id):
+            from runner.executors.docker import end_left_running  # noqa: PLC0415 - docker runners only
+
+            what = await end_left_running(self.settings, record.run_id)
+            log.warning("run %s ended while attempt %d of this runner's previous process had its command "
+                        "left running: %s", record.run_id, record.attempt, what)
+            await self._claims.drop(record, revision)
+            return
+        if record.detached:
+            log.warning("run %s: attempt %d of this runner's previous process left its command running; "
+                        "adopting its claim (the next delivery reattaches here)", record.run_id, record.attempt)
+        else:
+            log.warning("run %s: attempt %d ended with this runner's previous process; handing it on",
+                        record.run_id, record.attempt)
+        await self._claims.release_predecessor(record, revision)
+        if record.run_id not in self._released_runs:
+            self._released_runs.append(record.run_id)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     @property
@@ -262,9 +308,11 @@ class RunnerAgent:
         if self._running or self._finished.is_set():
             raise RuntimeError("a RunnerAgent runs once")
         self._running = True
+        token = logsetup.bind(runner_id=self.runner_id)
         try:
             await self._run()
         finally:
+            logsetup.unbind(token)
             self._running = False
             self._finished.set()
 
@@ -274,6 +322,7 @@ class RunnerAgent:
         sub: JetStreamContext.PullSubscription | None = None
         try:
             self._js = self._nc.jetstream()
+            self.registry.bind_bus(self._js)
             await ensure_topology(self._js, self.settings)
             self._leases_kv = await self._js.key_value(self.subjects.leases_bucket)
             self._claims = AttemptClaims(
@@ -289,10 +338,16 @@ class RunnerAgent:
             await self._control.start()
             if self.settings.runner_targets_file is not None:
                 targets = await anyio.to_thread.run_sync(load_targets, self.settings.runner_targets_file)
+                self._target_names = sorted(targets.targets)
                 self._preflight = await serve_preflight(self._nc, self.settings, self.pool, targets)
             self._runner_control = await self._nc.subscribe(
                 self.subjects.runner_control(self.runner_id), cb=self._on_control)
+            self._pausing = PauseControl(self._nc, self.subjects, self.settings, self.runner_id, self._active.get)
+            await self._pausing.start()
             self._advice = await serve_advice(self._nc, self.settings, self.pool, self.device, self._advice_context)
+            self._yolo_service = await serve_yolo_service(self._nc, self.settings, self.runner_id)
+            self._predict = await serve_predict(self._nc, self._js, self.settings, self.runner_id, self.pool,
+                                                self.device)
             log.info(
                 "runner %s: pool %s, device %s, %d slot(s), kinds %s",
                 self.runner_id, self.pool, self.device, self.slots, ", ".join(self.registry.kinds()) or "none",
@@ -310,7 +365,10 @@ class RunnerAgent:
                 self._control.close if self._control else None,
                 self._preflight.unsubscribe if self._preflight else None,
                 self._runner_control.unsubscribe if self._runner_control else None,
+                self._pausing.close if self._pausing else None,
                 self._advice.unsubscribe if self._advice else None,
+                self._yolo_service.stop if self._yolo_service else None,
+                self._predict.stop if self._predict else None,
             )
             for close in closers:
                 if close is not None:
@@ -350,9 +408,7 @@ class RunnerAgent:
         await self._publish_heartbeat()
         await asyncio.gather(fetching, return_exceptions=True)
         await self._drain_jobs()
-        for task in helpers:
-            task.cancel()
-        await asyncio.gather(*helpers, return_exceptions=True)
+        await cancel_and_wait(*helpers)  # the heartbeat's publish may swallow one cancel (shared.tasks)
         self._stopped = True
         await self._publish_heartbeat()
         log.info("runner %s stopped", self.runner_id)
@@ -380,7 +436,9 @@ class RunnerAgent:
 
     def _cancel_for_shutdown(self, active: ActiveJob) -> None:
         active.shutdown = True
-        active.ctx.cancel_requested.set()
+        ctx = active.ctx
+        ctx.let_go = self.settings.shutdown_action == "requeue" and ctx.attempt < self.settings.job_max_deliver
+        ctx.cancel_requested.set()
 
     # -- claiming jobs ---------------------------------------------------------------------------------
     async def _fetch_loop(self, sub: JetStreamContext.PullSubscription, stop_waiter: asyncio.Task[bool]) -> None:
@@ -394,6 +452,9 @@ class RunnerAgent:
                     changed.cancel()
             if self._stop_requested.is_set():
                 return
+            if (pause := self._fetch_paused_until - time.monotonic()) > 0:  # a run handed back to its owner
+                await asyncio.wait([stop_waiter], timeout=pause)
+                continue
             self._fetch_idle.clear()
             try:
                 msgs = await sub.fetch(1, timeout=FETCH_TIMEOUT_S)
@@ -446,6 +507,9 @@ class RunnerAgent:
             await msg.nak(delay=MISFIT_NAK_S)
             return
         attempt = msg.metadata.num_delivered
+        # this task's own context (one task per delivery): every line logged for the job, by its helper tasks
+        # and threads too, carries the run, attempt and request ids
+        logsetup.bind(run_id=job.run_id, attempt=attempt, request_id=job.request_id)
         assert self._js is not None
         publisher = RunPublisher(self._js, self.subjects, job, attempt=attempt, runner_id=self.runner_id,
                                  deadline_s=max(PUBLISH_DEADLINE_S, self.settings.attempt_hold_s))
@@ -477,6 +541,8 @@ class RunnerAgent:
                 await self._finish(active, outcome)
         finally:
             del self._active[job.run_id]
+            if self._pausing is not None:
+                self._pausing.forget(job.run_id)
             self._beat_soon()
             if active.leases is not None:
                 await asyncio.shield(active.leases.release())
@@ -537,10 +603,11 @@ class RunnerAgent:
                 log.info("run %s attempt %d: leases taken after waiting", job.run_id, ctx.attempt)
                 return "held"
 
-    async def _take_claim(self, active: ActiveJob) -> bool:
+    async def _take_claim(self, active: ActiveJob) -> Literal["held", "canceled", "gone"]:
         """Hold the run's attempt claim; while another attempt may still run it, stand by (the delivery kept
-        with `in_progress`, nothing started). False when there is nothing to run: the run ended meanwhile
-        (acknowledged) or this runner stops (handed back)."""
+        with `in_progress`, nothing started). "gone" when there is nothing to run: the run ended meanwhile
+        (acknowledged), this runner stops, or the claim is detached and its owner is live again (handed back).
+        "canceled": the run was canceled while this attempt stood by on a detached claim (no claim held)."""
         assert self._claims is not None
         job, ctx = active.job, active.ctx
         record = ClaimRecord(run_id=job.run_id, project_id=job.project_id, runner_id=self.runner_id,
@@ -557,8 +624,24 @@ class RunnerAgent:
                 await anyio.to_thread.run_sync(self._claims.remember, job.run_id)
                 keeper = asyncio.create_task(self._hold_claim(active), name=f"claim {job.run_id}")
                 self._claim_keepers[job.run_id] = keeper
-                return True
-            if isinstance(got, Standby) and not announced:
+                return "held"
+            if isinstance(got, Standby) and got.holder.detached:
+                active.detached_holder = got.holder.runner_id
+                if not announced:
+                    announced = True
+                    log.warning(
+                        "run %s attempt %d: attempt %d left its command running on runner %s (claim detached); "
+                        "standing by until that runner id takes it back, or the run ends or is canceled",
+                        job.run_id, ctx.attempt, got.holder.attempt, got.holder.runner_id)
+                if await self._owner_is_back(got.holder):
+                    log.info("run %s: runner %s is back; handing the delivery back for it", job.run_id,
+                             got.holder.runner_id)
+                    await active.msg.nak(delay=OWNER_BACK_NAK_S)
+                    self._fetch_paused_until = time.monotonic() + OWNER_BACK_PAUSE_S
+                    return "gone"
+                if await self._cancel_recorded(job.run_id):
+                    return "canceled"
+            elif isinstance(got, Standby) and not announced:
                 announced = True
                 log.warning(
                     "run %s attempt %d: attempt %d (runner %s) may still run it (its claim was written %.0f s "
@@ -569,15 +652,29 @@ class RunnerAgent:
             stop.cancel()
             if self._stop_requested.is_set():
                 await active.msg.nak()
-                return False
+                return "gone"
             try:
-                ended = await self._already_ended(job)
+                ended = await self._already_ended(job.project_id, job.run_id)
             except (*RETRYABLE, nats.errors.Error):
                 ended = False
             if ended:
                 log.info("run %s: the attempt that held it finished it; acknowledging this delivery", job.run_id)
                 await self._ack(active)
-                return False
+                return "gone"
+
+    async def _owner_is_back(self, holder: ClaimRecord) -> bool:
+        """Whether the runner id that left a detached claim is live again: its newest heartbeat is of the
+        process that adopted the claim (`AttemptClaims.release_predecessor`), not stopped, and recent."""
+        assert self._js is not None
+        try:
+            raw = await asyncio.wait_for(self._js.get_last_msg(
+                self.subjects.runners_stream, self.subjects.runner_heartbeat(holder.runner_id)), CALL_TIMEOUT_S)
+            beat = msgspec.json.decode(raw.data or b"", type=RunnerHeartbeat)
+        except (NotFoundError, TimeoutError, nats.errors.Error, msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        age = time.time() - raw.time.timestamp() if raw.time is not None else float("inf")
+        return (beat.instance == holder.instance and beat.state != "stopped"
+                and age < 3 * self.settings.runner_heartbeat_s + 2 * CALL_TIMEOUT_S)
 
     async def _hold_claim(self, active: ActiveJob) -> None:
         """Renew the claim every heartbeat. Stop the job at once when another attempt took the claim, or when
@@ -605,8 +702,16 @@ class RunnerAgent:
                 and claim.unconfirmed_for() < 2 * self.settings.runner_heartbeat_s + 2 * CALL_TIMEOUT_S)
 
     async def _release_claim(self, active: ActiveJob) -> None:
+        """Delete the claim; or, when the executor left the command running (`RunContext.detached`), mark it
+        detached and keep it in the ledger: only this runner id may run the run next (`runner.claims`)."""
         if (keeper := self._claim_keepers.pop(active.job.run_id, None)) is not None:
             keeper.cancel()
+        if active.claim is not None and active.ctx.detached:  # (called again after the report: a no-op then)
+            if active.claim.lost is None and await active.claim.detach():
+                log.warning("run %s attempt %d: its command keeps running; claim kept, marked detached (only "
+                            "runner %s takes the run next; cancel the run if this host is gone for good)",
+                            active.job.run_id, active.ctx.attempt, self.runner_id)
+            return
         if active.claim is not None:
             await active.claim.release()
             assert self._claims is not None
@@ -617,12 +722,15 @@ class RunnerAgent:
         job, ctx, publisher = active.job, active.ctx, active.publisher
         log.info("run %s attempt %d: claimed (kind %s)", job.run_id, ctx.attempt, spec_kind(job.spec))
         try:
-            if await self._already_ended(job):
+            if await self._already_ended(job.project_id, job.run_id):
                 log.warning("run %s already ended (an ack was lost); acknowledging the redelivery", job.run_id)
                 await self._ack(active)
                 return None
-            if not await self._take_claim(active):
+            if (taken := await self._take_claim(active)) == "gone":
                 return None
+            if taken == "canceled":
+                return Canceled(reason="requested while its command was left running by runner "
+                                       f"{active.detached_holder}; that command was not stopped from here")
             if ctx.cancel_requested.is_set() or await self._cancel_recorded(job.run_id):
                 return Canceled(reason="requested")
             if (full := await self._take_leases(active)) is not None:
@@ -700,7 +808,8 @@ class RunnerAgent:
                 )
             else:
                 await publisher.canceled(
-                    reason=outcome.reason, checkpoint_id=outcome.checkpoint_id or ctx.last_checkpoint_id
+                    reason="pause_timeout" if ctx.pause_expired else outcome.reason,
+                    checkpoint_id=outcome.checkpoint_id or ctx.last_checkpoint_id,
                 )
         except PublishError as exc:
             log.critical(
@@ -708,7 +817,11 @@ class RunnerAgent:
                 "unacknowledged so that it is delivered again", ctx.run_id, ctx.attempt, exc,
             )
             return
-        log.info("run %s attempt %d: %s", ctx.run_id, ctx.attempt, type(outcome).__name__.lower())
+        if isinstance(outcome, Failed):
+            log.warning("run %s attempt %d: failed (%s, %s: %s)", ctx.run_id, ctx.attempt, outcome.cause.value,
+                        outcome.error_type, outcome.message)
+        else:
+            log.info("run %s attempt %d: %s", ctx.run_id, ctx.attempt, type(outcome).__name__.lower())
         await self._ack(active)
 
     async def _report_superseded(self, active: ActiveJob) -> None:
@@ -780,11 +893,11 @@ class RunnerAgent:
             log.warning("run %s: cannot read the cancel bucket now (%r)", run_id, exc)
             return False
 
-    async def _already_ended(self, job: Job) -> bool:
+    async def _already_ended(self, project_id: str, run_id: str) -> bool:
         """Whether a terminal event of the run is in the stream already (this delivery's ack was lost)."""
         assert self._js is not None
         for event_type in sorted(TERMINAL_EVENT_TYPES):
-            subject = self.subjects.run_event(job.project_id, job.run_id, event_type)
+            subject = self.subjects.run_event(project_id, run_id, event_type)
             try:
                 await self._js.get_last_msg(self.subjects.events_stream, subject)
             except NotFoundError:
@@ -839,9 +952,10 @@ class RunnerAgent:
             await asyncio.sleep(self.settings.runner_heartbeat_s)
 
     async def _heartbeat_now(self) -> None:
-        """An extra heartbeat after a state change, so the fleet view sees it at once."""
+        """An extra heartbeat after a state change, so the fleet view sees it at once (with the devices and
+        host figures of the last periodic beat: sampling them costs more than the beat itself)."""
         if self._js is not None:
-            await self._publish_heartbeat()
+            await self._publish_heartbeat(sample=False)
 
     def _beat_soon(self) -> None:
         """An extra heartbeat in the background: the runs on this runner changed."""
@@ -871,21 +985,22 @@ class RunnerAgent:
         except nats.errors.Error as exc:  # closing: the periodic beat or the next process tells the fleet
             log.debug("runner %s: extra heartbeat not published (%r)", self.runner_id, exc)
 
-    async def _publish_heartbeat(self) -> None:
+    async def _publish_heartbeat(self, *, sample: bool = True) -> None:
         async with self._beat_lock:  # one at a time: two lease renewals at once would lose a lease
-            await self._publish_heartbeat_locked()
+            await self._publish_heartbeat_locked(sample=sample or self._host_stats is None)
 
-    async def _publish_heartbeat_locked(self) -> None:
+    async def _publish_heartbeat_locked(self, *, sample: bool = True) -> None:
         assert self._js is not None
         for active in list(self._active.values()):
             if active.leases is not None:
                 await active.leases.refresh()
-        try:
-            self._devices, self._host_stats = await anyio.to_thread.run_sync(self._sample)
-        except DeviceError as exc:
-            log.warning("runner %s: %s", self.runner_id, exc)
-        except OSError as exc:  # psutil could not read the host: beat without the numbers
-            log.warning("runner %s: host not sampled (%r)", self.runner_id, exc)
+        if sample:
+            try:
+                self._devices, self._host_stats = await anyio.to_thread.run_sync(self._sample)
+            except DeviceError as exc:
+                log.warning("runner %s: %s", self.runner_id, exc)
+            except OSError as exc:  # psutil could not read the host: beat without the numbers
+                log.warning("runner %s: host not sampled (%r)", self.runner_id, exc)
         self._heartbeat_seq += 1
         beat = RunnerHeartbeat(
             runner_id=self.runner_id,
@@ -901,6 +1016,7 @@ class RunnerAgent:
             host_stats=self._host_stats,
             instance=self.instance,
             released_runs=self._released_runs,
+            targets=self._target_names,
         )
         try:
             await self._js.publish(

@@ -18,18 +18,27 @@ holds key `<run_id>` of the attempts bucket, `ClaimRecord` as value, the key's r
 - the holder of a record written by an earlier process of the *same runner id* (a restarted runner) is known
   dead: its claim is taken over at once, and the restarted runner naks that delivery, so the next attempt
   starts now instead of after the ack wait;
+- an attempt that ends with its command left running (docker backend, `runner_reattach = reattach`: the runner
+  stopped with `shutdown_action = requeue`, or its job task was cancelled) does not delete the key: its last
+  rewrite marks it `detached`. Only the same runner id takes a detached claim over (its next process adopts it
+  at start and reattaches on the next delivery); another runner id stands by on it however long it is silent,
+  and hands its delivery back when the owner is live again (`takeover` is the rule). An operator who knows the
+  detached host is gone for good cancels the run (or restarts that runner id);
 - the key is deleted after the attempt's terminal event and ack; the bucket forgets keys after 7 days.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 import nats.errors
@@ -57,6 +66,26 @@ class ClaimRecord(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int
     reply: str = ""
     """The ack subject of the holding delivery (a restarted runner naks it: the next attempt starts at once)."""
+    detached: bool = False
+    """The attempt ended with its command still running (left for a next attempt of the same runner id to
+    reattach to): never taken over by silence, only by `runner_id` itself."""
+
+
+Takeover = Literal["own", "restarted", "silent", "standby"]
+
+
+def takeover(holder: ClaimRecord, record: ClaimRecord, *, instance: str, age_s: float | None,
+             after_s: float) -> Takeover:
+    """What a new attempt (`record`, of process `instance`) does about the claim `holder` wrote `age_s` ago:
+    it is its own already, take it over (its runner restarted; a detached claim only this way), take it over
+    (silent for `after_s`), or stand by."""
+    if holder.instance == instance and holder.attempt == record.attempt and not holder.detached:
+        return "own"
+    if holder.runner_id == record.runner_id and (holder.instance != instance or holder.detached):
+        return "restarted"
+    if holder.detached or age_s is None or age_s < after_s:
+        return "standby"
+    return "silent"
 
 
 def new_instance() -> str:
@@ -110,6 +139,27 @@ class Claim:
     def unconfirmed_for(self) -> float:
         return time.monotonic() - self.confirmed_at
 
+    async def detach(self) -> bool:
+        """The attempt ends with its command left running: the last rewrite marks the claim `detached` instead of
+        deleting it. False when it is lost, or the bus did not confirm (then it lapses like a dead holder's)."""
+        if self.lost is not None:
+            return False
+        self.record = msgspec.structs.replace(self.record, detached=True)
+        try:
+            self.revision = await asyncio.wait_for(self.kv.update(self.key, self.value, last=self.revision),
+                                                   CALL_TIMEOUT_S)
+        except KeyWrongLastSequenceError:
+            current = await _read(self.kv, self.key)
+            ok = current is not None and current[0] == self.record
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.error("run %s: attempt claim not marked detached (%r): another runner may take it over once it "
+                      "is silent, while the command still runs", self.record.run_id, exc)
+            ok = False
+        else:
+            ok = True
+        self.lost = "detached"
+        return ok
+
     async def release(self) -> None:
         """Delete the key if it is still ours."""
         if self.lost is not None:
@@ -150,6 +200,7 @@ class AttemptClaims:
                  hold_s: float, takeover_margin_s: float, ledger: Path) -> None:
         """`ledger`: a file naming the runs this runner id holds claims of, read by its next process."""
         self._ledger = ledger
+        self._ledger_lock = threading.Lock()
         self._js = js
         self._kv = kv
         self._subjects = subjects
@@ -172,18 +223,19 @@ class AttemptClaims:
                     continue  # taken in between: look again
                 return Claim(self._kv, key, record, revision, sent)
             holder, revision = current
-            if holder.instance == self.instance and holder.attempt == record.attempt:
+            age = None if holder.runner_id == self.runner_id or holder.detached else await self._age(key)
+            rule = takeover(holder, record, instance=self.instance, age_s=age, after_s=self.takeover_after_s)
+            if rule == "own":
                 return Claim(self._kv, key, record, revision, sent)
-            dead_self = holder.runner_id == self.runner_id and holder.instance != self.instance
-            age = None if dead_self else await self._age(key)
-            if not dead_self and (age is None or age < self.takeover_after_s):
+            if rule == "standby":
                 return Standby(holder, age or 0.0)
             try:
                 revision = await asyncio.wait_for(
                     self._kv.update(key, msgspec.json.encode(record), last=revision), CALL_TIMEOUT_S)
             except KeyWrongLastSequenceError:
                 continue  # renewed or taken in between: look again
-            why = "its runner restarted" if dead_self else f"silent for {age:.0f} s"
+            why = ("its runner restarted" + (" (detached)" if holder.detached else "") if rule == "restarted"
+                   else f"silent for {age:.0f} s")
             log.warning("run %s: attempt %d takes the claim over from attempt %d of runner %s (%s)",
                         record.run_id, record.attempt, holder.attempt, holder.runner_id, why)
             return Claim(self._kv, key, record, revision, sent)
@@ -205,10 +257,12 @@ class AttemptClaims:
 
     # -- what an earlier process of this runner id held (a file in the state folder) -------------------------
     def remember(self, run_id: str) -> None:
-        self._write_ledger(self._read_ledger() | {run_id})
+        with self._ledger_lock:  # jobs of several slots write it from worker threads at once
+            self._write_ledger(self._read_ledger() | {run_id})
 
     def forget(self, run_id: str) -> None:
-        self._write_ledger(self._read_ledger() - {run_id})
+        with self._ledger_lock:
+            self._write_ledger(self._read_ledger() - {run_id})
 
     def _read_ledger(self) -> set[str]:
         try:
@@ -232,10 +286,24 @@ class AttemptClaims:
         self._write_ledger(set())
         return found
 
-    async def release_predecessor(self, record: ClaimRecord, revision: int) -> None:
-        """Delete a dead predecessor's claim (if unchanged) and nak its delivery, so the next attempt starts now."""
-        try:
+    async def drop(self, record: ClaimRecord, revision: int) -> None:
+        """Delete a claim whose run has ended (if unchanged)."""
+        with contextlib.suppress(KeyWrongLastSequenceError):
             await asyncio.wait_for(self._kv.delete(record.run_id, last=revision), CALL_TIMEOUT_S)
+        self.forget(record.run_id)
+
+    async def release_predecessor(self, record: ClaimRecord, revision: int) -> None:
+        """Delete a dead predecessor's claim (if unchanged) and nak its delivery, so the next attempt starts now.
+        A detached claim (its command still runs on this host) is adopted instead: rewritten with this process's
+        instance and kept, so that only this runner id takes it, and a standby elsewhere sees its owner is back."""
+        try:
+            if record.detached:
+                adopted = msgspec.structs.replace(record, instance=self.instance)
+                await asyncio.wait_for(self._kv.update(record.run_id, msgspec.json.encode(adopted), last=revision),
+                                       CALL_TIMEOUT_S)
+                self.remember(record.run_id)
+            else:
+                await asyncio.wait_for(self._kv.delete(record.run_id, last=revision), CALL_TIMEOUT_S)
         except KeyWrongLastSequenceError:
             return  # someone took it meanwhile
         if record.reply:

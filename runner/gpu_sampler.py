@@ -34,7 +34,7 @@ class _Nvml:
             import pynvml
 
             pynvml.nvmlInit()
-        except Exception:  # no package, no driver, no device nodes: no GPUs to watch
+        except Exception:  # no package, no driver, no device nodes: no GPUs to watch  # noqa: BLE001
             return False
         self.pynvml = pynvml
         for index in self.indices:

@@ -32,9 +32,9 @@ _KEY_VALUE_RE = re.compile(rf"(?<![\w./-])(?P<key>[A-Za-z_][\w./-]*)\s*=\s*(?P<v
 _ENV_KEY_RE = re.compile(r"^[A-Z0-9_]+\Z")
 _TQDM_RE = re.compile(r"(?:^|\s|:)\d{1,3}%\|[^|]*\|\s*(?P<step>\d+)/(?P<total>\d+)\b")
 _STEP_RE = re.compile(
-    r"\b(?:global[ _])?(?:step|iter|iteration)s?\s*[:=]?\s*\[?(?P<step>\d+)\s*/\s*(?P<total>\d+)", re.I
+    r"\b(?:global[ _])?(?:step|iter|iteration)s?\s*[:=]?\s*\[?(?P<step>\d+)\s*/\s*(?P<total>\d+)", re.IGNORECASE
 )
-_EPOCH_RE = re.compile(r"\bepoch\s*[:=]?\s*\[?(?P<epoch>\d+)\s*/\s*(?P<epochs>\d+)", re.I)
+_EPOCH_RE = re.compile(r"\bepoch\s*[:=]?\s*\[?(?P<epoch>\d+)\s*/\s*(?P<epochs>\d+)", re.IGNORECASE)
 _NON_FINITE_RE = re.compile(r"(?<=[:\[,(\s])-?(?:nan|inf)(?=\s*[,}\])])")
 
 

@@ -9,10 +9,11 @@ import sys
 
 import nats.errors
 
-from shared.bus import BusAuthError, redact_url
-from shared.settings import Settings, SettingsError
 from runner.agent import RunnerAgent, RunnerError
 from runner.devices import DeviceError
+from shared.bus import BusAuthError
+from shared.logredact import redact
+from shared.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ async def _serve(agent: RunnerAgent) -> int:
         print(f"trainforge runner: {exc}", file=sys.stderr)
         return 2
     except (OSError, nats.errors.NoServersError) as exc:
-        where = redact_url(agent.settings.effective_nats_url)
+        where = redact(agent.settings.effective_nats_url)
         print(f"trainforge runner: cannot reach NATS at {where}: {exc}", file=sys.stderr)
         return 1
     except (SettingsError, BusAuthError) as exc:  # a configuration error: restarting would not help

@@ -15,10 +15,9 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
-import nats.errors
-import nats.js.errors
 from nats.js import JetStreamContext
 
+from shared.bus import TRANSIENT_BUS_ERRORS
 from shared.contracts import (
     FailureCause,
     Job,
@@ -32,9 +31,11 @@ from shared.contracts import (
     RunFailed,
     RunLog,
     RunMetrics,
+    RunPaused,
     RunProgress,
     RunRequeued,
     RunStarted,
+    RunUnpaused,
 )
 from shared.subjects import Subjects
 
@@ -47,17 +48,8 @@ LOG_LINE_MAX_CHARS = 8 * 1024
 PUBLISH_TIMEOUT_S = 5.0
 PUBLISH_DEADLINE_S = 60.0
 
-# Errors after which the same publish may succeed: the server is unreachable for a moment, or the stream's
-# leader is moving. The Nats-Msg-Id makes a retry of a publish that did land harmless.
-RETRYABLE = (
-    asyncio.TimeoutError,  # includes nats.errors.TimeoutError
-    nats.errors.NoRespondersError,
-    nats.errors.OutboundBufferLimitError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.StaleConnectionError,
-    nats.js.errors.NoStreamResponseError,
-    nats.js.errors.ServiceUnavailableError,
-)
+RETRYABLE = TRANSIENT_BUS_ERRORS
+"""Errors after which the same publish may succeed; the Nats-Msg-Id makes a retry of one that did land harmless."""
 
 
 class PublishError(RuntimeError):
@@ -263,10 +255,14 @@ class RunPublisher:
         size_bytes: int | None = None,
         media_type: str | None = None,
         meta: dict[str, Any] | None = None,
+        artifact_id: str | None = None,
     ) -> str:
+        """Record an artifact; returns its id (`artifact_id` when given: one promised already)."""
+        ids = {"artifact_id": artifact_id} if artifact_id else {}
         event = await self._publish(
             lambda seq: RunArtifact(
                 **self._common(),
+                **ids,
                 seq=seq,
                 name=name,
                 uri=uri,
@@ -310,6 +306,14 @@ class RunPublisher:
             lambda seq: RunCanceled(**self._common(), seq=seq, reason=reason, checkpoint_id=checkpoint_id),
             lifecycle=True,
         )
+
+    async def paused(self, *, requested_by: str | None = None) -> None:
+        await self._publish(lambda seq: RunPaused(**self._common(), seq=seq, requested_by=requested_by),
+                            lifecycle=True)
+
+    async def unpaused(self, *, requested_by: str | None = None, paused_s: float | None = None) -> None:
+        await self._publish(lambda seq: RunUnpaused(**self._common(), seq=seq, requested_by=requested_by,
+                                                    paused_s=paused_s), lifecycle=True)
 
     async def requeued(self, *, reason: str) -> None:
         await self._publish(lambda seq: RunRequeued(**self._common(), seq=seq, reason=reason), lifecycle=True)

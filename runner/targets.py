@@ -21,6 +21,7 @@ import tomllib
 from pathlib import Path, PurePosixPath
 
 import msgspec
+
 from shared import names
 
 TARGET_NAME_RE = names.SHORT_NAME_RE

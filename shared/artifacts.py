@@ -4,7 +4,8 @@ Two stores:
 - `LocalArtifactStore`: a folder (`settings.artifacts_dir`); URIs `file:///<abs path>` (also reads `local:<key>`).
   Enough when the gateway and the runners share a host or a file system.
 - `NatsObjectStore`: a JetStream object store bucket; URIs `nats-os://<bucket>/<key>`, so a runner on another
-  host can fetch weights to resume or validate.
+  host can fetch weights to resume or validate. A call the bus cannot answer for a moment (a lost node, a leader
+  moving) is retried for up to `retry_s`; then the bus error is raised as it is (an outage, not a bad artifact).
 
 Keys are relative, `/`-separated, of letters, digits and `-_=.` (the object-store key alphabet); `..` is refused.
 All methods are coroutines; ranged reads stream chunks (`open(uri, start, end)`).
@@ -12,21 +13,31 @@ All methods are coroutines; ranged reads stream chunks (`open(uri, start, end)`)
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import mimetypes
 import os
 import re
 import tempfile
+import time
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import anyio
 
 from shared import names as _names
+from shared.bus import TRANSIENT_BUS_ERRORS
 from shared.settings import Settings
 from shared.subjects import Subjects
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+STORE_RETRY_S = 60.0
+"""How long a `NatsObjectStore` call goes on retrying through transient bus errors."""
 
 KEY_RE = re.compile(_names.whole(r"[-_=.A-Za-z0-9]+(/[-_=.A-Za-z0-9]+)*"))
 CHUNK = 256 * 1024
@@ -179,9 +190,12 @@ class NatsObjectStore:
 
     SCHEME = "nats-os"
 
-    def __init__(self, js, bucket: str) -> None:  # noqa: ANN001 - nats.js.JetStreamContext
+    def __init__(self, js, bucket: str, replicas: int = 1,  # noqa: ANN001 - nats.js.JetStreamContext
+                 retry_s: float = STORE_RETRY_S) -> None:
         self.js = js
         self.bucket = bucket
+        self.replicas = replicas
+        self.retry_s = retry_s
         self._store = None
 
     async def _obs(self):  # noqa: ANN202
@@ -191,8 +205,26 @@ class NatsObjectStore:
             try:
                 self._store = await self.js.object_store(self.bucket)
             except BucketNotFoundError:
-                self._store = await self.js.create_object_store(self.bucket)
+                from nats.js.api import ObjectStoreConfig
+
+                config = ObjectStoreConfig(bucket=self.bucket, replicas=self.replicas)
+                self._store = await self.js.create_object_store(self.bucket, config=config)
         return self._store
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """`await call()`, again (with backoff) after a transient bus error, until `retry_s` has passed."""
+        deadline = time.monotonic() + self.retry_s
+        delay = 0.2
+        while True:
+            try:
+                return await call()
+            except TRANSIENT_BUS_ERRORS as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                log.warning("object store: %s failed (%r); retrying", what, exc)
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, 2.0)
 
     def uri_for(self, key: str) -> str:
         return f"{self.SCHEME}://{self.bucket}/{check_key(key)}"
@@ -211,49 +243,60 @@ class NatsObjectStore:
         return check_key(parsed.path.lstrip("/"))
 
     async def put_file(self, key: str, path: Path) -> str:
-        obs = await self._obs()
-        with Path(path).open("rb") as handle:
-            await obs.put(check_key(key), handle)
+        key = check_key(key)
+
+        async def put() -> None:
+            obs = await self._obs()
+            with Path(path).open("rb") as handle:  # noqa: ASYNC230
+                await obs.put(key, handle)
+
+        await self._retrying(f"put {key}", put)
         return self.uri_for(key)
 
     async def fetch(self, uri: str, dest: Path) -> Path:
         from nats.js.errors import ObjectNotFoundError
 
         key = self._key(uri)
-        obs = await self._obs()
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                await obs.get(key, writeinto=handle)
-            os.replace(tmp, dest)
-        except ObjectNotFoundError as exc:
-            raise ArtifactNotFound(uri) from exc
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+
+        async def get() -> None:
+            obs = await self._obs()
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    await obs.get(key, writeinto=handle)
+                os.replace(tmp, dest)
+            except ObjectNotFoundError as exc:
+                raise ArtifactNotFound(uri) from exc
+            finally:
+                Path(tmp).unlink(missing_ok=True)  # noqa: ASYNC240
+
+        await self._retrying(f"fetch {key}", get)
         return dest
 
-    async def stat(self, uri: str) -> ArtifactInfo:
+    async def _info(self, uri: str):  # noqa: ANN202 - nats.js.api.ObjectInfo
         from nats.js.errors import ObjectNotFoundError
 
-        obs = await self._obs()
-        try:
-            info = await obs.get_info(self._key(uri))
-        except ObjectNotFoundError as exc:
-            raise ArtifactNotFound(uri) from exc
+        key = self._key(uri)
+
+        async def get_info():  # noqa: ANN202
+            obs = await self._obs()
+            try:
+                return await obs.get_info(key)
+            except ObjectNotFoundError as exc:
+                raise ArtifactNotFound(uri) from exc
+
+        return await self._retrying(f"stat {key}", get_info)
+
+    async def stat(self, uri: str) -> ArtifactInfo:
+        info = await self._info(uri)
         return ArtifactInfo(uri=uri, size=info.size or 0, media_type=media_type(info.name or ""))
 
     async def open(self, uri: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Streams the object's chunks in order, skipping those before `start` (the object store has no
         random access: skipped chunks still cross the wire)."""
-        from nats.js.errors import ObjectNotFoundError
-
-        obs = await self._obs()
-        try:
-            info = await obs.get_info(self._key(uri))
-        except ObjectNotFoundError as exc:
-            raise ArtifactNotFound(uri) from exc
+        info = await self._info(uri)
         end = info.size if end is None else min(end, info.size or 0)
         if not info.size or start >= end:
             return
@@ -276,11 +319,16 @@ class NatsObjectStore:
     async def delete(self, uri: str) -> None:
         from nats.js.errors import ObjectNotFoundError
 
-        obs = await self._obs()
-        try:
-            await obs.delete(self._key(uri))
-        except ObjectNotFoundError:
-            pass
+        key = self._key(uri)
+
+        async def delete() -> None:
+            obs = await self._obs()
+            try:
+                await obs.delete(key)
+            except ObjectNotFoundError:
+                pass
+
+        await self._retrying(f"delete {key}", delete)
 
 
 def artifact_store(settings: Settings, js=None) -> ArtifactStore:  # noqa: ANN001 - JetStreamContext | None
@@ -288,7 +336,7 @@ def artifact_store(settings: Settings, js=None) -> ArtifactStore:  # noqa: ANN00
     if settings.artifact_store == "nats":
         if js is None:
             raise ArtifactError("artifact_store 'nats' needs a JetStream connection")
-        return NatsObjectStore(js, Subjects(settings.bus_prefix).artifacts_bucket)
+        return NatsObjectStore(js, Subjects(settings.bus_prefix).artifacts_bucket, settings.nats_replicas)
     if settings.artifact_store != "local":
         raise ArtifactError(f"unknown artifact_store {settings.artifact_store!r}: local or nats")
     return LocalArtifactStore(settings.artifacts_dir)

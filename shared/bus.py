@@ -13,20 +13,33 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import nats
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.kv import KeyValue
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
 
+from shared.logredact import redact
 from shared.settings import Settings, SettingsError
 from shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
+
+TRANSIENT_BUS_ERRORS = (
+    asyncio.TimeoutError,  # includes nats.errors.TimeoutError
+    nats.errors.NoRespondersError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
+"""Errors after which the same call may succeed: the server is unreachable for a moment, or a stream's leader is
+moving (a node of a cluster was lost)."""
 
 DUPLICATE_WINDOW_S = 120.0
 JOBS_DUPLICATE_WINDOW_S = 24 * 3600.0
@@ -40,17 +53,6 @@ ATTEMPTS_TTL_S = 7 * 86400.0
 DRAIN_TIMEOUT_S = 5.0
 """How long closing a connection may wait for its subscriptions to drain before it closes anyway (nats-py's
 default, 30 s, would outlast the grace `trainforge up` gives a part to stop)."""
-
-
-def redact_url(url: str) -> str:
-    """`url` (or a comma-separated list of them) with any user, password or token replaced by `***`."""
-    shown = []
-    for one in url.split(","):
-        split = urlsplit(one.strip())
-        if "@" in split.netloc:
-            split = split._replace(netloc="***@" + split.netloc.rpartition("@")[2])
-        shown.append(urlunsplit(split))
-    return ",".join(shown)
 
 
 def connect_options(settings: Settings) -> dict[str, Any]:
@@ -107,7 +109,7 @@ async def connect(
     """Connect with endless reconnects (a restart of the NATS server is survived, not fatal). `target`: the
     settings (server and credentials, see `connect_options`), or just a server URL."""
     options = connect_options(target) if isinstance(target, Settings) else {"servers": [target]}
-    shown = redact_url(",".join(options["servers"]))
+    shown = redact(",".join(options["servers"]))
     nc = NATS()
     refused: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
 
@@ -184,6 +186,7 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
             subjects=[names.jobs_all],
             retention=js_api.RetentionPolicy.WORK_QUEUE,
             storage=js_api.StorageType.FILE,
+            num_replicas=settings.nats_replicas,
             duplicate_window=JOBS_DUPLICATE_WINDOW_S,
             description="Trainforge jobs, one subject per runner pool",
         ),
@@ -196,6 +199,7 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
             subjects=[names.events_all],
             retention=js_api.RetentionPolicy.LIMITS,
             storage=js_api.StorageType.FILE,
+            num_replicas=settings.nats_replicas,
             max_age=max_age,
             max_bytes=settings.events_max_bytes,
             duplicate_window=DUPLICATE_WINDOW_S,
@@ -209,6 +213,7 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
             subjects=[names.runner_heartbeats_all],
             retention=js_api.RetentionPolicy.LIMITS,
             storage=js_api.StorageType.FILE,
+            num_replicas=settings.nats_replicas,
             max_msgs_per_subject=1,
             max_age=7 * 86400,
             description="Latest heartbeat of each Trainforge runner",
@@ -217,15 +222,18 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
     try:
         await js.key_value(names.cancel_bucket)
     except Exception:  # noqa: BLE001 - nats-py raises BucketNotFoundError or NotFoundError by version
-        await js.create_key_value(bucket=names.cancel_bucket, history=1, ttl=30 * 86400)
+        await js.create_key_value(bucket=names.cancel_bucket, history=1, ttl=30 * 86400,
+                                  replicas=settings.nats_replicas)
     try:
         await js.key_value(names.leases_bucket)
     except Exception:  # noqa: BLE001 - as above
-        await js.create_key_value(bucket=names.leases_bucket, history=1, ttl=settings.lease_ttl_s)
+        await js.create_key_value(bucket=names.leases_bucket, history=1, ttl=settings.lease_ttl_s,
+                                  replicas=settings.nats_replicas)
     try:
         await js.key_value(names.attempts_bucket)
     except Exception:  # noqa: BLE001 - as above
-        await js.create_key_value(bucket=names.attempts_bucket, history=1, ttl=ATTEMPTS_TTL_S)
+        await js.create_key_value(bucket=names.attempts_bucket, history=1, ttl=ATTEMPTS_TTL_S,
+                                  replicas=settings.nats_replicas)
     await ensure_rate_limits_bucket(js, settings)
 
 
@@ -236,7 +244,7 @@ async def ensure_rate_limits_bucket(js: JetStreamContext, settings: Settings) ->
         return await js.key_value(names.rate_limits_bucket)
     except Exception:  # noqa: BLE001 - as above
         return await js.create_key_value(bucket=names.rate_limits_bucket, history=1, ttl=RATE_LIMIT_TTL_S,
-                                         storage=js_api.StorageType.MEMORY)
+                                         storage=js_api.StorageType.MEMORY, replicas=settings.nats_replicas)
 
 
 async def ensure_pool_consumer(js: JetStreamContext, settings: Settings, pool: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import msgspec
 
@@ -26,6 +26,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """State folder: embedded NATS and Postgres data, artifacts, logs."""
     nats_url: str | None = None
     """External NATS server. Unset: `up` starts an embedded one; gateway/runner use nats://127.0.0.1:4222."""
+    nats_replicas: int = 1
+    """JetStream replicas of every stream and bucket Trainforge creates (3 on a three-node NATS cluster, so one
+    node lost loses nothing). Existing streams are raised in place when the gateway or a runner starts; existing
+    buckets keep theirs (`nats kv edit` / `nats stream edit` them)."""
     database_url: str | None = None
     """External Postgres (postgresql+asyncpg://...). Unset: `up` starts an embedded one."""
     database_timeout_s: float = 5.0
@@ -90,7 +94,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     architecture_validate_memory_mb: int = 4096
     """Address-space limit of the child process that builds the model (torch alone takes ~0.9 GB of it)."""
     architecture_validate_concurrency: int = 2
-    """Validations running at once per gateway; more wait their turn."""
+    """Validations running at once per runner (they answer the gateway's requests); more wait their turn."""
     architecture_validate_timeout_s: float = 120.0
     """A validation still running after this long is killed (503)."""
 
@@ -107,6 +111,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Lifetime of an access token (JWT); a refresh token gets a new one."""
     refresh_token_ttl_h: float = 720.0
     """Lifetime of a login session (its refresh token)."""
+    auth_cache_s: float = 5.0
+    """How long a gateway remembers who a token is (no database query per request meanwhile). A token revoked
+    or a session logged out on another gateway stops working there within this time; on the same gateway at
+    once. 0: look every token up on every request."""
     open_signup: bool = False
     """Let anyone create an account with `POST /api/v1/auth/signup`. Off: only admins create users."""
     rate_limit_login_per_minute: int = 10
@@ -115,6 +123,21 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Writes (POST, PUT, PATCH, DELETE) per user per minute."""
     rate_limit_address_writes_per_minute: int = 600
     """Writes per client address per minute, whoever sends them."""
+
+    # -- webhooks (docs/operations.md, "Webhooks") ---------------------------------------------------------
+    webhook_allowed_hosts: list[str] = []
+    """Where webhooks may point: host names (`hooks.example.com`, `*.example.com`) and addresses or networks
+    (`203.0.113.7`, `10.1.0.0/16`). Empty: any host whose addresses are all public. Loopback, link-local,
+    private and other non-public addresses are refused unless an entry names the host or covers the address;
+    checked when a webhook is created and again, on the resolved addresses, before every delivery."""
+    webhook_max_attempts: int = 8
+    """Attempts per delivery (one event to one webhook) before it is given up as `failed`."""
+    webhook_backoff_s: float = 2.0
+    """Wait before the second attempt; doubled for each further one, up to `webhook_backoff_max_s`."""
+    webhook_backoff_max_s: float = 600.0
+    """Longest wait between two attempts of a delivery."""
+    webhook_timeout_s: float = 10.0
+    """Longest wait for a receiver's answer to one delivery."""
 
     # -- jobs ------------------------------------------------------------------------------------------
     job_ack_wait_s: float = 30.0
@@ -152,6 +175,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """What a stopping runner does with a job still running after the grace period: cancel | requeue."""
     cancel_grace_s: float = 5.0
     """Between SIGTERM and SIGKILL when a job's processes are stopped."""
+    pause_max_s: float = 3600.0
+    """Longest a run may stay paused (`POST /runs/{id}/pause`); then its runner cancels it, its checkpoints kept
+    (reason `pause_timeout`). 0: no bound."""
     runner_targets_file: Path | None = None
     """TOML file naming this runner's container targets (backend `docker`); see docs/containers.md."""
     runner_reattach: Literal["reattach", "restart"] = "reattach"
@@ -165,6 +191,18 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Largest dataset archive accepted; its extracted content may be at most 4x this size."""
     max_upload_files: int = 200_000
     """Most members a dataset archive may hold."""
+    dataset_cache_gb: float = 20.0
+    """Runner: most disk its cache of fetched datasets (<state_dir>/dataset-cache) may use; the least recently
+    used go first (docs/fleet.md, "Datasets")."""
+    runner_gateway_url: str | None = None
+    """Runner: the gateway it may fetch datasets from over HTTP (`GET /api/v1/fleet/datasets/<sha256>`) when
+    the artifact store does not have them. Unset: only the artifact store."""
+    runner_gateway_token_file: Path | None = None
+    """Runner: file holding its gateway credential (`trainforge secrets init` writes runner/gateway-token)."""
+    runner_tokens_file: Path | None = None
+    """Gateway: file of the SHA-256 hashes (hex, one a line) of the runner credentials it accepts on
+    `/api/v1/fleet/datasets` (`trainforge secrets init` writes gateway/runner-tokens). Set, or with
+    `artifact_store = nats`, the gateway packs each dataset a run uses into a content-addressed archive."""
 
     # -- artifacts and models --------------------------------------------------------------------------
     artifact_store: str = "local"
@@ -187,9 +225,25 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     them (then after it ends). 0 keeps them until deleted (`DELETE /api/v1/uploads/{id}`)."""
     predict_timeout_s: float = 60.0
     """How long `POST /api/v1/models/{ref}/predict` waits for its run before answering 504."""
+    predict_cache_models: int = 4
+    """Models a runner keeps loaded for synchronous predict, the least recently used going first; 0: none
+    (each request loads its model)."""
+    predict_cache_mb: int = 2048
+    """Most memory (parameters and buffers, or the file size of an exported model) the models a runner keeps
+    loaded for synchronous predict may take together; the one just used always stays."""
+
+    # -- metrics (GET /metrics, docs/operations.md) ------------------------------------------------------
+    metrics_token: str | None = None
+    """Bearer token a Prometheus scraper sends (`Authorization: Bearer ...`) to read `/metrics` from anywhere.
+    Unset: `/metrics` answers loopback clients only (403 to others), unless `metrics_public`."""
+    metrics_public: bool = False
+    """Serve `/metrics` to every client without a token (a network that only scrapers reach)."""
 
     # -- logs ------------------------------------------------------------------------------------------
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    """`json`: every process (gateway, runners, `up`, the CLI) writes JSON lines with timestamp, level, logger,
+    message and, where they apply, run id, attempt, runner id and request id (docs/operations.md, "Logs")."""
 
     @classmethod
     def env_names(cls) -> dict[str, str]:
@@ -208,7 +262,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> Settings:
-        info = {f.name: f.type for f in msgspec.inspect.type_info(cls).fields}  # type: ignore[union-attr]
+        struct_info = cast(msgspec.inspect.StructType, msgspec.inspect.type_info(cls))
+        info = {f.name: f.type for f in struct_info.fields}
         values: dict[str, Any] = {}
         for name, value in raw.items():
             if name not in info:
@@ -234,6 +289,16 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     def datasets_dir(self) -> Path:
         """Where uploaded and prepared datasets live, one folder per dataset."""
         return (self.state_dir / "datasets").resolve()
+
+    @property
+    def dataset_cache_dir(self) -> Path:
+        """A runner's cache of datasets fetched by content hash."""
+        return (self.state_dir / "dataset-cache").resolve()
+
+    @property
+    def dataset_archives(self) -> bool:
+        """Whether the gateway packs the datasets of runs for runners on other hosts."""
+        return self.artifact_store == "nats" or self.runner_tokens_file is not None
 
     @property
     def effective_nats_url(self) -> str:

@@ -56,6 +56,11 @@ class Subjects:
     def projector_consumer(self) -> str:
         return "projector"
 
+    @property
+    def webhooks_consumer(self) -> str:
+        """The gateway's durable consumer that delivers events to webhooks (`gateway.webhooks.deliverer`)."""
+        return "webhooks"
+
     # -- runners: heartbeats, the latest one per runner kept ------------------------------------------
     @property
     def runners_stream(self) -> str:
@@ -80,6 +85,14 @@ class Subjects:
     def control_all(self) -> str:
         """Every control subject: cancel, dispatch, preflight, runner control, advice."""
         return f"{self.prefix}.control.v1.>"
+
+    # -- control: pause/unpause of one run (request/reply; the runner running it answers) -----------------
+    def run_pause(self, run_id: str) -> str:
+        return f"{self.prefix}.control.v1.pause.{_token(run_id, 'run id')}"
+
+    @property
+    def run_pause_all(self) -> str:
+        return f"{self.prefix}.control.v1.pause.*"
 
     @property
     def cancel_bucket(self) -> str:
@@ -132,3 +145,22 @@ class Subjects:
     @property
     def advice_group(self) -> str:
         return "advice"
+
+    # -- synchronous predict: request/reply, answered by one runner of the pool (queue group) -----------
+    def predict(self, pool: str) -> str:
+        """One image through a loaded model, answered at once (`shared.contracts.yolo_service.PredictRequest`)."""
+        return f"{self.prefix}.control.v1.predict.{_token(pool, 'pool')}"
+
+    @property
+    def predict_group(self) -> str:
+        return "predict"
+
+    # -- YOLO services: request/reply, answered by one runner that has Ultralytics (queue group) -------
+    def yolo_service(self, operation: str) -> str:
+        """`architecture` (validate a model YAML) or `export_formats` (what this runner can export to);
+        the gateway asks, so that torch and Ultralytics never load into its process."""
+        return f"{self.prefix}.control.v1.yolo.{_token(operation, 'operation')}"
+
+    @property
+    def yolo_service_group(self) -> str:
+        return "yolo-service"

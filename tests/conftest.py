@@ -18,9 +18,10 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from shared.jobsign import ensure_key_pair
+from shared.secretfiles import secrets_dir
 from shared.settings import Settings
 from tests.auth_support import ADMIN_PASSWORD
-from shared.secretfiles import secrets_dir
+from tests.docker_engine import DockerEngine, EngineUnavailable
 from trainforge.busauth import BusCredentials
 from trainforge.embedded import EmbeddedNats, EmbeddedPostgres
 
@@ -158,3 +159,16 @@ async def _delete_streams(nats_url: str, prefix: str) -> None:
                 await js.delete_stream(name)
     finally:
         await nc.close()
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[DockerEngine]:
+    """A private Docker engine and the test image (tests/docker_engine.py), started once per session when the
+    machine allows (root, Debian's docker.io installed or installable with apt); stopped at the end, with every
+    container the tests made. Skipped only when impossible."""
+    try:
+        engine = DockerEngine.start()
+    except EngineUnavailable as exc:
+        pytest.skip(f"no Docker engine: {exc}")
+    yield engine
+    engine.stop()

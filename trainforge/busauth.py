@@ -2,7 +2,8 @@
 
 - `gateway`: everything (it declares the topology, publishes jobs, control messages and its own events).
 - `runner`: what a runner does: take jobs of the jobs stream (its pool consumers), publish run events and
-  heartbeats, hold leases, read the cancel bucket, answer requests on its control subjects, store artifacts.
+  heartbeats, hold leases, read the cancel bucket, answer requests on its control subjects (preflight,
+  drain/resume, advice, the YOLO services `yolo.*` the gateway asks for), store artifacts.
   It can publish no job and no control message.
 - `reader`: for outside subscriber services: subscribe to events and heartbeats, create its own consumers on
   the events and heartbeats streams, read single messages there. No publish to any product subject, no access
@@ -98,6 +99,8 @@ def _runner(names: Subjects) -> dict[str, Any]:
         f"$JS.ACK.{objects}.>",
         f"$JS.FC.{objects}.>",
         "$JS.API.INFO",
+        # nats-py's object store finds the chunks' stream by subject before reading an object (`obs.get`)
+        "$JS.API.STREAM.NAMES",
         # ensure_topology: a runner may start before any gateway
         *(f"$JS.API.STREAM.{op}.{stream}" for stream in streams for op in ("INFO", "CREATE", "UPDATE")),
         f"$JS.API.STREAM.PURGE.{objects}",
@@ -118,7 +121,7 @@ def _runner(names: Subjects) -> dict[str, Any]:
     return {
         "publish": {"allow": publish},
         "subscribe": {"allow": ["_INBOX.>", names.control_all]},
-        "allow_responses": True,  # replies to preflight, drain/resume and advice requests
+        "allow_responses": True,  # replies to preflight, drain/resume, advice and YOLO service requests
     }
 
 
@@ -146,6 +149,14 @@ def _reader(names: Subjects) -> dict[str, Any]:
         f"$JS.API.CONSUMER.DURABLE.CREATE.{events}.{projector}",
         f"$JS.API.CONSUMER.MSG.NEXT.{events}.{projector}",
         f"$JS.ACK.{events}.{projector}.>",
+        # nor the webhooks' one
+        *(pattern.replace(f".{projector}", f".{names.webhooks_consumer}") for pattern in (
+            f"$JS.API.CONSUMER.CREATE.{events}.{projector}",
+            f"$JS.API.CONSUMER.CREATE.{events}.{projector}.>",
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{events}.{projector}",
+            f"$JS.API.CONSUMER.MSG.NEXT.{events}.{projector}",
+            f"$JS.ACK.{events}.{projector}.>",
+        )),
     ]
     return {
         "publish": {"allow": publish, "deny": deny},

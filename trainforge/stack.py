@@ -6,8 +6,9 @@ is a child process (`python -m trainforge.cli gateway|runner`) that is restarted
 unexpectedly. The embedded servers are supervised the same way: a nats-server or postmaster that dies is started
 again with backoff on the same data folder, port (NATS) or socket (Postgres) and users, and the gateway and
 runners reconnect by themselves. `<state_dir>/stack.json` describes what runs (URLs; name, pid and runner id
-of each child; the servers' pids and restart counts) and is rewritten on every (re)start. Ctrl-C / SIGTERM
-stops runners, then the gateway, then NATS and Postgres.
+of each child; the servers' pids and restart counts; see trainforge.manifest) and is rewritten on every
+(re)start. Ctrl-C / SIGTERM (`trainforge down`, trainforge.control) stops runners, then the gateway, then NATS
+and Postgres.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import signal
@@ -24,20 +24,24 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import anyio
 import httpx
 import msgspec
 from sqlalchemy.engine import make_url
 
-from shared.bus import redact_url
+from shared import logsetup
 from shared.jobsign import JobSigner, KeyFileError, ensure_key_pair
+from shared.logredact import redact
 from shared.secretfiles import secret_file, secrets_dir
 from shared.settings import ENV_PREFIX, Settings
 from trainforge.busauth import READER_INBOX_PREFIX, BusCredentials
 from trainforge.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres
+from trainforge.manifest import ChildEntry, StackManifest
+from trainforge.manifest import write as write_manifest
 
 log = logging.getLogger("trainforge.up")
 
@@ -61,6 +65,8 @@ class UpOptions:
     pool: str | None = None
     """Pool of every runner; None: `gpu` for GPU runners, `settings.runner_pool` for CPU runners."""
     local_backend: bool = True
+    log_file: Path | None = None
+    """Set when `up --detach` started this `up` with its output going to this file."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,8 @@ class Child:
     restarts: int = 0
     state: str = "starting"
     """starting | running | backoff | failed | stopped"""
+    started_at: float | None = None
+    """Wall-clock time (epoch seconds) the current process started."""
     supervisor: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -236,6 +244,8 @@ class Stack:
         self.ready = False
         self.server_watchers: list[asyncio.Task[None]] = []
         self.server_restarts = {"nats-server": 0, "postgres": 0}
+        self.server_started_at: dict[str, float] = {}
+        self.started_at = time.time()
 
     @property
     def api_base(self) -> str:
@@ -260,7 +270,9 @@ class Stack:
                 await self._ensure_cli_token()
                 self.ready = True
                 self._write_manifest("running")
-                print(self._banner(), flush=True)
+                banner = self._banner()  # JSON logs: one line a log reader takes, whatever the log level
+                print(logsetup.json_line("trainforge.stack", banner) if self.settings.log_format == "json"
+                      else banner, flush=True)
                 await self.stopping.wait()
         except (StackError, EmbeddedError) as exc:
             self.fatal = str(exc)
@@ -296,6 +308,7 @@ class Stack:
             config = self.secrets.bus.write_server_config(self.secrets.bus.path.parent, self.settings.bus_prefix)
             self.nats = EmbeddedNats(self.state_dir / "nats", config_file=config)
             self.nats_url = await anyio.to_thread.run_sync(self.nats.start)
+            self.server_started_at["nats-server"] = time.time()
             log.info("embedded NATS (JetStream) at %s, data in %s; users and passwords in %s", self.nats_url,
                      self.nats.data_dir, self.secrets.bus.path)
             self._watch_server("nats-server", self._nats_exit, self.nats.start)
@@ -303,6 +316,7 @@ class Stack:
             self.postgres = EmbeddedPostgres(self.state_dir / "postgres" / "data")
             try:
                 self.database_url = await anyio.to_thread.run_sync(self.postgres.start)
+                self.server_started_at["postgres"] = time.time()
             except Exception as exc:
                 self.postgres = None
                 raise StackError(f"embedded Postgres did not start: {type(exc).__name__}: {exc}") from exc
@@ -399,9 +413,11 @@ class Stack:
             if self.stopping.is_set():  # the stop began while it was being started: it missed its SIGTERM
                 child.process.terminate()
             child.state = "running"
+            child.started_at = time.time()
             self._write_manifest("running" if self.ready else "starting")
             log.info("%s started (pid %s)", child.spec.name, child.process.pid)
-            relay = asyncio.create_task(_relay_output(child.spec.name, child.process.stdout))  # type: ignore[arg-type]
+            relay = asyncio.create_task(_relay_output(child.spec.name, child.process.stdout,  # type: ignore[arg-type]
+                                                      json_lines=self.settings.log_format == "json"))
             code = await child.process.wait()
             _, pending = await asyncio.wait({relay}, timeout=1.0)  # a grandchild may still hold the pipe open
             for task in pending:
@@ -457,6 +473,7 @@ class Stack:
                     how = f"did not start again ({type(exc).__name__}: {exc})"
                     continue
                 break
+            self.server_started_at[name] = time.time()
             log.info("%s restarted (pid %s)", name, self._server_pid(name))
             self._write_manifest("running" if self.ready else "starting")
 
@@ -539,44 +556,46 @@ class Stack:
     # -- reporting -----------------------------------------------------------------------------------------
 
     def _write_manifest(self, status: str) -> None:
-        """`<state_dir>/stack.json`: what runs where. Tests and scripts read it; nothing else writes it."""
-        manifest: dict[str, Any] = {
-            "status": status,
-            "pid": os.getpid(),
-            "state_dir": str(self.state_dir),
-            "api_url": self.api_base,
-            "nats_url": self.nats_url,
-            "bus_prefix": self.settings.bus_prefix,
-            "admin_username": self.settings.admin_username,
-            "admin_password_file": None if self.settings.admin_password else str(self.admin_password_file),
-            "cli_token_file": str(self.cli_token_file) if self.cli_token_file.exists() else None,
-            "nats_embedded": self.nats is not None,
-            "nats_users_file": str(self.secrets.bus.path) if self.secrets.bus is not None else None,
-            "nats_reader_inbox_prefix": READER_INBOX_PREFIX if self.secrets.bus is not None else None,
-            "job_verify_key": self.secrets.verify_key,
-            "nats_pid": self._server_pid("nats-server"),
-            "database_url": self.database_url,
-            "database_embedded": self.postgres is not None,
-            "postgres_pid": self._server_pid("postgres"),
-            "server_restarts": dict(self.server_restarts),
-            "children": [
-                {
-                    "name": c.spec.name,
-                    "pid": c.process.pid if c.process is not None and c.process.returncode is None else None,
-                    "runner_id": c.spec.runner_id,
-                    "args": c.spec.args,
-                    "state": c.state,
-                    "restarts": c.restarts,
-                }
+        """`<state_dir>/stack.json` (see trainforge.manifest): what runs where. Nothing else writes it."""
+        manifest = StackManifest(
+            status=status,
+            pid=os.getpid(),
+            started_at=self.started_at,
+            updated_at=time.time(),
+            state_dir=str(self.state_dir),
+            host=self.settings.host,
+            port=self.settings.port,
+            api_url=self.api_base,
+            nats_url=self.nats_url,
+            bus_prefix=self.settings.bus_prefix,
+            admin_username=self.settings.admin_username,
+            admin_password_file=None if self.settings.admin_password else str(self.admin_password_file),
+            cli_token_file=str(self.cli_token_file) if self.cli_token_file.exists() else None,
+            nats_embedded=self.nats is not None,
+            nats_users_file=str(self.secrets.bus.path) if self.secrets.bus is not None else None,
+            nats_reader_inbox_prefix=READER_INBOX_PREFIX if self.secrets.bus is not None else None,
+            job_verify_key=self.secrets.verify_key,
+            nats_pid=self._server_pid("nats-server"),
+            database_url=self.database_url,
+            database_embedded=self.postgres is not None,
+            postgres_pid=self._server_pid("postgres"),
+            server_restarts=dict(self.server_restarts),
+            server_started_at=dict(self.server_started_at),
+            children=[
+                ChildEntry(
+                    name=c.spec.name,
+                    pid=c.process.pid if c.process is not None and c.process.returncode is None else None,
+                    runner_id=c.spec.runner_id,
+                    args=c.spec.args,
+                    state=c.state,
+                    restarts=c.restarts,
+                    started_at=c.started_at,
+                )
                 for c in self.children
             ],
-        }
-        path = self.state_dir / "stack.json"
-        tmp = path.with_suffix(".json.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the database URL
-        with os.fdopen(fd, "w") as f:
-            json.dump(manifest, f, indent=2)
-        os.replace(tmp, path)
+            log_file=str(self.options.log_file) if self.options.log_file is not None else None,
+        )
+        write_manifest(self.state_dir, manifest)
 
     def _banner(self) -> str:
         def origin(embedded: bool) -> str:
@@ -595,10 +614,11 @@ class Stack:
         lines = [
             "",
             "Trainforge is up.",
+            f"  Dashboard  {self.api_base}/ (log in below)",
             f"  API        {self.api_base}/api/v1",
             f"  OpenAPI    {self.api_base}/schema",
             f"  Ready      {self.api_base}/ready",
-            f"  NATS       {redact_url(self.nats_url)} ({origin(self.nats is not None)})",
+            f"  NATS       {redact(self.nats_url)} ({origin(self.nats is not None)})",
             *([f"             users gateway, runner, reader (read-only, inbox prefix {READER_INBOX_PREFIX}): "
                f"passwords in {self.secrets.bus.path}"] if self.secrets.bus is not None else []),
             f"  Postgres   {database} ({origin(self.postgres is not None)})",
@@ -608,7 +628,8 @@ class Stack:
             f"             curl -X POST {self.api_base}/api/v1/auth/login -H 'Content-Type: application/json' \\",
             f"               -d '{{\"username\": \"{self.settings.admin_username}\", \"password\": \"...\"}}'",
             f"  CLI token  {cli}",
-            f"Stop with Ctrl-C (or kill -TERM {os.getpid()}); the next `trainforge up` keeps the data.",
+            f"Stop with Ctrl-C (or `trainforge down --state-dir {self.state_dir}`); the next `trainforge up` keeps "
+            "the data.",
             "",
         ]
         return "\n".join(lines)
@@ -634,7 +655,7 @@ async def _wait_pid_exit(pid: int) -> None:
         return
     loop = asyncio.get_running_loop()
     ended = loop.create_future()
-    loop.add_reader(fd, lambda: ended.done() or ended.set_result(None))
+    loop.add_reader(fd, lambda: None if ended.done() else ended.set_result(None))
     try:
         await ended
     finally:
@@ -653,13 +674,30 @@ def _check_port_free(host: str, port: int) -> None:
             raise StackError(f"the gateway cannot listen on {host}:{port} ({exc.strerror}): use --port") from None
 
 
-async def _relay_output(name: str, stream: asyncio.StreamReader) -> None:
-    """Copy a child's output to ours, each line prefixed with the child's name."""
+async def _relay_output(name: str, stream: asyncio.StreamReader, *, json_lines: bool = False) -> None:
+    """Copy a child's output to ours, each line prefixed with the child's name; with `json_lines`, each line
+    a JSON object with the child's name as `process` (its own JSON log lines, and anything else it printed
+    as the `message` of a line of logger `<name>.output`)."""
     out: IO[bytes] = sys.stderr.buffer
     prefix = f"{name:<12}| ".encode()
     while line := await stream.readline():
-        out.write(prefix + line if line.endswith(b"\n") else prefix + line + b"\n")
+        if json_lines:
+            out.write(_json_line(name, line.rstrip(b"\n")) + b"\n")
+        else:
+            out.write(prefix + line if line.endswith(b"\n") else prefix + line + b"\n")
         out.flush()
+
+
+def _json_line(process: str, line: bytes) -> bytes:
+    try:
+        record = msgspec.json.decode(line)
+    except msgspec.DecodeError:
+        record = None
+    if not isinstance(record, dict):
+        record = {"timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                  "level": "INFO", "logger": f"{process}.output",
+                  "message": redact(line.decode("utf-8", "replace"))}
+    return msgspec.json.encode({"process": process, **record})
 
 
 def _die_with_parent_hook() -> Callable[[], None] | None:

@@ -81,6 +81,14 @@ class RunView:
     def on_run_artifact(self, e: dict[str, Any]) -> None:
         self.console.print(f"[dim]artifact {e['name']} ({e.get('size_bytes') or '?'} bytes)[/]")
 
+    def on_run_paused(self, e: dict[str, Any]) -> None:
+        by = f" by {e['requested_by']}" if e.get("requested_by") else ""
+        self.console.print(f"[bold magenta]paused[/]{by} (trainforge runs unpause {e['run_id']})")
+
+    def on_run_unpaused(self, e: dict[str, Any]) -> None:
+        after = f" after {e['paused_s']:.0f} s" if e.get("paused_s") is not None else ""
+        self.console.print(f"[magenta]unpaused[/]{after}")
+
     def on_run_completed(self, e: dict[str, Any]) -> None:
         self.console.print(f"[bold green]completed[/] (exit code {e.get('exit_code')})")
 

@@ -2,7 +2,8 @@
 
 Projects: their members (roles `owner` > `member` > `viewer`) and admins. Runs, their events, checkpoints,
 artifacts and configs belong to their project. Datasets, models, architectures and uploads belong to the user
-who made them. Admins reach everything.
+who made them; a dataset or model linked to a project (`/projects/{ref}/datasets`, `.../models`) may also be
+read, never changed, by the project's members. Admins reach everything.
 
 Whatever a caller may not see answers 404 exactly like something that does not exist, so its existence does
 not leak; a caller who may see a project but not change it (a viewer) gets 403.
@@ -38,6 +39,16 @@ def member_of(caller: Caller, project_id_column: Any) -> ColumnElement[bool]:
 def owned_by(caller: Caller, owner_column: Any) -> ColumnElement[bool]:
     """Rows the caller owns (everything for an admin)."""
     return true() if caller.is_admin else owner_column == caller.user_id
+
+
+def owned_or_linked(caller: Caller, owner_column: Any, id_column: Any, link_id_column: Any,
+                    link_project_column: Any) -> ColumnElement[bool]:
+    """Rows the caller owns, or that are linked (`project_datasets`, `project_models`) to a project the caller
+    is a member of: what the caller may read (everything for an admin). Changing them stays the owner's."""
+    if caller.is_admin:
+        return true()
+    linked = select(link_id_column).where(member_of(caller, link_project_column))
+    return (owner_column == caller.user_id) | id_column.in_(linked)
 
 
 def pick(rows: Sequence[Row], ref: str, caller: Caller, owner_of: Any = lambda r: r.owner_id) -> Row | None:

@@ -34,7 +34,8 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-LOGIN_PATHS = frozenset({"/api/v1/auth/login", "/api/v1/auth/refresh", "/api/v1/auth/signup"})
+LOGIN_PATHS = frozenset({"/api/v1/auth/login", "/api/v1/auth/refresh", "/api/v1/auth/signup",
+                         "/api/v1/auth/session/login"})
 
 
 class RetryAfterRateLimitMiddleware(RateLimitMiddleware):
@@ -53,6 +54,9 @@ class RetryAfterRateLimitMiddleware(RateLimitMiddleware):
             if len(cache_object.history) >= self.max_requests:
                 headers = self.create_response_headers(cache_object=cache_object)
                 headers["Retry-After"] = str(max(1, cache_object.reset - int(time.time())))
+                metrics = getattr(app.state, "metrics", None)
+                if metrics is not None:
+                    metrics.rate_limited.labels(limit=self.config.store.removeprefix("rate_limit_")).inc()
                 raise TooManyRequestsException(
                     detail=f"too many requests: at most {self.max_requests} per {self.unit}; "
                            f"retry in {headers['Retry-After']} s", headers=headers)

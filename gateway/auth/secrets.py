@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import secrets
@@ -20,7 +21,12 @@ API_TOKEN_PREFIX = "tfp_"
 REFRESH_TOKEN_PREFIX = "tfr_"
 
 _hasher = PasswordHasher()
-_DUMMY_HASH = _hasher.hash("not a password of anyone")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash of no one's password (made on first use: hashing takes a third of a second)."""
+    return _hasher.hash("not a password of anyone")
 
 
 async def hash_password(password: str) -> str:
@@ -32,7 +38,7 @@ async def verify_password(password_hash: str | None, password: str) -> bool:
     the answer time does not tell whether a username exists."""
     def check() -> bool:
         try:
-            return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+            return _hasher.verify(password_hash or _dummy_hash(), password) and password_hash is not None
         except (VerificationError, InvalidHashError):
             return False
 

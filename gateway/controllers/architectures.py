@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from litestar import Controller, delete, get, post
 
+from gateway.auth.caller import Me
+from gateway.controllers.common import Limit, Offset
 from gateway.services import architectures as service
 from gateway.services.architectures import (
     ArchitectureCreate,
@@ -12,10 +14,7 @@ from gateway.services.architectures import (
     ArchitectureView,
     ValidateRequest,
 )
-from gateway.auth.caller import Me
-from gateway.controllers.common import Limit, Offset
-from gateway.state import Gateway, GatewayState
-
+from gateway.state import Gateway
 
 VALIDATE_DESCRIPTION = """\
 Builds the model of an Ultralytics model YAML and runs one forward pass at `imgsz`: answers its layers
@@ -23,8 +22,8 @@ Builds the model of an Ultralytics model YAML and runs one forward pass at `imgs
 is a 422 whose `errors[0]` has the `message`, the YAML `line` and the `layer` at fault. Only torch and
 Ultralytics modules are accepted as layers. A model past the validation budgets (parameters, GFLOPs and
 activation memory at `imgsz`, counted before anything is built) is a 422 naming the first layer past one.
-Validation runs in a separate process with a memory limit; a 503 means it crashed, ran out of that memory or
-time, or too many validations were queued."""
+Validation runs on a runner with Ultralytics (asked over NATS), in a separate process with a memory limit; a
+503 means no such runner is online, or the process crashed, ran out of that memory or time."""
 
 
 class ArchitecturesController(Controller):
@@ -33,7 +32,7 @@ class ArchitecturesController(Controller):
 
     @post("/validate", status_code=200, summary="Validate a model YAML", description=VALIDATE_DESCRIPTION)
     async def validate(self, gw: Gateway, data: ValidateRequest) -> ArchitectureReport:
-        return await service.validate(gw.settings, data.yaml, data.imgsz, data.channels)
+        return await service.validate(gw.nc, gw.settings, data.yaml, data.imgsz, data.channels)
 
     @post("/", status_code=201, summary="Save a valid architecture by name (then `architecture` of a yolo.train)")
     async def create(self, gw: Gateway, me: Me, data: ArchitectureCreate) -> ArchitectureView:

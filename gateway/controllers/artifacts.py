@@ -9,10 +9,10 @@ from litestar import Controller, Request, delete, get, post
 from litestar.exceptions import HTTPException
 from litestar.response import Stream
 
+from gateway.auth.caller import Me
 from gateway.errors import BadRequest
 from gateway.schemas import ArtifactView, from_row
 from gateway.services import artifacts as service
-from gateway.auth.caller import Me
 from gateway.state import Gateway, GatewayState
 from gateway.uploads import MB, incoming_dir, read_multipart
 from shared.contracts.common import new_id

@@ -13,6 +13,7 @@ from gateway.auth.access import admin_only
 from gateway.auth.caller import Me
 from gateway.controllers.common import Limit, Offset, page_limit
 from gateway.errors import Forbidden
+from gateway.routeopts import ERRORS_OPT
 from gateway.services import accounts, audit
 from gateway.services.accounts import (
     ApiTokenCreate,
@@ -55,7 +56,7 @@ class AuthController(Controller):
         await accounts.logout(gw, me, everywhere=(data or LogoutRequest()).everywhere)
 
     @post("/signup", summary="Create an account (only when open sign-up is enabled)", status_code=201,
-          security=[])
+          security=[], opt={ERRORS_OPT: {403}})
     async def signup(self, gw: Gateway, data: SignupRequest) -> UserView:
         if not gw.settings.open_signup:
             raise Forbidden("sign-up is closed on this server; ask an admin for an account")

@@ -14,7 +14,7 @@ from litestar.response import Response
 
 from gateway.errors import BadRequest, GatewayError
 from gateway.services import idempotency
-from gateway.state import Gateway, GatewayState
+from gateway.state import Gateway
 
 MAX_OFFSET = 10**12
 MAX_POSITION = 2**63 - 1
@@ -30,7 +30,7 @@ IdempotencyKey = Annotated[
     ),
 ]
 Limit = Annotated[int, Parameter(ge=1, description="Page size (at most the server's page_size_max)")]
-Offset = Annotated[int, Parameter(ge=0, le=MAX_OFFSET)]
+Offset = Annotated[int, Parameter(ge=0, le=MAX_OFFSET, description="Items to skip")]
 After = Annotated[int, Parameter(ge=0, le=MAX_POSITION, description="Return what came after this position")]
 Attempt = Annotated[int | None, Parameter(ge=0, le=1_000_000, description="Only this attempt")]
 

@@ -7,11 +7,11 @@ from typing import Annotated
 from litestar import Controller, delete, get, post
 from litestar.params import Parameter
 
-from shared import names
+from gateway.auth.caller import Me
 from gateway.services import configs as service
 from gateway.services.configs import ConfigCreate, ConfigPage, ConfigView
-from gateway.auth.caller import Me
-from gateway.state import Gateway, GatewayState
+from gateway.state import Gateway
+from shared import names
 
 KindFilter = Annotated[str | None, Parameter(pattern=names.whole(r"[A-Za-z0-9._-]{1,32}"), description="Only this run kind")]
 

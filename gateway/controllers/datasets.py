@@ -11,22 +11,24 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import File
 
+from gateway.auth.caller import Me
+from gateway.controllers.common import Offset
 from gateway.datasets import ImagePage
 from gateway.errors import BadRequest, Unprocessable, validation_errors
+from gateway.routeopts import MEDIA_TYPE_OPT
 from gateway.services import datasets as service
 from gateway.services.datasets import DatasetDetail, DatasetPage, RegisterByPath, UploadOptions
-from gateway.auth.caller import Me
-from gateway.state import Gateway, GatewayState
+from gateway.state import Gateway
 from gateway.uploads import MB, read_json, read_multipart
 from shared.contracts.common import new_id
 
-Offset = Annotated[int, QueryParameter(ge=0, description="Items to skip")]
 Limit = Annotated[int, QueryParameter(ge=1, description="Items per page (at most page_size_max)")]
 
 REGISTER_DESCRIPTION = """\
-Either `application/json` `{"name", "path", "ratios"?: {"train", "val", "test"}, "seed"?}` for a folder on
-the server (inside a configured data root), or `multipart/form-data` with `name`, `file` (.zip, .tar,
-.tar.gz, .tgz, .tar.bz2, .tar.xz; at most `max_upload_mb`), optional `ratios` (JSON) and `seed`. The format
+Either `application/json` `{"name", "path", "ratios"?: {"train", "val", "test"}, "seed"?, "drop_difficult"?}`
+for a folder on the server (inside a configured data root), or `multipart/form-data` with `name`, `file`
+(.zip, .tar, .tar.gz, .tgz, .tar.bz2, .tar.xz; at most `max_upload_mb`), optional `ratios` (JSON), `seed` and
+`drop_difficult` (Pascal VOC objects marked difficult are labels unless it is true). The format
 (YOLO, COCO, Pascal VOC, classification folders) is recognised, COCO and VOC are converted to YOLO, a dataset
 without splits is split by the ratios (seeded, reproducible). Answers with the inspection."""
 
@@ -68,7 +70,7 @@ class DatasetsController(Controller):
             dest = service.uploads_dir(settings) / f"{new_id()}.upload"
             form = await read_multipart(request, file_field="file", dest=dest,
                                         max_file_bytes=settings.max_upload_mb * MB,
-                                        allowed_fields=frozenset({"name", "ratios", "seed"}))
+                                        allowed_fields=frozenset({"name", "ratios", "seed", "drop_difficult"}))
             try:
                 if form.file is None:
                     raise BadRequest('the form has no "file" part (the dataset archive)')
@@ -96,7 +98,7 @@ class DatasetsController(Controller):
     @get("/{ref:str}", summary="A dataset with its inspection (by id or name)")
     async def get_dataset(self, gw: Gateway, me: Me, ref: FromPath[str]) -> DatasetDetail:
         async with gw.sessionmaker() as session:
-            row = await service.resolve_dataset(session, ref, me, ready=False)
+            row = await service.resolve_dataset(session, ref, me, ready=False, read=True)
         return await service.detail(row)
 
     @get("/{ref:str}/images", summary="A page of a dataset's images with their labels")
@@ -105,14 +107,15 @@ class DatasetsController(Controller):
         limit: Limit = 50,
     ) -> ImagePage:
         async with gw.sessionmaker() as session:
-            row = await service.resolve_dataset(session, ref, me)
+            row = await service.resolve_dataset(session, ref, me, read=True)
         return await service.images(row, split, offset, min(limit, gw.settings.page_size_max))
 
-    @get("/{ref:str}/images/{split:str}/{index:int}/file", summary="The image file at an index of a split")
+    @get("/{ref:str}/images/{split:str}/{index:int}/file", summary="The image file at an index of a split",
+         opt={MEDIA_TYPE_OPT: "image/*"})
     async def image_file(self, gw: Gateway, me: Me, ref: FromPath[str], split: FromPath[str],
                          index: FromPath[int]) -> File:
         async with gw.sessionmaker() as session:
-            row = await service.resolve_dataset(session, ref, me)
+            row = await service.resolve_dataset(session, ref, me, read=True)
         path = await service.image_path(row, split, index)
         media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return File(path=path, filename=path.name, content_disposition_type="inline", media_type=media_type)

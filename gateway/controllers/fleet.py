@@ -15,18 +15,18 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from sqlalchemy import func, select
 
-from shared import names
+from gateway.auth.access import admin_only, member_of
+from gateway.auth.caller import Caller, Me
 from gateway.auth.middleware import QUERY_TOKEN_OPT
 from gateway.controllers.common import AccessTokenQuery, Limit, Offset, page_limit
 from gateway.db.models import Run
 from gateway.errors import Conflict, NotFound, Unavailable, Unprocessable
-from gateway.fleet import FleetError, FleetService, HostSample, RunnerState, RunnerView, host_sample
+from gateway.fleet import FleetError, FleetService, HostSample, RunnerState, RunnerView, TargetView, host_sample
 from gateway.model_catalog import ModelFamily, catalog, known_models
-from gateway.auth.access import admin_only, member_of
-from gateway.auth.caller import Caller, Me
 from gateway.services import audit
 from gateway.services.datasets import resolve_dataset
 from gateway.state import Gateway, GatewayState
+from shared import names
 from shared.contracts.common import RunStatus
 from shared.contracts.events import DeviceInfo
 from shared.contracts.fleet import AdviceReply, AdviceRequest, RunnerControlReply
@@ -35,7 +35,7 @@ from shared.hoststats import sample_host
 StateQuery = Annotated[RunnerState | None, QueryParameter(name="state", required=False,
                                                           description="Only runners in this state")]
 
-ACTIVE_STATUSES = (RunStatus.CLAIMED, RunStatus.RUNNING, RunStatus.CANCELING)
+ACTIVE_STATUSES = (RunStatus.CLAIMED, RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.CANCELING)
 
 
 class RunnerPage(msgspec.Struct, kw_only=True):
@@ -73,6 +73,12 @@ class AvailableModels(msgspec.Struct, kw_only=True):
     """The devices of live runners."""
 
 
+class TargetPage(msgspec.Struct, kw_only=True):
+    items: list[TargetView]
+    """By name; a run's `target` must be one of these for a runner to take it."""
+    total: int
+
+
 class AdviceBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=64, description="e.g. yolov8n, yolo11s-seg")]
     imgsz: Annotated[int, msgspec.Meta(ge=32, le=4096)] = 640
@@ -87,7 +93,8 @@ class AdviceBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 def _fleet(gw: GatewayState) -> FleetService:
-    return gw.extras["fleet"]  # type: ignore[return-value]
+    assert gw.fleet is not None, "the fleet service starts with the gateway"
+    return gw.fleet
 
 
 def _known_runner(gw: GatewayState, runner_id: str) -> RunnerView:
@@ -206,6 +213,11 @@ class CatalogController(Controller):
                                    info=info)
                    for v in _fleet(gw).live() for info in v.devices]
         return AvailableModels(families=list(families), devices=devices)
+
+    @get("/targets", summary="Container targets (docker backend) the live runners offer, with their runners and pools")
+    async def targets(self, gw: Gateway) -> TargetPage:
+        items = _fleet(gw).targets()
+        return TargetPage(items=items, total=len(items))
 
     @post("/advice", status_code=200,
           summary="Suggested batch, imgsz, workers, amp and cache for a model, measured by a runner of the pool")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import msgspec
 from litestar import Controller, get
+from litestar.openapi import ResponseSpec
 from litestar.response import Response
 from sqlalchemy import text
 
@@ -15,6 +17,18 @@ CHECK_TIMEOUT_S = 1.5
 """Each readiness check gets this long, all at once: `/ready` answers within 2 s, also while a part hangs."""
 
 
+class Readiness(msgspec.Struct, kw_only=True):
+    status: str
+    """ready | not ready"""
+    checks: dict[str, str]
+    """database, nats: `ok` or `unreachable: <why>` / `disconnected`; then each background service
+    (registrar, projector, eventhub, dispatcher, fleet, sweeper, webhooks, sweeps): `ok`, or `crashed;
+    restarting` while the gateway restarts it."""
+
+
+NOT_READY = ResponseSpec(Readiness, generate_examples=False, description="Not ready: a check names the part away.")
+
+
 class HealthController(Controller):
     tags = ["health"]
 
@@ -22,12 +36,17 @@ class HealthController(Controller):
     async def health(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @get("/ready", summary="Readiness: NATS and the database are reachable",
+    @get("/ready", summary="Readiness: NATS and the database are reachable, the background services alive",
          description="200 `{\"status\": \"ready\", ...}` or 503 `{\"status\": \"not ready\", \"checks\": "
-                     "{\"database\": \"unreachable: timeout\", \"nats\": \"ok\"}}`, within 2 s.")
+                     "{\"database\": \"unreachable: timeout\", \"nats\": \"ok\", \"projector\": \"ok\", ...}}`, "
+                     "within 2 s. A background service that crashed reads `crashed; restarting` until the "
+                     "gateway has restarted it.",
+         responses={503: NOT_READY})
     async def ready(self, gw: Gateway) -> Response[dict[str, object]]:
         database, nats = await asyncio.gather(_check(_database, gw), _check(_nats, gw))
         checks = {"database": database, "nats": nats}
+        if gw.supervisor is not None:
+            checks.update(gw.supervisor.health())
         ok = all(v == "ok" for v in checks.values())
         return Response({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
 

@@ -14,20 +14,20 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath, FromQuery, PathParameter, QueryParameter
 from litestar.response import Stream
 
+from gateway.auth.caller import Me
+from gateway.controllers.common import Offset
 from gateway.errors import BadRequest, NotFound, Unprocessable, validation_errors
 from gateway.files import servable_artifact
 from gateway.ranges import byte_range, content_range
 from gateway.services import models as service
 from gateway.services.models import ModelDetail, ModelPage, ModelVersionView, UploadOptions
-from gateway.auth.caller import Me
-from gateway.state import Gateway, GatewayState
+from gateway.state import Gateway
 from gateway.uploads import MB, incoming_dir, read_multipart
 from shared.artifacts import ArtifactNotFound, ArtifactStore, artifact_store
 from shared.contracts.common import new_id
 
-Offset = Annotated[int, QueryParameter(ge=0, description="Items to skip")]
 Limit = Annotated[int, QueryParameter(ge=1, description="Items per page (at most page_size_max)")]
-Version = Annotated[int, PathParameter(ge=1, description="Version number")]
+Version = Annotated[int, PathParameter(ge=1, le=2**31 - 1, description="Version number")]
 
 UPLOAD_DESCRIPTION = """\
 `multipart/form-data` with `name` (the model; created when new), `file` (Ultralytics weights, `.pt`, at most
@@ -75,13 +75,13 @@ class ModelsController(Controller):
     @get("/{ref:str}", summary="A model with its versions (by id or name)")
     async def get_model(self, gw: Gateway, me: Me, ref: FromPath[str]) -> ModelDetail:
         async with gw.sessionmaker() as session:
-            model = await service.resolve_model(session, ref, me)
+            model = await service.resolve_model(session, ref, me, read=True)
             return await service.model_view(session, model, with_versions=True)  # type: ignore[return-value]
 
     @get("/{ref:str}/versions/{version:int}", summary="One version of a model")
     async def get_version(self, gw: Gateway, me: Me, ref: FromPath[str], version: Version) -> ModelVersionView:
         async with gw.sessionmaker() as session:
-            model = await service.resolve_model(session, ref, me)
+            model = await service.resolve_model(session, ref, me, read=True)
             return service.version_view(model, await service.get_version(session, model, version))
 
     @get("/{ref:str}/versions/{version:int}/download", summary="The weights file (supports Range requests)",
@@ -89,7 +89,7 @@ class ModelsController(Controller):
     async def download(self, gw: Gateway, me: Me, request: Request[Any, Any, Any], ref: FromPath[str],
                        version: Version) -> Stream:
         async with gw.sessionmaker() as session:
-            model = await service.resolve_model(session, ref, me)
+            model = await service.resolve_model(session, ref, me, read=True)
             row = await service.get_version(session, model, version)
         store = _store(gw)
         try:

@@ -7,12 +7,12 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, post
 
+from gateway.auth.caller import Me
 from gateway.controllers.artifacts import read_image_form
 from gateway.errors import Unprocessable, validation_errors
 from gateway.services import predict as service
 from gateway.services.predict import PredictOptions, PredictResponse
-from gateway.auth.caller import Me
-from gateway.state import Gateway, GatewayState
+from gateway.state import Gateway
 
 DESCRIPTION = """\
 `multipart/form-data` with `file` (an image, at most `max_image_upload_mb`) and optional `conf`, `iou`,

@@ -13,7 +13,7 @@ from gateway.controllers.common import IdempotencyKey, Limit, Offset, Reply, pag
 from gateway.schemas import MemberSet, ProjectCreate, ProjectPage, ProjectUpdate, ProjectView, from_row
 from gateway.services import projects
 from gateway.services.projects import MemberView
-from gateway.state import Gateway, GatewayState
+from gateway.state import Gateway
 
 
 class ProjectsController(Controller):

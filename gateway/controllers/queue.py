@@ -7,10 +7,10 @@ from typing import Annotated
 from litestar import Controller, get
 from litestar.params import Parameter
 
+from gateway.auth.caller import Me
 from gateway.controllers.common import Limit, Offset, page_limit
 from gateway.schemas import QueuePage
 from gateway.services.queue import list_queue
-from gateway.auth.caller import Me
 from gateway.state import Gateway
 from shared.contracts.common import TOKEN_RE
 

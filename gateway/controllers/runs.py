@@ -9,7 +9,6 @@ from litestar import Controller, Request, delete, get, post
 from litestar.params import Parameter
 from litestar.response import Response
 
-from shared import names
 from gateway.auth.caller import Me
 from gateway.controllers.common import (
     After,
@@ -39,8 +38,9 @@ from gateway.schemas import (
     from_row,
     to_run_spec,
 )
-from gateway.services import runs
-from gateway.state import Gateway, GatewayState
+from gateway.services import pausing, runs
+from gateway.state import Gateway
+from shared import names
 
 Kind = Annotated[str | None, Parameter(pattern=names.whole(r"[A-Za-z0-9._-]{1,64}"), description="Only runs of this kind")]
 Statuses = Annotated[str | None, Parameter(description="Only runs in these states (comma-separated)")]
@@ -103,6 +103,20 @@ class RunsController(Controller):
             return Reply(202, runs.run_view(await runs.cancel_run(gw, run_id, me)))
 
         return await respond_once(gw, request, idempotency_key, None, work)
+
+    @post("/runs/{run_id:str}/pause", summary="Pause a running run in place", status_code=200,
+          description="Only a `running` run (409 otherwise). Its runner stops its processes (SIGSTOP of the "
+                      "process group, locally or in its container; a YOLO training at the next batch boundary) "
+                      "and publishes `run.paused`; it keeps its runner, GPU, leases and job. Paused longer than "
+                      "`TRAINFORGE_PAUSE_MAX_S`, it is canceled with its checkpoints kept. 503: no runner answered.")
+    async def pause(self, gw: Gateway, me: Me, run_id: str) -> RunView:
+        return runs.run_view(await pausing.pause_run(gw, run_id, me, "pause"))
+
+    @post("/runs/{run_id:str}/unpause", summary="Continue a paused run from where it stopped", status_code=200,
+          description="Only a `paused` run (409 otherwise): SIGCONT of its processes, or its training goes on "
+                      "from the batch it stopped at; `run.unpaused` follows.")
+    async def unpause(self, gw: Gateway, me: Me, run_id: str) -> RunView:
+        return runs.run_view(await pausing.pause_run(gw, run_id, me, "unpause"))
 
     @post("/runs/{run_id:str}/resume", summary="Start a new run from a checkpoint of a finished run", status_code=201)
     async def resume(

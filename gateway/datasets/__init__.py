@@ -13,7 +13,6 @@ from gateway.datasets.errors import (
     UnrecognizedFormat,
 )
 from gateway.datasets.formats import DatasetFormat
-from gateway.datasets.report import InspectionReport, Problem, ProblemKind
 from gateway.datasets.listing import ImageItem, ImagePage, list_images
 from gateway.datasets.prepare import (
     PreparedDataset,
@@ -22,6 +21,7 @@ from gateway.datasets.prepare import (
     prepare_from_archive,
     prepare_from_path,
 )
+from gateway.datasets.report import InspectionReport, Problem, ProblemKind
 from gateway.datasets.split import SplitRatios
 from gateway.datasets.tasks import Task
 

@@ -7,7 +7,6 @@ converted here. YOLO label files are used as they are; classification folders ne
 
 from __future__ import annotations
 
-import json
 import posixpath
 import xml.etree.ElementTree as ET
 from collections import defaultdict
@@ -16,6 +15,7 @@ from pathlib import Path, PurePosixPath
 import msgspec
 from PIL import Image
 
+from gateway.datasets.coco_labels import write_labels
 from gateway.datasets.errors import InvalidDataset
 from gateway.datasets.formats import (
     DatasetFormat,
@@ -25,7 +25,7 @@ from gateway.datasets.formats import (
     read_data_yaml,
 )
 from gateway.datasets.report import Problem, ProblemKind
-from gateway.datasets.scan import is_image, list_files, split_name
+from gateway.datasets.scan import is_image, label_path, list_files, split_name
 from gateway.datasets.tasks import Task
 
 
@@ -53,22 +53,23 @@ class Converted(msgspec.Struct, kw_only=True):
     flip_idx: list[int] | None = None
 
 
-def convert(match: FormatMatch, scratch: Path) -> Converted:
-    """Samples of the dataset `match` found; label files that conversion writes go below `scratch`."""
+def convert(match: FormatMatch, scratch: Path, *, drop_difficult: bool = False) -> Converted:
+    """Samples of the dataset `match` found; label files that conversion writes go below `scratch`.
+
+    Pascal VOC objects marked `<difficult>1</difficult>` are labels like any other unless `drop_difficult`
+    (Ultralytics' own VOC script drops them; a dataset registered here keeps what its author labelled)."""
     if match.format is DatasetFormat.YOLO:
         return _from_yolo_yaml(match) if match.annotations else _from_yolo_layout(match)
     if match.format is DatasetFormat.COCO:
         return _from_coco(match, scratch)
     if match.format is DatasetFormat.VOC:
-        return _from_voc(match, scratch)
+        return _from_voc(match, scratch, drop_difficult=drop_difficult)
     return _from_classify(match)
 
 
 def _label_of(image: Path, root: Path) -> Path | None:
     """The YOLO label file Ultralytics pairs with `image`, if it exists inside `root`."""
-    from ultralytics.data.utils import img2label_paths
-
-    label = Path(img2label_paths([str(image)])[0])
+    label = label_path(image)
     return label if label.is_file() and label.resolve().is_relative_to(root.resolve()) else None
 
 
@@ -204,8 +205,6 @@ def _from_classify(match: FormatMatch) -> Converted:
 
 
 def _from_coco(match: FormatMatch, scratch: Path) -> Converted:
-    from ultralytics.data.converter import convert_coco
-
     root = match.root
     coco_files = [(rel, read_coco(root / rel)) for rel in match.annotations]
     names: list[str] = []
@@ -270,16 +269,11 @@ def _from_coco(match: FormatMatch, scratch: Path) -> Converted:
             if ann.get("keypoints"):
                 clean["keypoints"] = ann["keypoints"]
             annotations.append(clean)
-        folder = scratch / f"coco{n}"
-        (folder / "json").mkdir(parents=True)
-        with (folder / "json" / "part.json").open("w", encoding="utf-8") as fh:
-            json.dump({"images": [{k: v for k, v in i.items() if k != "_key"} for i in images],
-                       "annotations": annotations, "categories": [{"id": i + 1, "name": c} for i, c in enumerate(names)]},
-                      fh)
-        convert_coco(str(folder / "json"), str(folder / "out"), use_segments=task is Task.SEGMENT,
-                     use_keypoints=task is Task.POSE, cls91to80=False)
+        folder = scratch / f"coco{n}" / "labels"
+        folder.mkdir(parents=True)
+        write_labels(images, annotations, folder, use_segments=task is Task.SEGMENT, use_keypoints=task is Task.POSE)
         for img in images:
-            label = (folder / "out" / "labels" / "part" / img["file_name"]).with_suffix(".txt")
+            label = (folder / img["file_name"]).with_suffix(".txt")
             samples.append(Sample(key=img["_key"], image=root / img["_key"], name=img["file_name"], split=split,
                                   label=label if label.is_file() else None))
     if not any(s.split == "val" for s in samples):
@@ -359,7 +353,7 @@ class _VocObject(msgspec.Struct):
     box: tuple[float, float, float, float]
 
 
-def _from_voc(match: FormatMatch, scratch: Path) -> Converted:
+def _from_voc(match: FormatMatch, scratch: Path, *, drop_difficult: bool = False) -> Converted:
     root = match.root
     by_name = _image_index(match.files)
     by_stem: dict[str, list[str]] = defaultdict(list)
@@ -394,6 +388,8 @@ def _from_voc(match: FormatMatch, scratch: Path) -> Converted:
             if not name or None in box or box[2] < box[0] or box[3] < box[1]:
                 problems.append(Problem(kind=ProblemKind.BAD_ANNOTATION, message=f"object {name or '?'!r} in {rel} "
                                         "has no valid bndbox", path=image))
+                continue
+            if drop_difficult and (obj.findtext("difficult") or "").strip() in ("1", "true"):
                 continue
             objects.append(_VocObject(name=name, box=tuple(box)))  # type: ignore[arg-type]
         parsed.append((rel, image, width, height, objects))

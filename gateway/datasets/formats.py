@@ -143,11 +143,13 @@ def _yolo_layout(root: Path, files: list[str]):
     labels = [f for f in files if f.endswith(".txt") and "/labels/" in f"/{f}" and f.split("/")[-1] not in _LABEL_LISTS]
     if not labels:
         return None
+    names_yaml = names_yaml_of(root)
+    what = f"class names from {names_yaml[0]}" if names_yaml else "no data YAML"
     if {"images", "labels"} <= top:
-        return DatasetFormat.YOLO, "YOLO layout images/ + labels/ (no data YAML)", []
+        return DatasetFormat.YOLO, f"YOLO layout images/ + labels/ ({what})", []
     split_dirs = sorted(d for d in top if split_name(d))
     if split_dirs and any(f.startswith(f"{d}/images/") for d in split_dirs for f in files):
-        return DatasetFormat.YOLO, f"YOLO layout {'/, '.join(split_dirs)}/ with images/ + labels/ (no data YAML)", []
+        return DatasetFormat.YOLO, f"YOLO layout {'/, '.join(split_dirs)}/ with images/ + labels/ ({what})", []
     return None
 
 
@@ -168,8 +170,33 @@ def _classify(root: Path, files: list[str]):
     return None
 
 
+def names_yaml_of(root: Path) -> tuple[str, list[str]] | None:
+    """(file name, class names) of a YAML at the top of `root` that only names the classes (a data YAML
+    without `train`, as a flat YOLO export often carries: `names: [cat, dog]` or `names: {0: cat}`)."""
+    candidates = sorted((p for p in root.iterdir() if p.suffix.lower() in (".yaml", ".yml") and p.is_file()
+                         and not p.is_symlink()), key=lambda p: (p.name != "data.yaml", p.name))
+    for path in candidates:
+        try:
+            with path.open(encoding="utf-8") as fh:
+                data = yaml.safe_load(fh)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        names = data.get("names") if isinstance(data, dict) else None
+        if isinstance(names, dict):
+            try:
+                names = [names[k] for k in sorted(names, key=int)]
+            except (TypeError, ValueError):
+                continue
+        if isinstance(names, list) and names and all(isinstance(n, str | int) for n in names):
+            return path.name, [str(n) for n in names]
+    return None
+
+
 def label_list_names(root: Path) -> list[str] | None:
-    """Class names from a classes.txt / obj.names file (one per line) next to a YOLO layout, if any."""
+    """Class names next to a YOLO layout, if any: a YAML with only `names` (`names_yaml_of`), else a
+    classes.txt / obj.names file (one per line)."""
+    if found := names_yaml_of(root):
+        return found[1]
     for folder in (root, root / "labels"):
         for name in _LABEL_LISTS:
             path = folder / name

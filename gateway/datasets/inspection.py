@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import Image
-from ultralytics.data.utils import IMG_FORMATS
 
 from gateway.datasets.layout import Entry
 from gateway.datasets.report import (
@@ -23,6 +22,7 @@ from gateway.datasets.report import (
     ProblemKind,
     SplitStats,
 )
+from gateway.datasets.scan import IMG_FORMATS
 from gateway.datasets.tasks import Task
 
 _EPS = 1e-6
@@ -36,7 +36,7 @@ def check_image(path: Path) -> tuple[ProblemKind, str] | None:
             im.verify()
             fmt = (im.format or "").lower()
             width, height = im.size
-    except Exception as exc:  # PIL raises many types for damaged files
+    except Exception as exc:  # PIL raises many types for damaged files  # noqa: BLE001
         return ProblemKind.UNREADABLE_IMAGE, f"cannot read image: {exc}"
     if fmt not in IMG_FORMATS and not (fmt == "jpeg" and "jpg" in IMG_FORMATS):
         return ProblemKind.UNREADABLE_IMAGE, f"unsupported image format {fmt!r}"

@@ -14,18 +14,17 @@ import shutil
 from pathlib import Path, PurePosixPath
 
 import yaml
-from ultralytics.data.utils import img2label_paths
 
 from gateway.datasets.convert import Converted
 from gateway.datasets.errors import InvalidDataset
-from gateway.datasets.scan import SPLITS
+from gateway.datasets.scan import SPLITS, label_path
 from gateway.datasets.tasks import Task
 
 
 class Entry:
     """One image of the prepared layout."""
 
-    __slots__ = ("path", "key")
+    __slots__ = ("key", "path")
 
     def __init__(self, path: Path, key: str) -> None:
         self.path = path
@@ -33,7 +32,7 @@ class Entry:
 
     @property
     def label(self) -> Path:
-        return Path(img2label_paths([str(self.path)])[0])
+        return label_path(self.path)
 
 
 def materialise(conv: Converted, out: Path, scratch: Path) -> dict[str, list[Entry]]:

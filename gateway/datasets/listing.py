@@ -25,7 +25,7 @@ class Label(msgspec.Struct, frozen=True, kw_only=True):
 
 class ImageItem(msgspec.Struct, frozen=True, kw_only=True):
     index: int
-    """Position in the listing (stable for a split)."""
+    """Position of the image in its split (stable; `GET .../images/{split}/{index}/file` serves it)."""
     split: str
     path: str
     """Relative to the dataset folder."""
@@ -49,13 +49,16 @@ def list_images(prepared_dir: Path, split: str | None = None, offset: int = 0, l
     if offset < 0 or limit < 0:
         raise DatasetError("offset and limit must not be negative")
     prepared = load_prepared(prepared_dir)
-    rows = [(s, e) for s in ([split] if split else SPLITS) for e in read_index(prepared_dir, s)]
+    # (split, position in the split, entry): `index` is the position in its split, the one `image_file` takes,
+    # also in a listing of all splits
+    rows = [(s, j, e) for s in ([split] if split else SPLITS)
+            for j, e in enumerate(read_index(prepared_dir, s))]
     problems: dict[str, list[Problem]] = defaultdict(list)
     for p in prepared.report.problems:
         problems[p.path].append(p)
     task = Task(prepared.task)
     items = []
-    for i, (s, entry) in enumerate(rows[offset:offset + limit], start=offset):
+    for s, i, entry in rows[offset:offset + limit]:
         width, height = _size(entry.path)
         if task is Task.CLASSIFY:
             name = entry.path.relative_to(prepared_dir / "classify" / s).parts[0]
@@ -79,7 +82,7 @@ def _size(path: Path) -> tuple[int | None, int | None]:
     try:
         with Image.open(path) as im:
             return im.size
-    except Exception:
+    except Exception:  # noqa: BLE001
         return None, None
 
 

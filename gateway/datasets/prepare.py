@@ -54,9 +54,11 @@ class PreparedDataset(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def prepare_dataset(
-    source_dir: Path, out_dir: Path, ratios: SplitRatios | None = None, seed: int = 0
+    source_dir: Path, out_dir: Path, ratios: SplitRatios | None = None, seed: int = 0, *,
+    drop_difficult: bool = False,
 ) -> PreparedDataset:
-    """Prepare the dataset in `source_dir` into `out_dir` (replaced if it exists). Raises `DatasetError`."""
+    """Prepare the dataset in `source_dir` into `out_dir` (replaced if it exists). Raises `DatasetError`.
+    `drop_difficult`: leave out Pascal VOC objects marked difficult (kept by default)."""
     ratios = (ratios or SplitRatios()).check()
     source, out = source_dir.resolve(), out_dir.resolve()
     if source.is_relative_to(out) or out.is_relative_to(source):
@@ -65,16 +67,16 @@ def prepare_dataset(
         shutil.rmtree(out)
     out.mkdir(parents=True)
     try:
-        return _prepare(source, out, ratios, seed)
+        return _prepare(source, out, ratios, seed, drop_difficult)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
 
 
-def _prepare(source: Path, out: Path, ratios: SplitRatios, seed: int) -> PreparedDataset:
+def _prepare(source: Path, out: Path, ratios: SplitRatios, seed: int, drop_difficult: bool = False) -> PreparedDataset:
     match = detect_format(source)
     scratch = out / ".scratch"
-    conv = convert(match, scratch)
+    conv = convert(match, scratch, drop_difficult=drop_difficult)
     if not conv.samples:
         raise InvalidDataset(f"no usable images found ({match.reason})")
     split_by: Literal["source", "ratios"] = "source"
@@ -130,15 +132,17 @@ def dataset_dir(settings: Settings, dataset_id: str) -> Path:
 
 def prepare_from_path(
     path: str | Path, settings: Settings, dataset_id: str, ratios: SplitRatios | None = None, seed: int = 0,
-    roots: list[Path] | None = None,
+    roots: list[Path] | None = None, *, drop_difficult: bool = False,
 ) -> PreparedDataset:
     """Prepare a server-side folder, which must lie inside one of `roots` (default: `settings.data_roots`)."""
     source = confine(path, settings.data_roots if roots is None else roots)
-    return prepare_dataset(source, dataset_dir(settings, dataset_id) / "prepared", ratios, seed)
+    return prepare_dataset(source, dataset_dir(settings, dataset_id) / "prepared", ratios, seed,
+                           drop_difficult=drop_difficult)
 
 
 def prepare_from_archive(
-    archive: Path, settings: Settings, dataset_id: str, ratios: SplitRatios | None = None, seed: int = 0
+    archive: Path, settings: Settings, dataset_id: str, ratios: SplitRatios | None = None, seed: int = 0, *,
+    drop_difficult: bool = False,
 ) -> PreparedDataset:
     """Extract an uploaded archive (within the upload limits) and prepare it."""
     folder = dataset_dir(settings, dataset_id)
@@ -146,7 +150,7 @@ def prepare_from_archive(
         shutil.rmtree(folder)
     try:
         extract_archive(archive, folder / "source", ArchiveLimits.from_settings(settings))
-        return prepare_dataset(folder / "source", folder / "prepared", ratios, seed)
+        return prepare_dataset(folder / "source", folder / "prepared", ratios, seed, drop_difficult=drop_difficult)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

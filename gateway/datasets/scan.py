@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ultralytics.data.utils import IMG_FORMATS
-
+IMG_FORMATS = frozenset({"avif", "bmp", "dng", "heic", "heif", "jp2", "jpeg", "jpg", "mpo", "png", "tif", "tiff",
+                         "webp"})
+"""The image formats Ultralytics trains on (its `ultralytics.data.utils.IMG_FORMATS`; a test keeps them equal)."""
 IMAGE_SUFFIXES = frozenset("." + s for s in IMG_FORMATS)
 
 SPLITS = ("train", "val", "test")
@@ -16,6 +17,13 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": 
 
 def is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def label_path(image: Path | str) -> Path:
+    """The YOLO label file Ultralytics pairs with `image` (its `img2label_paths`: the last `/images/` of the
+    path becomes `/labels/`, the suffix `.txt`)."""
+    sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+    return Path(sb.join(os.fspath(image).rsplit(sa, 1)).rsplit(".", 1)[0] + ".txt")
 
 
 def split_name(name: str) -> str | None:

@@ -32,7 +32,7 @@ NAMING = {
 }
 
 
-ACTIVE_WHERE = "status IN ('queued', 'claimed', 'running', 'canceling')"
+ACTIVE_WHERE = "status IN ('queued', 'claimed', 'running', 'paused', 'canceling')"
 """Runs that are not finished (the dispatcher's working set)."""
 
 
@@ -219,6 +219,10 @@ class Dataset(Base):
     status: Mapped[str] = mapped_column(String(16), default="preparing")
     """preparing | ready | failed."""
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_version: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    """The highest version number ever given (a deleted version's number is never reused)."""
+    working_copy: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    """Whether the working copy (`dataset_samples`) was made; it is made from version 1 on first use."""
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
@@ -226,6 +230,54 @@ class Dataset(Base):
         # NULLS NOT DISTINCT: one name per owner, and also one per name among datasets without owner.
         UniqueConstraint("owner_id", "name", name="uq_datasets_owner_name", postgresql_nulls_not_distinct=True),
     )
+
+
+class DatasetVersion(Base):
+    """A frozen, immutable version of a dataset: the folder a training reads (`data_yaml`)."""
+
+    __tablename__ = "dataset_versions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    root_path: Mapped[str] = mapped_column(Text)
+    data_yaml: Mapped[str] = mapped_column(Text)
+    classes: Mapped[list[str]] = mapped_column(JSONB, default=list)
+    counts: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    """Images and instances per split and class (NULL: read from the dataset's inspection, version 1)."""
+    changes: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    """Sample ids added / removed / relabelled / moved since the previous version."""
+    materialised: Mapped[bool] = mapped_column(Boolean, default=False)
+    """True: a folder of its own below the dataset's `versions/`; False: the registered prepared folder."""
+    created_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (UniqueConstraint("dataset_id", "number", name="uq_dataset_versions_dataset_number"),)
+
+
+class DatasetSample(Base):
+    """One image of a dataset's working copy, with its annotations (in pixels)."""
+
+    __tablename__ = "dataset_samples"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    split: Mapped[str] = mapped_column(String(8))
+    name: Mapped[str] = mapped_column(String(512))
+    sha256: Mapped[str] = mapped_column(String(64))
+    """The image's content hash: its blob in the dataset's store."""
+    ext: Mapped[str] = mapped_column(String(16))
+    width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    height: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    annotations: Mapped[list[Any]] = mapped_column(JSONB, default=list)
+    tags: Mapped[list[str]] = mapped_column(JSONB, default=list)
+    problems: Mapped[list[Any]] = mapped_column(JSONB, default=list)
+    position: Mapped[int] = mapped_column(BigInteger)
+    """Order of the listing (import order, then upload order)."""
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (Index("ix_dataset_samples_dataset_split", "dataset_id", "split", "position"),)
 
 
 class Model(Base):
@@ -269,6 +321,8 @@ class ModelVersion(Base):
     """The training run that produced the weights (kept as provenance, also after the run is gone)."""
     dataset_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     """The dataset the weights were trained on (provenance, like `source_run_id`)."""
+    dataset_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """The version of that dataset (`dataset_versions.number`)."""
     parent_version_id: Mapped[str | None] = mapped_column(
         ForeignKey("model_versions.id", ondelete="SET NULL"), nullable=True)
     """The version training started from (fine-tuning), if it came from the library."""
@@ -397,3 +451,115 @@ class AuditEntry(Base):
     project_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     client_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+
+
+class Webhook(Base):
+    """A project's webhook: where its runs' events are POSTed (signed with `secret`), and which types."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    event_types: Mapped[list[str]] = mapped_column(JSONB, default=list)
+    secret: Mapped[str] = mapped_column(String(256))
+    """HMAC key of the signatures; shown once, when the webhook is created."""
+    created_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook: its delivery id (sent as `Trainforge-Delivery`), attempts and outcome."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_id: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    """pending (being tried), delivered (a 2xx answer), failed (attempts used up)."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    delivered_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("webhook_id", "event_id", name="uq_webhook_deliveries_webhook_event"),
+        Index("ix_webhook_deliveries_webhook_created", "webhook_id", "created_at"),
+    )
+
+
+class Sweep(Base):
+    """A hyperparameter sweep of a project: trial runs of one yolo.train request over a search space."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    owner_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    """Who created it: its trial runs are theirs (limits and fair share count them so)."""
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    """running, completed (every trial finished), canceled."""
+    base: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    """The yolo.train request every trial starts from (without `kind`)."""
+    space: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    method: Mapped[str] = mapped_column(String(16))
+    metric: Mapped[str] = mapped_column(String(256))
+    direction: Mapped[str] = mapped_column(String(16))
+    parallelism: Mapped[int] = mapped_column(Integer)
+    best_trial: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class SweepTrial(Base):
+    __tablename__ = "sweep_trials"
+
+    sweep_id: Mapped[str] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    run_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    """None until the trial is started."""
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    """pending (not started), the run's status while it runs, then completed / failed / canceled."""
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """The sweep's metric in the trial's latest metrics, once it completed."""
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class DatasetStatsRow(Base):
+    """A dataset's statistics (`gateway.datasets.stats`), computed once per version and kept."""
+
+    __tablename__ = "dataset_stats"
+
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, default=1, server_default="1")
+    stats: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    computed_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ProjectDataset(Base):
+    """A dataset a project uses: its members may read it (not change it)."""
+
+    __tablename__ = "project_datasets"
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True,
+                                            index=True)
+    linked_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ProjectModel(Base):
+    """A model of the weights library a project uses: its members may read it (not change it)."""
+
+    __tablename__ = "project_models"
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True, index=True)
+    linked_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())

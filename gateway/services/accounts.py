@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
@@ -22,7 +23,6 @@ from msgspec import UNSET, Meta, UnsetType
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from shared import names
 from gateway.auth.caller import Caller
 from gateway.auth.secrets import (
     API_TOKEN_PREFIX,
@@ -38,6 +38,7 @@ from gateway.errors import Conflict, Forbidden, NotFound, Unauthorized
 from gateway.schemas import Request
 from gateway.services import audit
 from gateway.state import GatewayState
+from shared import names
 from shared.contracts.common import new_id
 from shared.secretfiles import secret_file
 
@@ -218,6 +219,7 @@ async def update_user(gw: GatewayState, ref: str, data: UserUpdate, *, by: Calle
                 await _revoke_sessions(session, target.id)
             changed = ["password" if k == "password_hash" else k for k in values]
             audit.record(session, by, "user.update", "user", target.id, username=target.username, changed=changed)
+        gw.callers.clear()  # a role or a disabled user counts at once here (elsewhere within auth_cache_s)
     return await get_user(gw, target.id)
 
 
@@ -230,6 +232,7 @@ async def change_password(gw: GatewayState, caller: Caller, data: PasswordChange
         await session.execute(update(User).where(User.id == user.id).values(
             password_hash=await hash_password(data.new_password), updated_at=func.now()))
         await _revoke_sessions(session, user.id, keep=caller.session_id)
+    gw.callers.clear()
 
 
 async def _revoke_sessions(session: object, user_id: str, keep: str | None = None) -> None:
@@ -249,23 +252,39 @@ def _access_token(gw: GatewayState, user_id: str, session_id: str) -> tuple[str,
     return token.encode(gw.jwt_secret, "HS256"), ttl
 
 
-async def login(gw: GatewayState, data: LoginRequest, address: str | None) -> TokenPair:
-    """A new session for a user with the right password. The same 401 for an unknown user, a wrong password
-    and a disabled user, in about the same time."""
+@dataclass(frozen=True)
+class OpenedSession:
+    """A login session just opened: its id, its secret (refresh or cookie token), when it ends, its user."""
+
+    session_id: str
+    secret: str
+    expires_at: datetime
+    user: User
+
+
+async def open_session(gw: GatewayState, data: LoginRequest, address: str | None) -> OpenedSession:
+    """A new login session for a user with the right password. The same 401 for an unknown user, a wrong
+    password and a disabled user, in about the same time."""
     async with gw.sessionmaker() as session:
         user = (await session.execute(select(User).where(User.username == data.username))).scalar_one_or_none()
     ok = await verify_password(user.password_hash if user else None, data.password)
     if user is None or not ok or user.disabled:
         raise Unauthorized("wrong username or password")
-    refresh = new_token(REFRESH_TOKEN_PREFIX)
+    secret = new_token(REFRESH_TOKEN_PREFIX)
     expires = datetime.now(UTC) + timedelta(hours=gw.settings.refresh_token_ttl_h)
-    row = LoginSession(id=new_id(), user_id=user.id, refresh_hash=token_hash(refresh), expires_at=expires,
+    row = LoginSession(id=new_id(), user_id=user.id, refresh_hash=token_hash(secret), expires_at=expires,
                        client_address=address)
     async with gw.sessionmaker() as session, session.begin():
         session.add(row)
-    access, ttl = _access_token(gw, user.id, row.id)
-    return TokenPair(access_token=access, refresh_token=refresh, expires_in=ttl, refresh_expires_at=expires,
-                     user=user_view(user))
+    return OpenedSession(session_id=row.id, secret=secret, expires_at=expires, user=user)
+
+
+async def login(gw: GatewayState, data: LoginRequest, address: str | None) -> TokenPair:
+    """A new session (`open_session`): an access token and its refresh token."""
+    opened = await open_session(gw, data, address)
+    access, ttl = _access_token(gw, opened.user.id, opened.session_id)
+    return TokenPair(access_token=access, refresh_token=opened.secret, expires_in=ttl,
+                     refresh_expires_at=opened.expires_at, user=user_view(opened.user))
 
 
 async def refresh(gw: GatewayState, data: RefreshRequest) -> TokenPair:
@@ -298,6 +317,7 @@ async def logout(gw: GatewayState, caller: Caller, *, everywhere: bool) -> None:
         elif caller.token_id is not None:
             await session.execute(update(ApiToken).where(ApiToken.id == caller.token_id)
                                   .values(revoked_at=func.now()))
+    gw.callers.clear()
 
 
 # -- API tokens -----------------------------------------------------------------------------------------
@@ -334,6 +354,7 @@ async def revoke_api_token(gw: GatewayState, caller: Caller, token_id: str) -> A
         if row.revoked_at is None:
             row.revoked_at = datetime.now(UTC)
             audit.record(session, caller, "token.revoke", "api_token", row.id, name=row.name)
+    gw.callers.clear()
     return row
 
 

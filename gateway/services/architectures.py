@@ -1,50 +1,39 @@
 """Custom model architectures: validate an Ultralytics model YAML (build it, one forward pass), save a valid
 one by name, use it as the model of a `yolo.train` (`architecture: <name>`).
 
-Validation never runs in the gateway's process: each one is a child process
-(`python -m runner.yolo.architecture_child`, request on stdin, report on stdout) with an address-space limit
-(`architecture_validate_memory_mb`), a timeout, a minimal environment (no secrets), and at most
-`architecture_validate_concurrency` of them at once per gateway. The child first checks the YAML against the
-`architecture_max_*` budgets on torch's meta device, then builds it for real. torch is never imported here.
+Validation never runs in the gateway's process, nor on its host: the gateway asks a runner that has
+Ultralytics (request/reply on `Subjects.yolo_service("architecture")`, `runner.yolo.service`), which builds
+the model in a child process of its own with the address-space limit (`architecture_validate_memory_mb`)
+and timeout (`architecture_validate_timeout_s`) of the gateway's settings, first checking the YAML against
+the `architecture_max_*` budgets on torch's meta device. No runner online, or none answering within the
+timeout (plus `YOLO_SERVICE_MARGIN_S`): 503. torch is never imported here.
 """
 
 from __future__ import annotations
 
-import asyncio
-import importlib.util
-import json
 import logging
-import os
-import signal
-import sys
-import weakref
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
+from nats.aio.client import Client as NATS
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
-from gateway.db.models import Architecture
 from gateway.auth.access import owned_by, pick
 from gateway.auth.caller import Caller
-from gateway.services import audit
+from gateway.db.models import Architecture
 from gateway.errors import Conflict, NotFound, Unavailable, Unprocessable
 from gateway.schemas import Name, Request
+from gateway.services import audit
 from gateway.services.projects import check_text
 from gateway.state import GatewayState
+from gateway.yolo_service import ask_runner
 from shared.contracts.common import new_id
+from shared.contracts.yolo_service import ARCHITECTURE, ArchitectureBudget, ArchitectureCheck
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
-
-CHILD_MODULE = "runner.yolo.architecture_child"
-CHILD_ENV_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "PYTHONPATH", "VIRTUAL_ENV",
-                   "MPLCONFIGDIR", "XDG_CACHE_HOME", "LD_LIBRARY_PATH")
-"""What the validation child inherits (besides YOLO_*): no TRAINFORGE_* setting, no API key, no token."""
-_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, asyncio.Semaphore]] = (
-    weakref.WeakKeyDictionary())
 
 ModelYaml = Annotated[str, msgspec.Meta(min_length=1, max_length=65_536, description="Ultralytics model YAML")]
 ValidateSize = Annotated[int, msgspec.Meta(ge=32, le=2048, description="Input size of the test forward pass")]
@@ -109,18 +98,21 @@ def architecture_view(row: Architecture) -> ArchitectureView:
                             summary=row.summary, created_at=row.created_at)
 
 
-async def validate(settings: Settings, text: str, imgsz: int, channels: int = 3) -> ArchitectureReport:
+async def validate(nc: NATS, settings: Settings, text: str, imgsz: int, channels: int = 3) -> ArchitectureReport:
     """The report of a valid YAML; Unprocessable (with `error`, `line`, `layer`) for an invalid one or one
-    past the budgets; Unavailable when the validation process failed (crashed, killed, timed out)."""
+    past the budgets; Unavailable when no runner could validate it (none online, its validation process
+    failed: crashed, killed, timed out)."""
     check_text(text)
-    request = {
-        "yaml": text, "imgsz": imgsz, "channels": channels, "state_dir": str(Path(settings.state_dir).resolve()),
-        "memory_mb": settings.architecture_validate_memory_mb,
-        "budget": {"max_params": settings.architecture_max_params, "max_gflops": settings.architecture_max_gflops,
-                   "max_activation_mb": settings.architecture_max_activation_mb},
-    }
-    async with _slot(settings.architecture_validate_concurrency):
-        result = await _run_child(request, settings.architecture_validate_timeout_s)
+    check = ArchitectureCheck(
+        yaml=text, imgsz=imgsz, channels=channels, memory_mb=settings.architecture_validate_memory_mb,
+        timeout_s=settings.architecture_validate_timeout_s,
+        budget=ArchitectureBudget(max_params=settings.architecture_max_params,
+                                  max_gflops=settings.architecture_max_gflops,
+                                  max_activation_mb=settings.architecture_max_activation_mb))
+    result = await ask_runner(nc, settings, ARCHITECTURE, check, what="architecture validation",
+                              timeout_s=settings.architecture_validate_timeout_s)
+    if not isinstance(result, dict) or "valid" not in result:
+        raise Unavailable("architecture validation is unavailable: the runner answered no report")
     if result.get("reason") == "setup":
         log.error("architecture validation could not start: %s", result.get("error"))
         raise Unavailable("architecture validation is unavailable: its process could not load torch within "
@@ -139,65 +131,8 @@ async def validate(settings: Settings, text: str, imgsz: int, channels: int = 3)
     return msgspec.convert(result, ArchitectureReport)
 
 
-def _slot(concurrency: int) -> asyncio.Semaphore:
-    """The semaphore that counts this event loop's validations (one per loop: a semaphore is bound to one)."""
-    per_loop = _slots.setdefault(asyncio.get_running_loop(), {})
-    return per_loop.setdefault(concurrency, asyncio.Semaphore(max(1, concurrency)))
-
-
-def child_environment(env: dict[str, str] | None = None) -> dict[str, str]:
-    """The validation child's environment: a few plain variables and Ultralytics' YOLO_*; CPU only."""
-    env = dict(os.environ if env is None else env)
-    child = {k: v for k, v in env.items() if k in CHILD_ENV_NAMES or k.startswith("YOLO_")}
-    root = _project_root()
-    if root is not None:
-        child["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), child.get("PYTHONPATH")) if p)
-    child.update({"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "YOLO_OFFLINE": "1",
-                  "YOLO_AUTOINSTALL": "0", "PYTHONDONTWRITEBYTECODE": "1"})
-    return child
-
-
-def _project_root() -> Path | None:
-    """The folder holding the `runner` package (found without importing it: it would load torch)."""
-    spec = importlib.util.find_spec("runner")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations))).parent
-
-
-async def _run_child(request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    """Run one validation child; its report, or Unavailable if it answered nothing usable."""
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", CHILD_MODULE, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=child_environment(), start_new_session=True)
-    except OSError as exc:
-        log.error("cannot start the architecture validation process: %s", exc)
-        raise Unavailable("architecture validation is unavailable: its process could not be started") from exc
-    try:
-        stdout, stderr = await asyncio.wait_for(proc.communicate(json.dumps(request).encode()), timeout_s)
-    except TimeoutError:
-        raise Unavailable(f"architecture validation took longer than {timeout_s:g} s and was stopped; "
-                          "try again later or with a smaller imgsz", headers={"Retry-After": "30"}) from None
-    finally:
-        if proc.returncode is None:  # timed out, or this request was cancelled: the child goes too
-            proc.kill()
-            await proc.wait()
-    try:
-        result = json.loads(stdout)
-        if not isinstance(result, dict) or "valid" not in result:
-            raise ValueError("not a report")
-    except ValueError:
-        status = (f"was killed by signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
-                  else f"exited with status {proc.returncode}")
-        log.warning("architecture validation process %s: %s", status, stderr.decode(errors="replace")[-2000:])
-        raise Unavailable(f"architecture validation failed: its process {status} (it may have run out of the "
-                          "memory validation may use); nothing was saved") from None
-    return result
-
-
 async def create_architecture(gw: GatewayState, data: ArchitectureCreate, caller: Caller) -> Architecture:
-    report = await validate(gw.settings, data.yaml, data.imgsz)
+    report = await validate(gw.nc, gw.settings, data.yaml, data.imgsz)
     summary = {"parameters": report.parameters, "gflops": report.gflops, "imgsz": report.imgsz,
                "layers": len(report.layers), "nc": report.nc, "output_shapes": report.output_shapes}
     row = Architecture(id=new_id(), name=data.name, description=data.description, yaml=data.yaml,

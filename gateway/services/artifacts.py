@@ -20,16 +20,16 @@ from litestar.response import Stream
 from sqlalchemy import ColumnElement, delete, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared import names
-from gateway.db.models import Artifact, Run
 from gateway.auth.access import check_artifact
 from gateway.auth.caller import Caller
+from gateway.db.models import Artifact, Run
 from gateway.errors import Conflict, NotFound, Unprocessable
 from gateway.files import servable_artifact
-from gateway.services import audit
 from gateway.ranges import byte_range, content_range
+from gateway.services import audit
 from gateway.state import GatewayState
 from gateway.uploads import UploadedFile
+from shared import names
 from shared.artifacts import ArtifactError, ArtifactNotFound, ArtifactStore, LocalArtifactStore, artifact_store
 from shared.contracts.common import ACTIVE_STATUSES, new_id, utcnow
 

@@ -1,7 +1,9 @@
-"""Saved run configurations of a project: named params of a `yolo.*` run request, reused with `config`.
+"""Saved run configurations of a project: named params of a run request, for any run kind.
 
 Params are stored as the client sends them in a run request (references, not paths) and checked against the
-request type of their kind when saved; a run request names one with `config` and its own fields win.
+request type of their kind when saved. A `yolo.*` run request names one with `config` and its own fields win;
+a `container` configuration is a whole container run request (its `start_command` included), which a client
+(the dashboard's form) loads and sends as its own request: container requests take no `config`.
 """
 
 from __future__ import annotations
@@ -15,17 +17,18 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.auth.caller import Caller
 from gateway.db.models import RunConfig
-from gateway.errors import Conflict, NotFound
-from gateway.schemas import Name, Request
+from gateway.errors import Conflict, NotFound, Unprocessable
+from gateway.schemas import REQUEST_TYPES, Name, Request
 from gateway.services.projects import check_text, get_project
-from gateway.services.yolo_specs import check_params, get_config_row, invalid
+from gateway.services.yolo_specs import check_params, field_errors, get_config_row, invalid
 from gateway.state import GatewayState
 from shared.contracts.common import new_id
 
 
 class ConfigCreate(Request):
     name: Name
-    kind: Annotated[str, msgspec.Meta(max_length=32, description="yolo.train, yolo.val, yolo.export or yolo.predict")]
+    kind: Annotated[str, msgspec.Meta(max_length=32,
+                                      description="yolo.train, yolo.val, yolo.export, yolo.predict or container")]
     params: dict[str, Any] = {}
     """Fields of a run request of `kind` (e.g. dataset, model, epochs, imgsz, extra)."""
     description: Annotated[str, msgspec.Meta(max_length=4096)] = ""
@@ -52,11 +55,28 @@ def config_view(row: RunConfig) -> ConfigView:
                       description=row.description, created_at=row.created_at, updated_at=row.updated_at)
 
 
+CONTAINER = "container"
+
+
+def check_container_params(params: dict[str, Any]) -> dict[str, Any]:
+    """`params` checked as a whole container run request (422 naming the field as `params.<field>`); returns
+    the fields given, as JSON values (the request's defaults are not stored)."""
+    try:
+        request = msgspec.convert({**params, "kind": CONTAINER}, REQUEST_TYPES[CONTAINER])
+    except msgspec.ValidationError as exc:
+        raise Unprocessable("the parameters are invalid", errors=field_errors(exc, "params.")) from None
+    values = msgspec.to_builtins(request)
+    return {name: values[name] for name in params}
+
+
 async def create_config(gw: GatewayState, project_ref: str, data: ConfigCreate, caller: Caller) -> RunConfig:
     check_text(data)
     if "config" in data.params:
         raise invalid("params.config", "a configuration cannot name another configuration")
-    params = check_params(data.kind, data.params, prefix="params.")
+    if data.kind == CONTAINER:
+        params = check_container_params(data.params)
+    else:
+        params = check_params(data.kind, data.params, prefix="params.")
     async with gw.sessionmaker() as session:
         project = await get_project(session, project_ref, caller, "member")
         project_name = project.name

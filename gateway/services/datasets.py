@@ -5,8 +5,8 @@ status `preparing` (which reserves its name), and marked `ready` with its inspec
 preparation fails the row and every file written for it are removed again, so a refused dataset leaves
 nothing behind.
 
-`resolve_dataset(session, ref)` turns a dataset reference (id or name) of a run request into its row; the
-`data` of a `yolo.*` job is `dataset.data_yaml`.
+`resolve_dataset(session, ref)` turns a dataset reference (id or name) into its row. Registration makes version 1
+(`dataset_versions`: the prepared folder); a run trains on a version (`gateway.services.curation`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared import names
-from gateway.auth.access import data_roots_of, owned_by, pick
+from gateway.auth.access import data_roots_of, owned_by, owned_or_linked, pick
 from gateway.auth.caller import Caller
 from gateway.datasets import (
     ArchiveError,
@@ -42,10 +41,11 @@ from gateway.datasets import (
 from gateway.datasets.layout import read_index
 from gateway.datasets.prepare import remove_dataset
 from gateway.datasets.scan import SPLITS
-from gateway.db.models import Dataset, Run
-from gateway.services import audit
+from gateway.db.models import Dataset, DatasetVersion, ProjectDataset, Run
 from gateway.errors import BadRequest, Conflict, GatewayError, NotFound, Unprocessable
 from gateway.files import servable_file
+from gateway.services import audit
+from shared import names
 from shared.contracts.common import ACTIVE_STATUSES, new_id
 from shared.settings import Settings
 
@@ -66,14 +66,18 @@ class RegisterByPath(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ratios: SplitRatios | None = None
     """Split ratios for a dataset without splits (default train 0.8, val 0.2)."""
     seed: Seed = 0
+    drop_difficult: bool = False
+    """Pascal VOC: leave out objects marked `<difficult>1</difficult>` (by default they are labels)."""
 
 
 class UploadOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The text fields of an upload form: `name`, optional `ratios` (JSON) and `seed`."""
+    """The text fields of an upload form: `name`, optional `ratios` (JSON), `seed` and `drop_difficult`."""
 
     name: Name
     ratios: SplitRatios | None = None
     seed: Seed = 0
+    drop_difficult: bool = False
+    """Pascal VOC: leave out objects marked `<difficult>1</difficult>` (by default they are labels)."""
 
 
 class DatasetSummary(msgspec.Struct, kw_only=True):
@@ -96,6 +100,8 @@ class DatasetSummary(msgspec.Struct, kw_only=True):
     images_without_labels: int
     broken_images: int
     problems_total: int
+    last_version: int = 0
+    """The highest version number given (`GET .../versions` lists those kept)."""
     created_at: datetime
     updated_at: datetime
 
@@ -156,7 +162,8 @@ async def register_from_path(
     roots = data_roots_of(caller, settings)
     return await _register(
         sessions, settings, request.name, caller, "path", request.path,
-        lambda dataset_id: prepare_from_path(request.path, settings, dataset_id, ratios, request.seed, roots),
+        lambda dataset_id: prepare_from_path(request.path, settings, dataset_id, ratios, request.seed, roots,
+                                             drop_difficult=request.drop_difficult),
     )
 
 
@@ -168,7 +175,8 @@ async def register_from_archive(
     ratios = check_ratios(options.ratios)
     return await _register(
         sessions, settings, options.name, caller, "upload", None,
-        lambda dataset_id: prepare_from_archive(archive, settings, dataset_id, ratios, options.seed),
+        lambda dataset_id: prepare_from_archive(archive, settings, dataset_id, ratios, options.seed,
+                                                drop_difficult=options.drop_difficult),
     )
 
 
@@ -197,10 +205,13 @@ async def _register(
         done = await session.execute(update(Dataset).where(Dataset.id == dataset_id).values(
             status="ready", format=prepared.format, task=prepared.task, classes=prepared.classes,
             root_path=prepared.root, data_yaml=prepared.data, stats=msgspec.to_builtins(prepared.report),
-            source_path=prepared.source if source == "path" else None, updated_at=func.now(),
+            source_path=prepared.source if source == "path" else None, updated_at=func.now(), last_version=1,
         ).returning(Dataset))
         row = done.scalar_one_or_none()
-        if row is not None:
+        if row is not None:  # version 1: the prepared folder as registered
+            session.add(DatasetVersion(id=new_id(), dataset_id=dataset_id, number=1, root_path=prepared.root,
+                                       data_yaml=prepared.data, classes=list(prepared.classes), materialised=False,
+                                       created_by=caller.user_id))
             audit.record(session, caller, "dataset.create", "dataset", dataset_id, name=name, source=source)
         await session.commit()
     if row is None:  # deleted while it was being prepared
@@ -233,15 +244,18 @@ async def _forget(sessions: async_sessionmaker[AsyncSession], settings: Settings
 
 
 async def resolve_dataset(
-    session: AsyncSession, ref: str, caller: Caller, *, ready: bool = True
+    session: AsyncSession, ref: str, caller: Caller, *, ready: bool = True, read: bool = False
 ) -> Dataset:
     """The dataset with id or name `ref`. With `ready` (the default), one still preparing is a Conflict.
+    With `read`, also a dataset linked to a project the caller is a member of (to read, never to change).
 
     For a run: `data=dataset.data_yaml` (the data YAML, or the classification folder) and
     `dataset_id=dataset.id`.
     """
     rows = (await session.execute(select(Dataset).where(
-        or_(Dataset.id == ref, Dataset.name == ref), owned_by(caller, Dataset.owner_id)))).scalars().all()
+        or_(Dataset.id == ref, Dataset.name == ref),
+        owned_or_linked(caller, Dataset.owner_id, Dataset.id, ProjectDataset.dataset_id, ProjectDataset.project_id)
+        if read else owned_by(caller, Dataset.owner_id)))).scalars().all()
     dataset = pick(rows, ref, caller)
     if dataset is None:
         raise NotFound(f"no dataset {ref!r}")
@@ -277,7 +291,7 @@ def summary(row: Dataset) -> DatasetSummary:
         images=int(stats.get("images", 0)), instances=int(stats.get("instances", 0)),
         images_without_labels=int(stats.get("images_without_labels", 0)),
         broken_images=int(stats.get("broken_images", 0)), problems_total=int(stats.get("problems_total", 0)),
-        created_at=row.created_at, updated_at=row.updated_at,
+        last_version=row.last_version or 0, created_at=row.created_at, updated_at=row.updated_at,
     )
 
 

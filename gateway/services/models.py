@@ -26,14 +26,14 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared import names
-from gateway.auth.access import owned_by, pick
+from gateway.auth.access import owned_by, owned_or_linked, pick
 from gateway.auth.caller import Caller
-from gateway.db.models import Model, ModelVersion, Run
+from gateway.db.models import Model, ModelVersion, ProjectModel, Run
 from gateway.errors import BadRequest, Conflict, NotFound, Unprocessable
 from gateway.services import audit
 from gateway.uploads import UploadedFile
 from gateway.weights import WeightsError, inspect_weights, weights_format
+from shared import names
 from shared.artifacts import ArtifactError, ArtifactStore, LocalArtifactStore
 from shared.contracts.common import ACTIVE_STATUSES, new_id
 from shared.settings import Settings
@@ -70,6 +70,8 @@ class ModelVersionView(msgspec.Struct, kw_only=True):
     dataset_id: str | None
     parent_version_id: str | None
     created_at: datetime
+    dataset_version: int | None = None
+    """The version of the dataset it was trained on."""
 
 
 class ModelView(msgspec.Struct, kw_only=True):
@@ -100,7 +102,7 @@ def version_view(model: Model, v: ModelVersion) -> ModelVersionView:
         id=v.id, model_id=model.id, model_name=model.name, version=v.version, ref=f"{model.name}:{v.version}",
         format=v.format, task=v.task, class_names=list(v.class_names or []), metrics=dict(v.metrics or {}),
         size_bytes=v.size_bytes, sha256=v.sha256, source_run_id=v.source_run_id, dataset_id=v.dataset_id,
-        parent_version_id=v.parent_version_id, created_at=v.created_at,
+        dataset_version=v.dataset_version, parent_version_id=v.parent_version_id, created_at=v.created_at,
     )
 
 
@@ -115,7 +117,7 @@ async def register_version(
     session: AsyncSession, store: ArtifactStore, *, name: str, file_path: Path | str, task: str,
     class_names: list[str], metrics: dict[str, Any] | None = None, source_run_id: str | None = None,
     dataset_id: str | None = None, parent_version_id: str | None = None, owner_id: str | None = None,
-    description: str = "", format: str | None = None,
+    description: str = "", format: str | None = None, dataset_version: int | None = None,
 ) -> ModelVersion:
     """Store the weights at `file_path` (a local file, or an artifact URI of `store`) as the next version of
     model `name` (created with `task` if new; Conflict if it exists with another task).
@@ -150,8 +152,8 @@ async def register_version(
         row = ModelVersion(
             id=new_id(), model_id=model.id, version=version, uri=uri, size_bytes=size, sha256=sha256,
             task=task, class_names=list(class_names), metrics=dict(metrics or {}),
-            source_run_id=source_run_id, dataset_id=dataset_id, parent_version_id=parent_version_id,
-            format=fmt,
+            source_run_id=source_run_id, dataset_id=dataset_id, dataset_version=dataset_version,
+            parent_version_id=parent_version_id, format=fmt,
         )
         session.add(row)
         model.last_version = version
@@ -217,10 +219,13 @@ async def upload_weights(
 # -- reading ----------------------------------------------------------------------------------------------
 
 
-async def resolve_model(session: AsyncSession, ref: str, caller: Caller) -> Model:
-    """The model with id or name `ref` among the caller's (an admin's own first, then anyone's)."""
+async def resolve_model(session: AsyncSession, ref: str, caller: Caller, *, read: bool = False) -> Model:
+    """The model with id or name `ref` among the caller's (an admin's own first, then anyone's). With `read`,
+    also a model linked to a project the caller is a member of (to read, never to change)."""
     rows = (await session.execute(select(Model).where(
-        or_(Model.id == ref, Model.name == ref), owned_by(caller, Model.owner_id)))).scalars().all()
+        or_(Model.id == ref, Model.name == ref),
+        owned_or_linked(caller, Model.owner_id, Model.id, ProjectModel.model_id, ProjectModel.project_id)
+        if read else owned_by(caller, Model.owner_id)))).scalars().all()
     model = pick(rows, ref, caller)
     if model is None:
         raise NotFound(f"no model {ref!r}")

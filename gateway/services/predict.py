@@ -1,33 +1,51 @@
 """Synchronous predict: one uploaded image through a library model, answered in the same request.
 
-`POST /api/v1/models/{ref}/predict` stores the image like `POST /uploads`, starts a `yolo.predict` run with
-it (in the request's `project`, by default the project `predict`, created on first use), waits for the run's
-terminal event through the event hub (re-reading the run's row, so nothing is missed), and answers its
-predictions. After `predict_timeout_s` it answers 504 with the run id: the run goes on and can be read later.
+`POST /api/v1/models/{ref}/predict` stores the image like `POST /uploads` and asks a runner of the pool by
+request/reply (`Subjects.predict(pool)`, answered by `runner.yolo.serve_predict` with a model it keeps
+loaded): no job, no dispatcher pass and no projection on the way to the answer. The prediction is still a
+`yolo.predict` run of the request's `project` (by default `predict`, created on first use): the gateway
+writes its row while the runner predicts, and the runner records its events (claimed, started, the
+annotated image, completed) right after answering. With `save` (an annotated image asked for) the answer
+waits until the run is stored completed, so that its `annotated_artifact_id` can be downloaded at once;
+with `save=false` it does not wait for the record at all.
+
+With no runner of the pool answering predict requests (none online, or runners of an older version), the
+run waits in the queue like any other and the request waits for its terminal event through the event hub;
+after `predict_timeout_s` it answers 504 with the run id: the run goes on and can be read later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Annotated, Any
 
+import anyio
 import msgspec
-from sqlalchemy import select
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from sqlalchemy import select, update
 
 from gateway.auth.caller import Caller
+from gateway.bus import PublishFailed, job_msg_id, publish_event
 from gateway.db.models import Artifact, Project, Run
-from gateway.errors import Conflict, GatewayError, NotFound, Unavailable, Unprocessable
-from gateway.eventhub import EventHub, Subscription
-from gateway.schemas import PROJECT_NAME_RE, REQUEST_TYPES, Pool, ProjectCreate
+from gateway.errors import RETRY_AFTER_S, Conflict, GatewayError, NotFound, Unavailable, Unprocessable
+from gateway.eventhub import Subscription
+from gateway.requestid import current_request_id
+from gateway.schemas import PROJECT_NAME_RE, Pool, ProjectCreate
+from gateway.services import audit
 from gateway.services import models as library
-from gateway.services.artifacts import store_upload
+from gateway.services.artifacts import _image_info, store_upload
 from gateway.services.projects import create_project, find_project
-from gateway.services.runs import create_run, get_run
+from gateway.services.runs import get_run, queued_event
 from gateway.state import GatewayState
 from gateway.uploads import UploadedFile
-from shared.contracts.common import RunStatus
-from shared.contracts.yolo import Fraction, ImageSize
+from shared.contracts.common import RunStatus, new_id, utcnow
+from shared.contracts.yolo import Fraction, ImageSize, YoloPredictSpec
+from shared.contracts.yolo_service import PredictRequest, predict_reply_decoder
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PROJECT = "predict"
 TERMINAL_TYPES = frozenset({"run.completed", "run.failed", "run.canceled"})
@@ -68,22 +86,163 @@ class PredictResponse(msgspec.Struct, kw_only=True):
     """Time the request took, upload to answer."""
 
 
+INLINE_MAX_BYTES = 512 * 1024
+"""Images up to this size travel inside the predict request (base64 in JSON, within NATS' 1 MB payload);
+larger ones are stored first and read by the runner from the artifact store."""
+_recording: set[asyncio.Task[None]] = set()
+"""Runs being recorded after their answer (kept referenced until done)."""
+
+
 async def predict(gw: GatewayState, ref: str, options: PredictOptions, image: UploadedFile,
                   caller: Caller) -> PredictResponse:
     started = time.monotonic()
+    looked_up, found = await asyncio.gather(_model_version(gw, ref, options.version, caller),
+                                            _find_project(gw, options.project, caller), return_exceptions=True)
+    for outcome in (looked_up, found):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    model, version = looked_up  # type: ignore[misc]
+    project = found if found is not None else await _create_project(gw, caller)
+    try:
+        await anyio.to_thread.run_sync(_image_info, image.path)
+    except ValueError as exc:
+        raise Unprocessable(f"file: {exc}", errors=[{"field": "file", "message": str(exc)}]) from None
+    spec = YoloPredictSpec(model=version.uri, sources=["upload"], conf=options.conf, iou=options.iou,
+                           imgsz=options.imgsz, max_det=options.max_det, save=options.save)
+    run_id = new_id()
+    stored = asyncio.create_task(store_upload(gw, image, caller))
+    inline: list[bytes] = []
+    if image.size <= INLINE_MAX_BYTES:
+        inline = [await anyio.to_thread.run_sync(image.path.read_bytes)]
+    else:
+        spec = msgspec.structs.replace(spec, sources=[(await stored).uri])
+    recording = asyncio.create_task(_record_run(gw, project, run_id, spec, stored, options.pool, caller,
+                                                {"model": f"library:{version.id}"}))
+    try:
+        reply = await _ask_runner(gw, PredictRequest(run_id=run_id, project_id=project.id, spec=spec,
+                                                     images=inline), options.pool)
+    except BaseException:
+        await asyncio.gather(recording, return_exceptions=True)
+        raise
+    if reply is None:  # no runner answers predict requests: the run waits in line like any other
+        await recording
+        await _hand_to_dispatcher(gw, run_id)
+        return await _answer_from_run(gw, run_id, model.name, version.version, started)
+    if options.save and reply.status == "ok":
+        # The annotated image must be downloadable once answered: wait until the run is stored completed
+        # (its run.artifact events come first), which the runner records right after answering.
+        await recording
+        await wait_for_run(gw, run_id, max(0.0, gw.settings.predict_timeout_s - (time.monotonic() - started)))
+    else:  # the answer does not wait for the run's row; the row is written regardless
+        _recording.add(recording)
+        recording.add_done_callback(_recorded)
+    if reply.status == "failed":
+        raise Unprocessable(f"prediction run {run_id} failed: {reply.error}")
+    if reply.status != "ok" or reply.result is None:
+        raise Unavailable(f"prediction run {run_id} failed: {reply.error}",
+                          headers={"Retry-After": str(RETRY_AFTER_S)})
+    images = [dict(entry) for entry in reply.result.get("images") or []]
+    for entry in images:
+        entry.pop("source", None)  # a server path
+    return PredictResponse(run_id=run_id, model=model.name, version=version.version,
+                           task=reply.result.get("task"), images=images,
+                           elapsed_s=round(time.monotonic() - started, 3))
+
+
+def _recorded(task: asyncio.Task[None]) -> None:
+    _recording.discard(task)
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("predict: recording a run failed: %r", exc)
+
+
+async def _model_version(gw: GatewayState, ref: str, number: int | None, caller: Caller) -> tuple[Any, Any]:
     async with gw.sessionmaker() as session:
         model = await library.resolve_model(session, ref, caller)
-        version = (await library.get_version(session, model, options.version) if options.version
+        version = (await library.get_version(session, model, number) if number
                    else await library.latest_version(session, model))
         if version is None:
             raise Conflict(f"model {model.name!r} has no versions")
-    project = await _project(gw, options.project, caller)
-    upload = await store_upload(gw, image, caller)
-    request = REQUEST_TYPES["yolo.predict"](
-        model=f"library:{version.id}", images=[upload.id], conf=options.conf, iou=options.iou,
-        imgsz=options.imgsz, max_det=options.max_det, save=options.save)
-    run = await create_run(gw, project.id, request, caller=caller, pool=options.pool, priority=50)  # type: ignore[arg-type]
-    run = await wait_for_run(gw, run.id, gw.settings.predict_timeout_s)
+    return model, version
+
+
+async def _find_project(gw: GatewayState, name: str, caller: Caller) -> Project | None:
+    """The project the prediction runs in; None for a `predict` project not made yet."""
+    try:
+        return await find_project(gw, name, caller)
+    except NotFound:
+        if name != DEFAULT_PROJECT:
+            raise Unprocessable(f"project {name!r} not found",
+                                errors=[{"field": "project", "message": "not found"}]) from None
+    return None
+
+
+async def _create_project(gw: GatewayState, caller: Caller) -> Project:
+    """The caller's own `predict` project, on first use."""
+    try:
+        return await create_project(gw, ProjectCreate(name=DEFAULT_PROJECT, description="synchronous predictions"),
+                                    caller)
+    except Conflict:  # created meanwhile by another request
+        return await find_project(gw, DEFAULT_PROJECT, caller)
+
+
+async def _ask_runner(gw: GatewayState, request: PredictRequest, pool: str) -> Any:
+    """The runner's `PredictReply`; None when no runner of the pool answers predict requests."""
+    timeout_s = gw.settings.predict_timeout_s
+    try:
+        msg = await gw.nc.request(gw.subjects.predict(pool), msgspec.json.encode(request), timeout=timeout_s)
+    except NoRespondersError:
+        return None
+    except NatsTimeout:
+        raise PredictTimeout(f"run {request.run_id} did not finish within {timeout_s:g}s; it goes on: "
+                             f"GET /api/v1/runs/{request.run_id}") from None
+    try:
+        return predict_reply_decoder.decode(msg.data)
+    except msgspec.DecodeError as exc:
+        log.warning("predict: a runner answered something unreadable: %s", exc)
+        raise Unavailable("prediction is unavailable: the runner's answer was unreadable",
+                          headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+
+
+async def _record_run(gw: GatewayState, project: Project, run_id: str, spec: YoloPredictSpec,
+                      stored: asyncio.Task[Artifact], pool: str, caller: Caller, options: dict[str, Any]) -> None:
+    """The run's row, handed to a runner already (`enqueued_at` set: the dispatcher leaves it alone), with
+    the stored upload as its source; the runner's events fold into it as for any run."""
+    request_id = current_request_id()
+    upload = await stored
+    spec = msgspec.structs.replace(spec, sources=[upload.uri])
+    options = {**options, "images": [upload.id]}
+    async with gw.sessionmaker() as session, session.begin():
+        counted = await session.execute(
+            update(Project).where(Project.id == project.id, Project.status == "active")
+            .values(runs_started=Project.runs_started + 1).returning(Project.id))
+        if counted.first() is None:
+            raise Conflict(f"project {project.name!r} is archived; unarchive it to start runs")
+        session.add(Run(id=run_id, project_id=project.id, kind="yolo.predict", pool=pool, priority=50,
+                        owner_id=caller.user_id, status=RunStatus.QUEUED.value, spec=msgspec.to_builtins(spec),
+                        gateway_seq=1, job_msg_id=job_msg_id(run_id, None), enqueued_at=utcnow(),
+                        options={**options, **({"request_id": request_id} if request_id else {})}))
+        audit.record(session, caller, "run.create", "run", run_id, project_id=project.id, kind="yolo.predict",
+                     model=options["model"], format=None)
+    async with gw.sessionmaker() as session:
+        run = await get_run(session, run_id, None)
+    try:
+        await publish_event(gw, queued_event(run))
+    except PublishFailed:
+        log.warning("predict: run.queued of run %s not published; its runner's events record it anyway", run_id)
+
+
+async def _hand_to_dispatcher(gw: GatewayState, run_id: str) -> None:
+    """No runner took the request: the run waits in line, the dispatcher publishes its job."""
+    async with gw.sessionmaker() as session, session.begin():
+        await session.execute(update(Run).where(Run.id == run_id).values(enqueued_at=None))
+    if gw.dispatcher is not None:
+        gw.dispatcher.announced(run_id)
+        await gw.dispatcher.admit(run_id)
+
+
+async def _answer_from_run(gw: GatewayState, run_id: str, model: str, version: int, started: float
+                           ) -> PredictResponse:
+    run = await wait_for_run(gw, run_id, max(0.0, gw.settings.predict_timeout_s - (time.monotonic() - started)))
     if run.status == RunStatus.FAILED:
         error = Unprocessable if run.failure_cause == "user" else Unavailable
         raise error(f"prediction run {run.id} failed: {run.error}")
@@ -96,28 +255,14 @@ async def predict(gw: GatewayState, ref: str, options: PredictOptions, image: Up
         if (uri := entry.pop("annotated_uri", None)) is not None and uri in annotated:
             entry["annotated_artifact_id"] = annotated[uri]
         entry.pop("source", None)  # a server path
-    return PredictResponse(run_id=run.id, model=model.name, version=version.version, task=result.get("task"),
+    return PredictResponse(run_id=run.id, model=model, version=version, task=result.get("task"),
                            images=images, elapsed_s=round(time.monotonic() - started, 3))
-
-
-async def _project(gw: GatewayState, name: str, caller: Caller) -> Project:
-    """The project the prediction runs in; the caller's own `predict` project is created on first use."""
-    try:
-        return await find_project(gw, name, caller)
-    except NotFound:
-        if name != DEFAULT_PROJECT:
-            raise Unprocessable(f"project {name!r} not found",
-                                errors=[{"field": "project", "message": "not found"}]) from None
-    try:
-        return await create_project(gw, ProjectCreate(name=name, description="synchronous predictions"), caller)
-    except Conflict:  # created meanwhile by another request
-        return await find_project(gw, name, caller)
 
 
 async def wait_for_run(gw: GatewayState, run_id: str, timeout_s: float) -> Run:
     """The run once it is finished; PredictTimeout after `timeout_s`."""
-    hub = gw.extras["eventhub"]
-    assert isinstance(hub, EventHub)
+    hub = gw.eventhub
+    assert hub is not None, "the event hub starts with the gateway"
     deadline = time.monotonic() + timeout_s
     with hub.subscribe(run_id=run_id) as sub:
         while True:

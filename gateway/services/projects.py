@@ -14,8 +14,8 @@ from gateway.auth.access import member_of, pick, require_role, with_role
 from gateway.auth.caller import Caller
 from gateway.db.models import Artifact, EventRecord, Project, ProjectMember, Run, User
 from gateway.errors import BadRequest, Conflict, NotFound, Unprocessable
-from gateway.services import audit
 from gateway.schemas import PROJECT_NAME_RE, ProjectCreate, ProjectUpdate
+from gateway.services import audit
 from gateway.state import GatewayState
 from shared.contracts.common import TERMINAL_STATUSES, new_id
 

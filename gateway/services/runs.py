@@ -8,6 +8,7 @@ room and a runner that fits is free.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import Any
@@ -21,6 +22,7 @@ from gateway.auth.caller import Caller
 from gateway.bus import GATEWAY_RUNNER_ID, PublishFailed, job_msg_id, publish_event, publish_job, signal_cancel
 from gateway.db.models import Artifact, Checkpoint, EventRecord, Project, Run
 from gateway.errors import BadRequest, Conflict, NotFound, Unavailable, Unprocessable
+from gateway.requestid import current_request_id
 from gateway.schemas import (
     ArtifactView,
     CheckpointView,
@@ -243,41 +245,51 @@ async def create_run(
     idempotency: tuple[str, str] | None = None,
     resume: ResumeFrom | None = None,
     options: dict[str, Any] | None = None,
+    settle: bool = False,
 ) -> Run:
-    """Save a queued run (counting it in its project's `runs_started`), publish run.queued and hand the run to
-    the dispatcher, which publishes its job at once if it may start now (else it waits in line).
+    """Save a queued run (counting it in its project's `runs_started`) and hand it to the dispatcher, which
+    publishes run.queued and the run's job, at once if it may start now (else it waits in line). The run is
+    returned once its row is committed (durably accepted), before the dispatcher is done with it: `settle`
+    waits for that too (tests that look at the line right after).
 
     A `RunRequest` (the `yolo.*` kinds: references instead of paths) is first resolved into its spec by
     `yolo_specs.resolve_spec`, which also gives pool, priority (when None here) and the run's `options`.
-    NotEnqueued (503) if NATS does not take run.queued or the job: the run stays queued without
-    `enqueued_at` and the dispatcher publishes it when NATS is back. `idempotency` (scope, key) of the
+    Without a dispatcher (none started), run.queued is published here: NotEnqueued (503) if NATS does not
+    take it; the run stays queued without `enqueued_at`. With one, a run NATS does not take now waits in
+    line ("NATS did not take its job; retrying") and is published when NATS is back. `idempotency` (scope, key) of the
     request, if it had an Idempotency-Key: the job's `Nats-Msg-Id` is made from it. The caller (at least a
     member of the project) owns the run: limits and fair share count runs per owner.
     """
     if pool is not None:
         _check_pool(pool)
     check_text(spec)
-    if isinstance(spec, ContainerSpec):
+    if isinstance(spec, ContainerSpec) and spec.backend == "docker":  # asks a runner: not in the transaction
         async with gw.sessionmaker() as session:
             project = await get_project(session, project_ref, caller, "member")
             spec = await prepare_container_spec(gw, project, spec, pool or "cpu", caller)
     run_id = new_id()
     async with gw.sessionmaker() as session, session.begin():
         project = await get_project(session, project_ref, caller, "member")
+        if isinstance(spec, ContainerSpec) and spec.backend != "docker":  # no I/O: the caller's role only
+            spec = await prepare_container_spec(gw, project, spec, pool or "cpu", caller)
         if isinstance(spec, RunRequest):
             resolved = await yolo_specs.resolve_spec(session, gw.settings, project, spec, caller)
             spec, options = resolved.spec, {**resolved.options, **(options or {})}
             pool = pool or resolved.pool
             priority = resolved.priority if priority is None else priority
             _check_pool(pool)
+            spec = await _with_dataset_archive(gw, spec)
         counted = await session.execute(
             update(Project).where(Project.id == project.id, Project.status == "active")
             .values(runs_started=Project.runs_started + 1).returning(Project.id)
         )
         if counted.first() is None:
             raise Conflict(f"project {project.name!r} is archived; unarchive it to start runs")
-        run = Run(
+        now = utcnow()
+        run = Run(  # every column set here: the row needs no re-read after the commit
             id=run_id,
+            created_at=now,
+            updated_at=now,
             project_id=project.id,
             kind=spec.__struct_config__.tag,
             pool=pool or "cpu",
@@ -289,7 +301,7 @@ async def create_run(
             resume_of=resume.source_run_id if resume else None,
             resume_checkpoint_id=resume.checkpoint_id if resume else None,
             job_msg_id=job_msg_id(run_id, idempotency),
-            options=options or {},
+            options=_with_request_id(options or {}),
             requirements=msgspec.to_builtins(requirements) if requirements is not None else None,
         )
         session.add(run)
@@ -300,21 +312,18 @@ async def create_run(
             action = "model.export" if run.kind == "yolo.export" else "run.create"
             audit.record(session, caller, action, "run", run_id, project_id=project.id, kind=run.kind,
                          model=run.options.get("model"), format=run.spec.get("format"))
-    async with gw.sessionmaker() as session:
-        run = await get_run(session, run_id, None)
-    dispatcher = gw.extras.get("dispatcher")
-    try:
-        await publish_event(gw, queued_event(run))
-    except PublishFailed as exc:
-        raise NotEnqueued(run) from exc
+    dispatcher = gw.dispatcher
     if dispatcher is None:
+        try:
+            await publish_event(gw, queued_event(run))
+        except PublishFailed as exc:
+            raise NotEnqueued(run) from exc
         return run
-    dispatcher.announced(run.id)  # type: ignore[attr-defined]
-    outcome = await dispatcher.admit(run.id)  # type: ignore[attr-defined]
-    async with gw.sessionmaker() as session:
-        run = await get_run(session, run_id, None)
-    if outcome == "publish_failed":
-        raise NotEnqueued(run)
+    accepted = dispatcher.accept(run)
+    if settle:
+        await asyncio.shield(accepted)
+        async with gw.sessionmaker() as session:
+            run = await get_run(session, run_id, None)
     return run
 
 
@@ -330,10 +339,18 @@ def queued_event(run: Run) -> RunQueued:
                      ts=run.created_at, kind=run.kind, pool=run.pool, resume_of=run.resume_of)
 
 
+def _with_request_id(options: dict[str, Any]) -> dict[str, Any]:
+    """The run's options with the id of the request creating it (`request_id`), which its job carries."""
+    options = {k: v for k, v in options.items() if k != "request_id"}  # a resume's source had its own
+    request_id = current_request_id()
+    return {**options, "request_id": request_id} if request_id else options
+
+
 async def enqueue(gw: GatewayState, run: Run, *, resume: ResumeFrom | None, limits: Limits | None = None,
-                  announce: bool = True) -> None:
+                  announce: bool = True, announce_first: bool = False) -> None:
     """Publish a run's job (and, with `announce`, its run.queued again), then note `enqueued_at` and clear
-    the run's place in the gateway's line.
+    the run's place in the gateway's line. With `announce_first` (a new run's first publication), run.queued
+    goes out just before the job, both in flight at once (one round trip); else after the job.
 
     Safe to repeat: the job's and the event's `Nats-Msg-Id` stay the same, so JetStream drops a duplicate.
     """
@@ -341,10 +358,13 @@ async def enqueue(gw: GatewayState, run: Run, *, resume: ResumeFrom | None, limi
     requirements = msgspec.convert(run.requirements, Requirements) if run.requirements is not None else None
     job = Job(run_id=run.id, project_id=run.project_id, pool=run.pool, spec=spec, resume=resume,
               owner_id=run.owner_id, priority=run.priority, created_at=run.created_at,
-              requirements=requirements, limits=limits)
-    await publish_job(gw, job, run.job_msg_id or run.id)
-    if announce:
-        await publish_event(gw, queued_event(run))
+              requirements=requirements, limits=limits, request_id=(run.options or {}).get("request_id"))
+    if announce and announce_first:
+        await asyncio.gather(publish_event(gw, queued_event(run)), publish_job(gw, job, run.job_msg_id or run.id))
+    else:
+        await publish_job(gw, job, run.job_msg_id or run.id)
+        if announce:
+            await publish_event(gw, queued_event(run))
     async with gw.sessionmaker() as session, session.begin():
         enqueued = await session.execute(
             update(Run).where(Run.id == run.id, Run.enqueued_at.is_(None))
@@ -454,3 +474,15 @@ async def delete_run(gw: GatewayState, run_id: str, caller: Caller) -> None:
 
 def run_view(run: Run) -> RunView:
     return from_row(RunView, run)
+
+
+async def _with_dataset_archive(gw: GatewayState, spec: RunSpecBase) -> RunSpecBase:
+    """With `settings.dataset_archives` (runners on other hosts), the spec with the content hash of its
+    dataset's archive, packed and stored if not yet (`gateway.dataset_archives`)."""
+    dataset_id, data = getattr(spec, "dataset_id", None), getattr(spec, "data", None)
+    if not gw.settings.dataset_archives or not dataset_id or not data or not hasattr(spec, "dataset_sha256"):
+        return spec
+    from gateway.dataset_archives import ensure_archive
+
+    info = await ensure_archive(gw.settings, gw.js, dataset_id, data)
+    return msgspec.structs.replace(spec, dataset_sha256=info.sha256)  # type: ignore[type-var]

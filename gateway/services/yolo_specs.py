@@ -3,7 +3,8 @@
 `resolve_spec(session, settings, project, request)` is called by `create_run` inside its transaction:
 - `config`: the project's saved configuration of that name; its params lie under the request's own fields
   (`extra` is merged key by key);
-- `dataset` (id or name of a ready dataset) → `data` (its data YAML or classification root) + `dataset_id`;
+- `dataset` (id or name of a ready dataset: its latest version; `name:3`: version 3) → `data` (that version's
+  data YAML or classification root) + `dataset_id` + `dataset_version`;
 - `model`: a built-in name (`yolov8n`, `yolo11s-cls`, `yolov8n.yaml`) passed on as is; `library:<model>`,
   `library:<model>:<version>` or `library:<version id>` → the version's weights URI (options keep
   `model_version_id`); `artifact:<id>` → that run artifact's URI (e.g. an exported ONNX/TorchScript model);
@@ -26,19 +27,20 @@ import msgspec
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared import names
+from gateway.auth.access import check_artifact, owned_by, pick
+from gateway.auth.caller import Caller
 from gateway.datasets import DatasetError
 from gateway.datasets.layout import read_index
 from gateway.datasets.listing import image_file
 from gateway.datasets.scan import SPLITS
-from gateway.db.models import Architecture, Artifact, Dataset, Project, RunConfig
+from gateway.db.models import Architecture, Artifact, Dataset, DatasetVersion, Project, RunConfig
 from gateway.errors import GatewayError, Unprocessable, validation_errors
 from gateway.schemas import REQUEST_TYPES, RunRequest
 from gateway.services.artifacts import UPLOAD_KIND
-from gateway.auth.access import check_artifact, owned_by, pick
-from gateway.auth.caller import Caller
+from gateway.services.curation import resolve_versioned
 from gateway.services.datasets import resolve_dataset
 from gateway.services.models import resolve_model_version
+from shared import names
 from shared.contracts.commands import RunSpecBase
 from shared.contracts.yolo import YoloExportSpec, YoloPredictSpec, YoloTrainSpec, YoloValSpec, validate_train_extra
 from shared.settings import Settings
@@ -69,7 +71,7 @@ def field_errors(exc: msgspec.ValidationError, prefix: str = "") -> list[dict[st
     errors = validation_errors(exc)
     for error in errors:
         name = error["field"].removeprefix("$").lstrip(".")
-        if not name and (unknown := re.search(r"unknown field `([^`]+)`", error["message"])):
+        if not name and (unknown := re.search(r"(?:unknown|missing required) field `([^`]+)`", error["message"])):
             name = unknown.group(1)
         error["field"] = prefix + name if name else (prefix.rstrip(".") or "$")
     return errors
@@ -106,11 +108,13 @@ async def resolve_spec(session: AsyncSession, settings: Settings, project: Proje
     model_task: str | None = None
 
     if (ref := params.get("dataset")) is not None:
-        dataset = await _dataset(session, ref, caller)
-        fields["data"] = dataset.data_yaml
+        dataset, version = await _dataset(session, ref, caller)
+        fields["data"] = version.data_yaml
         if kind != "yolo.export":
             fields["dataset_id"] = dataset.id
+            fields["dataset_version"] = version.number
         options["dataset"] = ref
+        options["dataset_version"] = version.number
     elif kind in ("yolo.train", "yolo.val"):
         raise invalid("dataset", "required: a registered dataset (id or name)")
 
@@ -195,9 +199,9 @@ MODEL_REFERENCES = ("a built-in model name (yolov8n, yolo11s-cls), library:<mode
                     "library:<version id> or artifact:<id>")
 
 
-async def _dataset(session: AsyncSession, ref: str, caller: Caller) -> Dataset:
+async def _dataset(session: AsyncSession, ref: str, caller: Caller) -> tuple[Dataset, DatasetVersion]:
     try:
-        return await resolve_dataset(session, ref, caller)
+        return await resolve_versioned(session, ref, caller)
     except GatewayError as exc:
         raise _refer(exc, "dataset") from None
 

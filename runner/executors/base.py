@@ -69,6 +69,16 @@ class Emitter(Protocol):
         ...
 
 
+class Pauser(Protocol):
+    """How an executor stops its run in place and continues it (`RunContext.pauser`)."""
+
+    async def pause(self) -> None:
+        """Stop the run in place; return once it is stopped (or will stop at its next safe point)."""
+
+    async def resume(self) -> None:
+        """Continue it from where it stopped."""
+
+
 @dataclass
 class RunContext:
     job: Job
@@ -88,6 +98,20 @@ class RunContext:
     holds_claim: Callable[[], bool] = lambda: True
     """Whether this attempt surely still holds the run (its claim renewed within the last heartbeats): an
     executor deletes nothing a next attempt may resume from unless it does (`runner.claims`)."""
+    let_go: bool = False
+    """Set by the agent with `cancel_requested` when the runner stops and gives the run back (shutdown_action
+    `requeue`): the run is not canceled, so an executor that can leave its command running for the next attempt
+    on this host (docker, `runner_reattach = reattach`) may do that instead of stopping it."""
+    detached: bool = False
+    """Set by the executor: it returned (or was cancelled) with the command still running. The agent then keeps
+    the run's attempt claim, marked detached, so that no other runner starts the command beside it."""
+
+    pauser: Pauser | None = None
+    """Set by an executor while its run can be paused (its processes started, its training loop running)."""
+    paused: bool = False
+    """Set by the agent: the run is paused now."""
+    pause_expired: bool = False
+    """Set by the agent with `cancel_requested` when the run stayed paused longer than `pause_max_s`."""
 
     @property
     def run_id(self) -> str:

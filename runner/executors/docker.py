@@ -19,7 +19,10 @@ If the runner dies (kill -9), the wrapper sees the end of its input and ends the
 `cancel_grace_s`, SIGKILL), so a next attempt elsewhere never runs beside an orphan. If this coroutine is
 cancelled while the command runs (the runner goes away without canceling the run), the runner lets go on
 purpose with `runner_reattach` = `reattach` (a byte on the wrapper's stdin: the command keeps running for the
-next attempt on this host to re-attach to) and ends the command like a dead runner's otherwise.
+next attempt on this host to re-attach to) and ends the command like a dead runner's otherwise. The same holds
+when the runner stops and gives the run back (`RunContext.let_go`, shutdown_action `requeue`). Either way it
+sets `RunContext.detached` when the wrapper confirmed: the agent keeps the attempt claim, marked detached, so
+only this runner id runs the run next (`runner.claims`).
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ import re
 import shlex
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import anyio
 import msgspec
@@ -61,10 +65,12 @@ from runner.executors.docker_argv import (
     signal_argv,
     start_argv,
 )
+from runner.executors.pipes import WatchedPipe, drain
 from runner.gpu_sampler import cuda_indices, sample_gpus
 from runner.logparse import Progress, parse_line
 from runner.preflight import check_files, resolve_under
 from runner.targets import ContainerTarget, Targets, load_targets
+from shared.artifacts import ArtifactError, ArtifactStore, NatsObjectStore, artifact_store
 from shared.contracts import ContainerSpec, FailureCause
 from shared.contracts.common import TOKEN_RE
 from shared.contracts.preflight import PreflightReply
@@ -79,8 +85,14 @@ CR_LOG_EVERY_S = 1.0
 STATE_SAVE_EVERY_S = 1.0
 DOCKER_CALL_TIMEOUT_S = 30.0
 KILL_CONFIRM_S = 5.0
+PIPE_IDLE_S = 10.0
+"""After the command ended, how long a reader may wait on an output pipe giving nothing (a stray holder)."""
 DETACH_CONFIRM_S = 5.0
 """How long the runner waits for the wrapper to confirm that it let go (`DETACHED_MARK`)."""
+CONTAINER_STATE_SETTLE_S = 2.0
+"""How long a container that ended a command's exec session may still show as running (see `_container_gone`)."""
+LET_GO = "let go"
+"""A stop reason: the runner stops and gives the run back (`RunContext.let_go`); the command keeps running."""
 STATE_FILE = "docker-state.json"
 
 
@@ -90,10 +102,16 @@ class DockerUnavailable(Exception):
 
 class DockerExecutor:
     kinds: ClassVar[tuple[str, ...]] = ("container",)
+    uses_bus: ClassVar[bool] = True
+    """The registry passes the runner's JetStream connection: with `artifact_store = nats`, checkpoints and
+    artifacts go to the object store, so a runner on another host can resume from them."""
 
-    def __init__(self, settings: Settings, targets: Targets | None = None) -> None:
+    def __init__(self, settings: Settings, targets: Targets | None = None, js=None) -> None:  # noqa: ANN001
         self.settings = settings
         self.targets = targets if targets is not None else load_targets(settings.runner_targets_file)
+        self.store: ArtifactStore | None = None
+        if settings.artifact_store == "nats" and js is not None:
+            self.store = artifact_store(settings, js)
 
     async def run(self, ctx: RunContext) -> Outcome:
         spec = ctx.job.spec
@@ -105,7 +123,8 @@ class DockerExecutor:
         except KeyError as exc:
             return Failed(FailureCause.USER, "UnknownTarget", str(exc.args[0]))
         try:
-            plan = plan_attempt(ctx, spec, target)
+            resume_path = await self._fetched_resume(ctx, target)
+            plan = plan_attempt(ctx, spec, target, resume_path)
             missing = await check_files(target, spec.dataset_name, spec.training_yaml_name)
         except ExecutorError as exc:
             return Failed(FailureCause.USER, "InvalidRun", str(exc))
@@ -114,7 +133,20 @@ class DockerExecutor:
             return Failed(FailureCause.USER, "MissingFiles", message)
         if ctx.cancel_requested.is_set():
             return Canceled(checkpoint_id=ctx.last_checkpoint_id)
-        return await _Attempt(ctx, target, plan).run()
+        return await _Attempt(ctx, target, plan, store=self.store).run()
+
+    async def _fetched_resume(self, ctx: RunContext, target: ContainerTarget) -> Path | None:
+        """A checkpoint in the object store (another host's), unpacked into this run's output folder here."""
+        resume = ctx.resume or ctx.job.resume
+        if resume is None or not resume.uri.startswith(f"{NatsObjectStore.SCHEME}://"):
+            return None
+        output_dir = target.host_output_dir(ctx.run_id)
+        if self.store is None or not self.store.owns(resume.uri) or output_dir is None:
+            raise ExecutorError(f"this runner cannot read the checkpoint {resume.uri} (artifact store "
+                                f"{self.settings.artifact_store}, output folder {output_dir})")
+        from runner.folder_artifacts import fetch_folder
+
+        return await fetch_folder(self.store, resume.uri, output_dir)
 
 
 # -- what one attempt runs -------------------------------------------------------------------------------
@@ -132,9 +164,11 @@ class Plan:
     timeout_s: float | None
 
 
-def plan_attempt(ctx: RunContext, spec: ContainerSpec, target: ContainerTarget) -> Plan:
-    """Paths, environment and start command of one attempt. Raises `ExecutorError` for a spec this target
-    cannot run as given."""
+def plan_attempt(ctx: RunContext, spec: ContainerSpec, target: ContainerTarget, resume_path: Path | None = None,
+                 ) -> Plan:
+    """Paths, environment and start command of one attempt (`resume_path`: the checkpoint to resume from on this
+    host, when it was fetched from the artifact store). Raises `ExecutorError` for a spec this target cannot run
+    as given."""
     if not TOKEN_RE.match(ctx.run_id):
         raise ExecutorError(f"invalid run id {ctx.run_id!r}")
     if "\x00" in spec.start_command:
@@ -145,7 +179,7 @@ def plan_attempt(ctx: RunContext, spec: ContainerSpec, target: ContainerTarget) 
     dataset = resolve_under(root, spec.dataset_name) if spec.dataset_name else None
     training_yaml = resolve_under(root, spec.training_yaml_name) if spec.training_yaml_name else None
     values: dict[str, str | None] = {
-        "resume_from": _resume_path(ctx, target),
+        "resume_from": target.to_container(resume_path) if resume_path else _resume_path(ctx, target),
         "output_dir": target.to_container(output_dir) if output_dir else None,
         "dataset": target.to_container(dataset) if dataset else None,
         "training_yaml": target.to_container(training_yaml) if training_yaml else None,
@@ -221,6 +255,8 @@ class _State(msgspec.Struct):
     follow_dir: str | None = None
     offset: int = 0
     """Bytes of `follow_dir`'s log already turned into events."""
+    target: str | None = None
+    """The target the command runs in (`end_left_running` finds a command left running by it)."""
 
     @staticmethod
     def load(path: Path) -> _State:
@@ -244,9 +280,15 @@ class _Attempt:
     ctx: RunContext
     target: ContainerTarget
     plan: Plan
+    store: ArtifactStore | None = None
+    """The object store checkpoints and artifacts are uploaded to (`nats`), or None: host paths."""
+    unrecorded: list[Any] = field(default_factory=list)
+    """Checkpoints the watcher found that have no checkpoint event yet."""
     state: _State = field(default_factory=_State)
     pgid: int | None = None
     exit_status: int | None = None
+    container_gone: str | None = None
+    """Why the container is not available, when the `docker exec` client ended without the wrapper's status."""
     stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
     stdout_tail: deque[str] = field(default_factory=lambda: deque(maxlen=5))
     last_metrics: dict[str, float] = field(default_factory=dict)
@@ -289,6 +331,20 @@ class _Attempt:
             return f"{where} is not running"
         return None
 
+    async def _container_gone(self) -> str | None:
+        """Why the container went away, after a `docker exec` client ended without the wrapper's exit status;
+        None when it still runs. A container killed under the command ends its exec sessions a moment before
+        the daemon records it stopped: asked again for up to `CONTAINER_STATE_SETTLE_S`."""
+        deadline = time.monotonic() + CONTAINER_STATE_SETTLE_S
+        while True:
+            try:
+                problem = await self._container_problem()
+            except DockerUnavailable:
+                return None
+            if problem is not None or time.monotonic() >= deadline:
+                return problem
+            await asyncio.sleep(0.2)
+
     async def _start_or_reattach(self) -> list[str] | Failed:
         emit = self.ctx.emit
         previous = await self._find_previous()
@@ -311,6 +367,7 @@ class _Attempt:
             existing = await anyio.to_thread.run_sync(list_checkpoints, self.plan.host_output_dir)
             self.state.baseline = sorted(existing)
         self.state.follow_dir, self.state.offset = self.plan.files.dir, 0
+        self.state.target = self.target.name
         await self._save_state()
         if self.plan.host_training_yaml is not None:
             await self._artifact(self.plan.host_training_yaml, self.plan.host_training_yaml.name, "config")
@@ -335,11 +392,12 @@ class _Attempt:
         try:
             proc = await _spawn(argv, hold_stdin=True)
         except OSError as exc:
-            return Failed(FailureCause.INFRASTRUCTURE, "DockerUnavailable", self._no_docker(exc))
+            return Failed(FailureCause.INFRASTRUCTURE, "DockerUnavailable", _no_docker(self.target, exc))
         assert proc.stdout is not None and proc.stderr is not None
+        pipes = [WatchedPipe(proc.stdout), WatchedPipe(proc.stderr)]
         readers = [
-            asyncio.create_task(self._read_stdout(proc.stdout)),
-            asyncio.create_task(self._read_stderr(proc.stderr)),
+            asyncio.create_task(self._read_stdout(pipes[0])),
+            asyncio.create_task(self._read_stderr(pipes[1])),
         ]
         helpers = [asyncio.create_task(sample_gpus(self.plan.gpus, self.target.gpu_sample_s, self.ctx.emit))]
         watcher = None
@@ -349,30 +407,38 @@ class _Attempt:
             helpers.append(asyncio.create_task(self._watch_checkpoints(watcher)))
         stop_reason: str | None = None
         stopped = True
+        self.ctx.pauser = _GroupInContainer(self)
         try:
             stop_reason = await self._wait(proc)
-            if stop_reason is not None:
+            if stop_reason == "canceled" and self.ctx.let_go and self.settings.runner_reattach == "reattach":
+                stop_reason = LET_GO  # the runner stops and gives the run back: leave the command running
+            elif stop_reason is not None:
                 stopped = await self._stop_command()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(proc.wait(), KILL_CONFIRM_S + 5)
-            with contextlib.suppress(TimeoutError):  # output still held open by a stray process
-                await asyncio.wait_for(asyncio.gather(*readers), 10)
+            if stop_reason != LET_GO:  # every line read is published, however slow the bus (`pipes.drain`)
+                await drain(list(zip(readers, pipes, strict=True)), PIPE_IDLE_S)
         finally:
+            self.ctx.pauser = None
             for task in helpers:
                 task.cancel()
             if proc.returncode is None:  # the runner is going away, or the client hangs
-                detach = self.settings.runner_reattach == "reattach" and stop_reason is None
+                detach = self.settings.runner_reattach == "reattach" and stop_reason in (None, LET_GO)
                 await asyncio.shield(self._let_go(proc, detach=detach))
+                self.ctx.detached = self.detached.is_set()
             elif proc.stdin is not None:
                 proc.stdin.close()
             for task in readers:
                 task.cancel()
             await asyncio.gather(*helpers, *readers, return_exceptions=True)
             await asyncio.shield(self._save_state())
+        if stop_reason is None and self.exit_status is None:  # the client ended without the wrapper's status
+            self.container_gone = await self._container_gone()
         await self._flush_progress()
-        if watcher is not None:
-            await self._emit_checkpoints(watcher, final=True)
-            await self._tensorboard_artifacts()
+        if watcher is not None:  # a command left running is not over: its next attempt reports the rest
+            await self._emit_checkpoints(watcher, final=stop_reason != LET_GO)
+            if stop_reason != LET_GO:
+                await self._tensorboard_artifacts()
         await self._save_state()
         return self._outcome(stop_reason, stopped, proc.returncode)
 
@@ -430,30 +496,24 @@ class _Attempt:
 
     async def _stop_group(self, pgid: int) -> bool:
         """SIGTERM, grace period, SIGKILL; True once the group is confirmed gone."""
-        await self._signal(pgid, "TERM")
-        if await self._gone_within(pgid, self.settings.cancel_grace_s):
-            return True
-        grace = self.settings.cancel_grace_s
-        await self.ctx.emit.log(f"process group {pgid} still running after {grace:g}s: SIGKILL", "system")
-        await self._signal(pgid, "KILL")
-        return await self._gone_within(pgid, KILL_CONFIRM_S)
 
-    async def _gone_within(self, pgid: int, seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while True:
-            rc = await self._signal(pgid, "0")
-            if rc == NO_SUCH_GROUP or (rc != 0 and await self._container_problem() is not None):
-                return True  # the group is gone, or the whole container is
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.2)
+        async def gone(rc: int) -> bool:  # the group is gone, or the whole container is
+            return rc == NO_SUCH_GROUP or (rc != 0 and await self._container_problem() is not None)
+
+        async def before_kill() -> None:
+            grace = self.settings.cancel_grace_s
+            await self.ctx.emit.log(f"process group {pgid} still running after {grace:g}s: SIGKILL", "system")
+
+        ended = await stop_group(lambda signal: self._signal(pgid, signal), self.settings.cancel_grace_s, gone,
+                                 before_kill)
+        return ended is not None
 
     async def _signal(self, pgid: int, signal: Signal) -> int:
         rc, _, _ = await self._docker(signal_argv(self.target, pgid, signal))
         return rc
 
     # -- output ------------------------------------------------------------------------------------------
-    async def _read_stdout(self, stream: asyncio.StreamReader) -> None:
+    async def _read_stdout(self, stream: WatchedPipe) -> None:
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         buffer = ""
         while chunk := await stream.read(65536):
@@ -508,7 +568,7 @@ class _Attempt:
         p = progress
         await self.ctx.emit.progress(p.fraction, step=p.step, total=p.total, epoch=p.epoch, epochs=p.epochs)
 
-    async def _read_stderr(self, stream: asyncio.StreamReader) -> None:
+    async def _read_stderr(self, stream: WatchedPipe) -> None:
         while raw := await stream.readline():
             text = raw.decode("utf-8", "replace").rstrip("\r\n")
             if text.startswith(PGID_MARK) and text[len(PGID_MARK) :].isdigit():
@@ -529,15 +589,27 @@ class _Attempt:
             await self._emit_checkpoints(watcher, final=False)
 
     async def _emit_checkpoints(self, watcher: CheckpointWatcher, *, final: bool) -> None:
-        for found in await watcher.poll(final=final):
+        # found but not yet recorded: kept until recorded, so that a poll cancelled mid-upload (the command ended)
+        # leaves its checkpoints to the final poll instead of losing them
+        self.unrecorded.extend(await watcher.poll(final=final))
+        while self.unrecorded:
+            found = self.unrecorded[0]
+            uri, meta = str(found.path), {"container_path": self.target.to_container(found.path)}
+            if self.store is not None:
+                from runner.folder_artifacts import put_folder
+
+                key = f"runs/{self.ctx.run_id}/checkpoints/{found.path.name}.tar"
+                uri = await put_folder(self.store, key, found.path)
+                meta["host_path"] = str(found.path)
             checkpoint_id = await self.ctx.emit.checkpoint(
-                str(found.path),
+                uri,
                 step=found.step,
                 size_bytes=found.size_bytes,
-                meta={"container_path": self.target.to_container(found.path)},
+                meta=meta,
             )
             recorded = _Checkpoint(id=checkpoint_id, step=found.step, uri=str(found.path))
             self.state.checkpoints[found.path.name] = recorded
+            self.unrecorded.pop(0)
             await self._save_state()
 
     @property
@@ -557,17 +629,32 @@ class _Attempt:
         if kept is None:
             return
         meta = {"copied": kept.copied, **({"note": kept.note} if kept.note else {})}
-        await self.ctx.emit.artifact(kept.name, kept.uri, kind=kind, size_bytes=kept.size_bytes, meta=meta)
+        uri = kept.uri
+        local = Path(kept.uri.removeprefix("file://"))
+        if self.store is not None and local.is_absolute() and await anyio.to_thread.run_sync(local.is_file):
+            try:
+                uri = await self.store.put_file(f"runs/{self.ctx.run_id}/{kept.name}", local)
+                meta["host_path"] = str(local)
+            except ArtifactError as exc:  # a name the store cannot key: the host path is still recorded
+                meta["note"] = f"not uploaded: {exc}"
+        await self.ctx.emit.artifact(kept.name, uri, kind=kind, size_bytes=kept.size_bytes, meta=meta)
 
     # -- the end -----------------------------------------------------------------------------------------
     def _outcome(self, stop_reason: str | None, stopped: bool, client_status: int | None) -> Outcome:
         latest = self.latest_checkpoint
+        if stop_reason == LET_GO:
+            reason = "runner shutdown: " + ("the command keeps running" if self.ctx.detached else
+                                            "the command did not confirm it detached and was ended")
+            return Canceled(reason=reason, checkpoint_id=latest.id if latest else self.ctx.last_checkpoint_id)
         if stop_reason == "canceled":
             reason = "requested" if stopped else "requested; the process group was still there after SIGKILL"
             return Canceled(reason=reason, checkpoint_id=latest.id if latest else self.ctx.last_checkpoint_id)
         if stop_reason == "timeout":
             message = f"the command ran longer than {self.plan.timeout_s:g}s and was stopped"
             return Failed(FailureCause.USER, "Timeout", message)
+        if self.exit_status is None and self.container_gone is not None:
+            message = f"{self.container_gone} (it stopped while the command ran)"
+            return Failed(FailureCause.INFRASTRUCTURE, "ContainerUnavailable", message, exit_code=client_status)
         if self.exit_status is None:
             detail = "; ".join(self.stderr_tail) or f"docker exec ended with status {client_status}"
             return Failed(FailureCause.INFRASTRUCTURE, "DockerExecFailed", detail, exit_code=client_status)
@@ -583,29 +670,90 @@ class _Attempt:
 
     # -- plumbing ----------------------------------------------------------------------------------------
     async def _docker(self, argv: list[str]) -> tuple[int, str, str]:
-        try:
-            proc = await _spawn(argv)
-        except OSError as exc:
-            raise DockerUnavailable(self._no_docker(exc)) from exc
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), DOCKER_CALL_TIMEOUT_S)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            message = f"{argv[0]} {argv[1]} did not answer within {DOCKER_CALL_TIMEOUT_S:g}s"
-            raise DockerUnavailable(message) from None
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await asyncio.shield(proc.wait())
-        return proc.returncode or 0, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
-
-    def _no_docker(self, exc: OSError) -> str:
-        return f"cannot run the docker executable {self.target.docker!r}: {exc.strerror or exc}"
+        return await _docker_call(self.target, argv)
 
     async def _save_state(self) -> None:
         self.saved_at = time.monotonic()
         await anyio.to_thread.run_sync(self.state.save, self.state_path)
+
+
+async def stop_group(send: Callable[[Signal], Awaitable[int]], grace_s: float, gone: Callable[[int], Awaitable[bool]],
+                     before_kill: Callable[[], Awaitable[None]] | None = None) -> Signal | None:
+    """End a process group in a container: SIGTERM (and SIGCONT, since a paused group gets its SIGTERM only once
+    continued), up to `grace_s` for it to go, then SIGKILL and up to `KILL_CONFIRM_S`. `send` delivers a signal
+    ("0" probes) and returns the wrapper's exit status; `gone(status)` of a probe says whether the group is gone.
+    Returns the signal that ended it, or None if it is still there after SIGKILL."""
+    steps: tuple[tuple[Signal, float], ...] = (("TERM", grace_s), ("KILL", KILL_CONFIRM_S))
+    for signal, wait_s in steps:
+        if signal == "KILL" and before_kill is not None:
+            await before_kill()
+        await send(signal)
+        if signal == "TERM":
+            await send("CONT")
+        deadline = time.monotonic() + wait_s
+        while not await gone(await send("0")):
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            return signal
+    return None
+
+
+async def end_left_running(settings: Settings, run_id: str) -> str:
+    """End the command an attempt of `run_id` left running in its container on this host (`RunContext.detached`)
+    after the run ended without it, e.g. canceled while this runner was away: SIGTERM to its process group,
+    `cancel_grace_s`, SIGKILL. Returns what was done, for the log."""
+    state = await anyio.to_thread.run_sync(_State.load, settings.work_root / run_id / STATE_FILE)
+    if state.target is None:
+        return "this host has no record of its target"
+    try:
+        targets = await anyio.to_thread.run_sync(load_targets, settings.runner_targets_file)
+        target = targets.get(state.target)
+    except KeyError:
+        return f"its target {state.target!r} is no longer configured here"
+    try:
+        _, out, _ = await _docker_call(target, probe_argv(target, run_id))
+        pgid_text = out.strip().partition(" ")[0]
+        if not pgid_text.isdigit():
+            return f"its command no longer runs in {target.container!r}"
+        pgid = int(pgid_text)
+
+        async def send(signal: Signal) -> int:
+            return (await _docker_call(target, signal_argv(target, pgid, signal)))[0]
+
+        async def gone(rc: int) -> bool:  # the group is gone (3), or the container is
+            return rc != 0
+
+        ended = await stop_group(send, settings.cancel_grace_s, gone)
+        if ended is None:
+            return f"process group {pgid} in {target.container!r} still runs after SIGKILL"
+        return f"ended process group {pgid} in {target.container!r} (SIG{ended})"
+    except DockerUnavailable as exc:
+        return f"could not end it: {exc}"
+
+
+async def _docker_call(target: ContainerTarget, argv: list[str]) -> tuple[int, str, str]:
+    try:
+        proc = await _spawn(argv)
+    except OSError as exc:
+        raise DockerUnavailable(_no_docker(target, exc)) from exc
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), DOCKER_CALL_TIMEOUT_S)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        message = f"{argv[0]} {argv[1]} did not answer within {DOCKER_CALL_TIMEOUT_S:g}s"
+        raise DockerUnavailable(message) from None
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await asyncio.shield(proc.wait())
+    return proc.returncode or 0, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+def _no_docker(target: ContainerTarget, exc: OSError) -> str:
+    return f"cannot run the docker executable {target.docker!r}: {exc.strerror or exc}"
 
 
 async def _spawn(argv: list[str], *, hold_stdin: bool = False) -> asyncio.subprocess.Process:
@@ -614,3 +762,29 @@ async def _spawn(argv: list[str], *, hold_stdin: bool = False) -> asyncio.subpro
     pipe = asyncio.subprocess.PIPE
     stdin = pipe if hold_stdin else asyncio.subprocess.DEVNULL
     return await asyncio.create_subprocess_exec(*argv, stdin=stdin, stdout=pipe, stderr=pipe)
+
+
+class _GroupInContainer:
+    """Pauses a docker run in place: SIGSTOP/SIGCONT of its process group inside the container, sent with the
+    in-container signal script (`docker exec ... kill -STOP -- -PGID`)."""
+
+    def __init__(self, attempt: _Attempt) -> None:
+        self._attempt = attempt
+
+    async def _group(self) -> int:
+        if self._attempt.pgid is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._attempt.pgid_known.wait(), 3)
+        if self._attempt.pgid is None:
+            raise ExecutorError("the command's process group in the container is not known yet")
+        return self._attempt.pgid
+
+    async def pause(self) -> None:
+        pgid = await self._group()
+        if await self._attempt._signal(pgid, "STOP") != 0:
+            raise ExecutorError(f"could not stop process group {pgid} in {self._attempt.target.container!r}")
+
+    async def resume(self) -> None:
+        pgid = await self._group()
+        if await self._attempt._signal(pgid, "CONT") != 0:
+            raise ExecutorError(f"could not continue process group {pgid} in {self._attempt.target.container!r}")

@@ -55,20 +55,40 @@ byte (`DETACH_BYTE`): the runner lets go on purpose, the command keeps running. 
 its `docker exec` client) is gone, so the whole process group PGID is ended: SIGTERM, up to TICKS tenths of a
 second, SIGKILL. Shell builtins only (and `sleep`): no procps in the container."""
 
-WRAPPER = GUARD + r"""set -u
+RELAY = r"""relay() {
+  off=$2
+  while :; do
+    kill -0 "$3" 2>/dev/null
+    alive=$?
+    size=$(stat -c %s -- "$1" 2>/dev/null || wc -c < "$1" 2>/dev/null) || size=$off
+    if [ "$size" -gt "$off" ]; then
+      tail -c +"$((off + 1))" -- "$1" | head -c "$((size - off))"
+      off=$size
+    fi
+    [ "$alive" -eq 0 ] || return 0
+    sleep 0.2
+  done
+}
+"""
+"""`relay LOG OFFSET PID`: copy LOG from byte OFFSET to stdout, every 0.2 s, until process PID has ended (then
+once more: nothing written before its end is lost). Only `tail -c`, `head -c`, `stat`/`wc`: GNU coreutils and
+BusyBox alike (BusyBox `tail` has no `--pid`)."""
+
+WRAPPER = GUARD + RELAY + r"""set -u
 ticks=$1 workdir=$2 log=$3 pidfile=$4 exitfile=$5 command=$6
 mkdir -p -- "${log%/*}" || exit 125
 cd -- "$workdir" || { echo "trainforge: cannot enter the working directory $workdir" >&2; exit 125; }
 rm -f -- "$pidfile" "$exitfile"
 : > "$log" || exit 125
-setsid -w bash -c \
-  'read -r -a st 2>/dev/null < "/proc/$$/stat"; echo "$$ ${st[21]:-}" > "$1" && exec bash -c "$2"' \
+set -m
+bash -c 'read -r -a st 2>/dev/null < "/proc/$$/stat"; echo "$$ ${st[21]:-}" > "$1" && exec bash -c "$2"' \
   trainforge-job "$pidfile" "$command" >> "$log" 2>&1 < /dev/null &
 child=$!
+set +m
 while [ ! -s "$pidfile" ] && kill -0 "$child" 2>/dev/null; do sleep 0.05; done
 pgid=
 if [ -s "$pidfile" ]; then read -r pgid _ < "$pidfile"; echo "trainforge-pgid $pgid" >&2; fi
-tail --pid="$child" -s 0.2 -n +1 -f -- "$log" 2>/dev/null &
+relay "$log" 0 "$child" &
 tailer=$!
 [ -n "$pgid" ] && guard "$pgid" "$child" "$ticks"
 wait "$child"
@@ -78,17 +98,17 @@ echo "$rc" > "$exitfile"
 echo "trainforge-exit $rc" >&2
 exit "$rc"
 """
-"""Start the command in its own session and process group (`setsid`): its output goes to the log file only.
-The wrapper streams the log to its stdout (`tail --pid`), guards the group (see `GUARD`: the command ends
+"""Start the command in its own process group (`set -m`: bash job control, no `setsid` needed): its output goes
+to the log file only. The wrapper streams the log to its stdout (`relay`), guards the group (see `GUARD`: the command ends
 when its runner is gone, unless the runner let go on purpose) and waits for the command."""
 
-FOLLOW = GUARD + r"""set -u
+FOLLOW = GUARD + RELAY + r"""set -u
 ticks=$1 log=$2 pidfile=$3 exitfile=$4 offset=$5
 pgid=
 read -r pgid _ 2>/dev/null < "$pidfile"
 case $pgid in ''|*[!0-9]*) echo "trainforge: no process recorded in $pidfile" >&2; exit 125;; esac
 echo "trainforge-pgid $pgid" >&2
-tail --pid="$pgid" -s 0.2 -c +"$((offset + 1))" -f -- "$log" 2>/dev/null &
+relay "$log" "$offset" "$pgid" &
 tailer=$!
 guard "$pgid" "$pgid" "$ticks"
 wait "$tailer"
@@ -120,11 +140,11 @@ done
 """Print `<pgid> <attempt folder>` of a still-running command of any earlier attempt of the run."""
 
 SIGNAL = r"""kill -"$1" -- "-$2" 2>/dev/null || exit 3"""
-"""Send a signal (TERM, KILL, or 0 to test) to a process group; bash's own `kill`: no procps needed.
+"""Send a signal (TERM, KILL, STOP, CONT, or 0 to test) to a process group; bash's own `kill`: no procps needed.
 Exit status 3: no such process group (docker's own errors use other statuses)."""
 NO_SUCH_GROUP = 3
 
-Signal = Literal["TERM", "KILL", "0"]
+Signal = Literal["TERM", "KILL", "STOP", "CONT", "0"]
 
 
 @dataclass(frozen=True)

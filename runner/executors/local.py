@@ -18,15 +18,17 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path, PurePosixPath
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
+from runner.executors.base import Canceled, Completed, ExecutorError, Failed, Outcome, RunContext
+from runner.executors.pipes import WatchedPipe, drain
 from shared.contracts import ContainerSpec, FailureCause
 from shared.settings import Settings
-from runner.executors.base import Canceled, Completed, ExecutorError, Failed, Outcome, RunContext
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 RESERVED_ENV_PREFIX = "TRAINFORGE_"
@@ -35,7 +37,8 @@ READ_CHUNK = 64 * 1024
 MAX_LINE_CHARS = 8 * 1024
 LINE_BREAK_RE = re.compile(r"\r\n|\r|\n")
 PIPE_DRAIN_S = 5.0
-"""After the process group is gone, how long to wait for the last output (a stray pipe holder)."""
+"""After the process group is gone, how long a reader may wait on a pipe that gives nothing more (a stray pipe
+holder) before it is given up on; a reader still publishing what it read is waited for (`pipes.drain`)."""
 PR_SET_PDEATHSIG = 1
 WATCHDOG = r"""trap 'kill -KILL -- "-$1" 2>/dev/null; exit 0' TERM
 kill -0 "$2" 2>/dev/null || { kill -KILL -- "-$1" 2>/dev/null; exit 0; }
@@ -46,6 +49,20 @@ group; the loop ends when the group is gone. (The pid check covers a runner that
 JOB_RECORD = ".trainforge-job.json"
 """In the run's working folder while its command runs: process group and start time, so that the next
 attempt on this host can end what an attempt whose runner died (kill -9) left running."""
+
+
+SETPRIV = shutil.which("setpriv")
+"""util-linux `setpriv --pdeathsig`: sets the parent-death signal and execs the command (same pid), so the
+child needs no Python code between fork and exec (`preexec_fn`), which makes CPython fork the whole runner
+process the slow way, on the event loop; without it, `_die_with_parent` does the same as a `preexec_fn`."""
+
+
+def _spawn_options(argv: list[str], sig: signal.Signals) -> tuple[list[str], dict[str, Any]]:
+    """`argv` and the keyword arguments of `create_subprocess_exec` for a child that gets `sig` when the
+    runner (its parent thread) dies."""
+    if SETPRIV is not None:
+        return [SETPRIV, f"--pdeathsig={sig.name}", "--", *argv], {}
+    return argv, {"preexec_fn": lambda: _die_with_parent(sig)}
 
 
 def _die_with_parent(sig: signal.Signals) -> None:
@@ -59,10 +76,12 @@ def _die_with_parent(sig: signal.Signals) -> None:
 async def start_watchdog(pgid: int) -> asyncio.subprocess.Process | None:
     """A process that ends group `pgid` when this runner dies; None if it cannot start (logged by caller)."""
     try:
+        argv, options = _spawn_options(["bash", "-c", WATCHDOG, "trainforge-watchdog", str(pgid), str(os.getpid())],
+                                       signal.SIGTERM)
         return await asyncio.create_subprocess_exec(
-            "bash", "-c", WATCHDOG, "trainforge-watchdog", str(pgid), str(os.getpid()),
+            *argv,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            preexec_fn=lambda: _die_with_parent(signal.SIGTERM), start_new_session=True,
+            start_new_session=True, **options,
         )
     except OSError:
         return None
@@ -98,7 +117,7 @@ async def end_leftover_job(ctx: RunContext, workdir: Path, grace_s: float) -> No
     except (OSError, ValueError, KeyError, TypeError):
         return
     # The same pid with the same start time is the same process, not a recycled pid.
-    if group_members(pgid) and (started is None or _start_time(pgid) in (started, None)):
+    if await asyncio.to_thread(group_members, pgid) and (started is None or _start_time(pgid) in (started, None)):
         await ctx.emit.log(
             f"ending process group {pgid} left running by attempt {record.get('attempt')} (its runner stopped)",
             "system",
@@ -167,17 +186,16 @@ class LocalExecutor:
         await end_leftover_job(ctx, workdir, self._settings.cancel_grace_s)
         await ctx.emit.log(f"local: bash -c <start_command> in {workdir}", "system")
         try:
+            argv, options = _spawn_options(["bash", "-c", spec.start_command], signal.SIGKILL)
             process = await asyncio.create_subprocess_exec(
-                "bash",
-                "-c",
-                spec.start_command,
+                *argv,
                 cwd=workdir,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
-                preexec_fn=lambda: _die_with_parent(signal.SIGKILL),
+                **options,
             )
         except ValueError as exc:  # e.g. a NUL byte in the command or an env value
             return Failed(FailureCause.USER, "InvalidSpec", f"cannot start the command: {exc}")
@@ -189,15 +207,17 @@ class LocalExecutor:
             return await self._supervise(ctx, spec, process)
         finally:
             await asyncio.shield(stop_watchdog(watchdog))
-            if not group_members(process.pid):
+            if not await asyncio.to_thread(group_members, process.pid):
                 (workdir / JOB_RECORD).unlink(missing_ok=True)
 
     async def _supervise(self, ctx: RunContext, spec: ContainerSpec, process: asyncio.subprocess.Process) -> Outcome:
         assert process.stdout is not None and process.stderr is not None
         pgid = process.pid  # session leader: its pid is the group id
+        ctx.pauser = GroupPauser(pgid)
+        pipes = [WatchedPipe(process.stdout), WatchedPipe(process.stderr)]
         readers = [
-            asyncio.create_task(_pump_lines(process.stdout, "stdout", ctx.emit.log)),
-            asyncio.create_task(_pump_lines(process.stderr, "stderr", ctx.emit.log)),
+            asyncio.create_task(_pump_lines(pipes[0], "stdout", ctx.emit.log)),
+            asyncio.create_task(_pump_lines(pipes[1], "stderr", ctx.emit.log)),
         ]
         exited = asyncio.create_task(_main_process_exit(process))
         cancel = asyncio.create_task(ctx.cancel_requested.wait())
@@ -228,10 +248,11 @@ class LocalExecutor:
             await exited
             if reader_error is not None:
                 raise reader_error
-            await _finish_readers(readers)
+            await drain(list(zip(readers, pipes, strict=True)), PIPE_DRAIN_S)
             with contextlib.suppress(TimeoutError):  # asyncio's wait() also waits for the pipes to close
                 await asyncio.wait_for(process.wait(), 1.0)
         finally:
+            ctx.pauser = None
             cancel.cancel()
             if not exited.done():  # we are being cancelled ourselves: still stop the job
                 await asyncio.shield(stop_process_group(pgid, self._settings.cancel_grace_s))
@@ -268,22 +289,13 @@ async def _main_process_exit(process: asyncio.subprocess.Process) -> int:
         finally:
             loop.remove_reader(pidfd)
             os.close(pidfd)
-    while process.returncode is None:  # exited; the child watcher sets the code when it has reaped it
+    while process.returncode is None:  # exited; the child watcher sets the code when it has reaped it  # noqa: ASYNC110
         await asyncio.sleep(0.01)
     return process.returncode
 
 
-async def _finish_readers(readers: list[asyncio.Task[None]]) -> None:
-    _, pending = await asyncio.wait(readers, timeout=PIPE_DRAIN_S)
-    for task in pending:  # a process outside the group still holds the pipe open
-        task.cancel()
-    for task in readers:
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
-
-
 async def _pump_lines(
-    stream: asyncio.StreamReader,
+    stream: WatchedPipe,
     name: Literal["stdout", "stderr"],
     emit: Callable[[str, Literal["stdout", "stderr", "system"]], Awaitable[None]],
 ) -> None:
@@ -310,15 +322,17 @@ async def _pump_lines(
 
 
 def group_members(pgid: int) -> list[int]:
-    """Pids of the live (not zombie) processes of a process group."""
+    """Pids of the live (not zombie) processes of a process group. Blocking (it may scan /proc): call it
+    from a worker thread. A group with no process at all (the usual case once a job ended) is answered
+    by one `killpg(pgid, 0)`, without the scan."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return []
+    except PermissionError:
+        pass
     proc = Path("/proc")
     if not proc.is_dir():
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return []
-        except PermissionError:
-            pass
         return [pgid]
     members = []
     for entry in proc.iterdir():
@@ -340,11 +354,25 @@ async def stop_process_group(pgid: int, grace_s: float) -> None:
     if not await asyncio.to_thread(group_members, pgid):
         return
     _signal_group(pgid, signal.SIGTERM)
+    _signal_group(pgid, signal.SIGCONT)  # a paused (stopped) group gets its SIGTERM only once continued
     if await _wait_group_gone(pgid, grace_s):
         return
     _signal_group(pgid, signal.SIGKILL)
     if not await _wait_group_gone(pgid, 10.0):
         raise ExecutorError(f"processes of group {pgid} survived SIGKILL")
+
+
+class GroupPauser:
+    """Pauses a job in place: SIGSTOP to its whole process group, SIGCONT to continue it."""
+
+    def __init__(self, pgid: int) -> None:
+        self.pgid = pgid
+
+    async def pause(self) -> None:
+        _signal_group(self.pgid, signal.SIGSTOP)
+
+    async def resume(self) -> None:
+        _signal_group(self.pgid, signal.SIGCONT)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -14,10 +14,11 @@ import logging
 from collections.abc import Callable
 
 import anyio.to_thread
+from nats.js import JetStreamContext
 
+from runner.executors.base import Executor
 from shared.contracts import ContainerSpec, RunSpec
 from shared.settings import Settings
-from runner.executors.base import Executor
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,12 @@ class ExecutorRegistry:
         self._settings = settings
         self._table = executor_table() if table is None else table
         self._instances: dict[str, Executor] = {}
+        self._js: JetStreamContext | None = None
+
+    def bind_bus(self, js: JetStreamContext) -> None:
+        """The runner's JetStream connection, given to executors that keep artifacts in a store on the bus
+        (`uses_bus = True`: the YOLO executor with `artifact_store = nats`). Call before the first job."""
+        self._js = js
 
     def kinds(self) -> list[str]:
         """The kinds this runner accepts (those whose executor module, or one of them, is present)."""
@@ -80,7 +87,8 @@ class ExecutorRegistry:
                 raise ExecutorUnavailable(
                     f"executor {name} for kind {kind!r} is not available on this runner: {exc}"
                 ) from exc
-            self._instances[name] = cls(self._settings)
+            bus = {"js": self._js} if getattr(cls, "uses_bus", False) else {}
+            self._instances[name] = cls(self._settings, **bus)
         return self._instances[name]
 
 

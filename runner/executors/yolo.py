@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import anyio
+from nats.js import JetStreamContext
 
 from runner.executors.base import Canceled, ExecutorError, Failed, Outcome, RunContext
 from runner.yolo.bridge import JobBridge, JobStopped
@@ -38,18 +39,23 @@ log = logging.getLogger(__name__)
 
 class YoloExecutor:
     kinds: ClassVar[tuple[str, ...]] = ("yolo.train", "yolo.val", "yolo.export", "yolo.predict")
+    uses_bus: ClassVar[bool] = True
+    """The runner's registry passes its JetStream connection (`js`), for `artifact_store = nats`."""
 
-    def __init__(self, settings: Settings, store: ArtifactStore | None = None) -> None:
+    def __init__(
+        self, settings: Settings, store: ArtifactStore | None = None, js: JetStreamContext | None = None
+    ) -> None:
         """`store`: where outputs go and inputs come from; default the store `settings.artifact_store` names
-        (`local` needs nothing; for `nats` pass `artifact_store(settings, js)`)."""
+        (`local` needs nothing; `nats` uses `js`, the runner's JetStream connection)."""
         self.settings = settings
-        self.store = store or artifact_store(settings)
+        self.store = store or artifact_store(settings, js)
 
     async def run(self, ctx: RunContext) -> Outcome:
         try:
             await anyio.to_thread.run_sync(prepare_ultralytics, self.settings.state_dir)
-            job = await self._prepare(ctx)
-            return await self._run_in_thread(ctx, job)
+            async with InputResolver(self.settings, self.store, ctx.workdir) as resolver:  # inputs held to the end
+                job = await self._prepare(ctx, resolver)
+                return await self._run_in_thread(ctx, job)
         except JobStopped:
             return Canceled(checkpoint_id=ctx.resume.checkpoint_id if ctx.resume else None)
         except USER_ERRORS as exc:
@@ -59,20 +65,19 @@ class YoloExecutor:
         except Exception as exc:  # noqa: BLE001 - any other failure is the platform's, reported not raised
             return Failed(cause=FailureCause.INFRASTRUCTURE, error_type=type(exc).__name__, message=_message(exc))
 
-    async def _prepare(self, ctx: RunContext) -> Callable[[JobBridge], Outcome]:
+    async def _prepare(self, ctx: RunContext, resolver: InputResolver) -> Callable[[JobBridge], Outcome]:
         """Resolve the spec's inputs on the loop; returns the job to run in the worker thread."""
         from runner.yolo import export, predict, train, val
 
         spec = ctx.job.spec
         ctx.workdir.mkdir(parents=True, exist_ok=True)
-        resolver = InputResolver(self.settings, self.store, ctx.workdir)
         device = resolve_device(getattr(spec, "device", "auto"), ctx.device)
         folder = ctx.workdir / f"attempt-{ctx.attempt}"
         match spec:
             case YoloTrainSpec():
                 if problems := validate_train_extra(spec.extra):
                     raise ExecutorError("; ".join(f"{path}: {message}" for path, message in problems))
-                data = await resolver.data(spec.data)
+                data = await resolver.data(spec.data, spec.dataset_sha256)
                 if ctx.resume is not None:
                     checkpoint = await resolver.fetch(ctx.resume.uri, "resume")
                     inputs = train.TrainInputs(
@@ -92,7 +97,7 @@ class YoloExecutor:
                 return lambda bridge: train.run_train(spec, inputs, bridge)
             case YoloValSpec():
                 model = await resolver.model(spec.model)
-                data = await resolver.data(spec.data)
+                data = await resolver.data(spec.data, spec.dataset_sha256)
                 return lambda bridge: val.run_val(spec, model, data, device, folder / "val", bridge)
             case YoloExportSpec():
                 model = await resolver.model(spec.model)
@@ -118,9 +123,12 @@ class YoloExecutor:
             finally:
                 finished.set()
 
+        if isinstance(ctx.job.spec, YoloTrainSpec):  # a training pauses at its next batch boundary
+            ctx.pauser = bridge.gate
         try:
             outcome = await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
         except anyio.get_cancelled_exc_class():
+            ctx.pauser = None
             stop.set()
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(finished.wait)
@@ -130,8 +138,10 @@ class YoloExecutor:
                     log.warning("run %s: events lost while stopping", ctx.run_id, exc_info=True)
             raise
         except BaseException:
+            ctx.pauser = None
             await bridge.close()
             raise
+        ctx.pauser = None
         await bridge.close()  # every event of the job is out before the agent publishes the terminal one
         return outcome
 

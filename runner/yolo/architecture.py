@@ -169,7 +169,7 @@ def check_budget(cfg: dict[str, Any], lines: list[int], imgsz: int, channels: in
     try:
         with torch.device("meta"), torch.no_grad():
             x: Any = torch.zeros(1, channels, size, size)
-            for m, row in zip(model, rows):
+            for m, row in zip(model, rows, strict=False):
                 if m.f != -1:
                     x = outputs[m.f] if isinstance(m.f, int) else [x if j == -1 else outputs[j] for j in m.f]
                 with FlopCounterMode(display=False) as counter:

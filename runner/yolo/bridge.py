@@ -15,6 +15,7 @@ import concurrent.futures
 import functools
 import logging
 import re
+import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -31,10 +32,46 @@ ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 UNSAFE_KEY_CHARS = re.compile(r"[^-_=.A-Za-z0-9/]")
 PROGRESS_INTERVAL_S = 0.25
 """At most ~4 progress events per second."""
+STORE_CONCURRENCY = 4
+"""Files stored at once by `artifacts()`."""
+
+
+async def _nothing() -> None:
+    return None
 
 
 class JobStopped(Exception):
     """Raised inside Ultralytics (from a callback) to end a job that was asked to stop."""
+
+
+class BatchGate:
+    """Pauses a training at a batch boundary: `pause()`/`resume()` on the loop (the run's `Pauser`), and
+    `wait_while_paused()` from the training thread's batch callback, which parks there until resumed or
+    canceled; the training then goes on from the batch it stopped at, nothing lost."""
+
+    def __init__(self, canceled: Callable[[], bool]) -> None:
+        self._running = threading.Event()
+        self._running.set()
+        self._canceled = canceled
+        self.parked = threading.Event()
+        """Set while the training thread waits at a batch boundary."""
+
+    async def pause(self) -> None:
+        self._running.clear()
+
+    async def resume(self) -> None:
+        self._running.set()
+
+    def wait_while_paused(self) -> None:
+        if self._running.is_set():
+            return
+        self.parked.set()
+        try:
+            while not self._running.wait(0.2):
+                if self._canceled():
+                    return
+        finally:
+            self.parked.clear()
 
 
 class JobBridge:
@@ -42,6 +79,7 @@ class JobBridge:
         self.ctx = ctx
         self.store = store
         self.stop = stop
+        self.gate = BatchGate(lambda: self.canceled)
         self._last_progress = 0.0
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[tuple[Callable[[], Awaitable[Any]], concurrent.futures.Future[Any] | None]] = (
@@ -89,6 +127,12 @@ class JobBridge:
         answer: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._loop.call_soon_threadsafe(self._queue.put_nowait, (functools.partial(fn, *args, **kwargs), answer))
         return answer.result()
+
+    def drain(self) -> None:
+        """From the worker thread: wait until every call handed over so far is done; raise a failed one."""
+        self.call(_nothing)
+        if self._error is not None:
+            raise self._error
 
     async def close(self) -> None:
         """On the loop, after the job: wait until every call handed over is done; raise a failed publish."""
@@ -143,6 +187,54 @@ class JobBridge:
             meta=meta,
         )
         return uri
+
+    def artifacts(self, files: list[tuple[Path, str, str]], metas: dict[str, dict[str, Any]] | None = None) -> list[str]:
+        """Store several files of this run at once ((path, name, kind) each) and record them, in that order,
+        as artifacts (those of a kind in `metas` with that meta); returns their URIs. One wait for all of
+        them, not one per file."""
+
+        async def store_all() -> list[str]:
+            slots = asyncio.Semaphore(STORE_CONCURRENCY)
+
+            async def store(path: Path, name: str) -> str:
+                async with slots:
+                    return await self.store.put_file(self.key(name), path)
+
+            uris = await asyncio.gather(*(store(path, name) for path, name, _ in files))
+            for (path, name, kind), uri in zip(files, uris, strict=True):
+                await self.ctx.emit.artifact(name, uri, kind=kind, size_bytes=path.stat().st_size,
+                                             media_type=media_type(path.name), meta=(metas or {}).get(kind))
+            return list(uris)
+
+        return self.call(store_all)
+
+    def checkpoint_later(self, path: Path, *, key: str, epoch: int, meta: dict[str, Any],
+                         recorded: Callable[[str, str], Awaitable[None]]) -> None:
+        """Take a copy of `path` now (the trainer overwrites it next epoch and strips it after the last one),
+        then store and record it on the loop while training goes on; `recorded(checkpoint_id, uri)` runs on
+        the loop once it is. `drain()` waits for it."""
+        snapshot = path.with_name(f".{path.name}.epoch-{epoch}.snapshot")
+        shutil.copyfile(path, snapshot)
+        size = snapshot.stat().st_size
+
+        async def store_and_record() -> None:
+            try:
+                uri = await self.store.put_file(key, snapshot)
+            finally:
+                snapshot.unlink(missing_ok=True)
+            checkpoint_id = await self.ctx.emit.checkpoint(uri, epoch=epoch, size_bytes=size, resumable=True,
+                                                           meta=meta)
+            self.ctx.last_checkpoint_id = checkpoint_id
+            await recorded(checkpoint_id, uri)
+
+        self.post(store_and_record)
+
+    async def delete_stored(self, uri: str) -> None:
+        """On the loop: `delete_file`'s work (skipped unless this attempt is sure it still holds the run)."""
+        if not self.ctx.holds_claim():
+            log.warning("run %s: not deleting %s (this attempt's claim is not confirmed)", self.ctx.run_id, uri)
+            return
+        await self.store.delete(uri)
 
     def checkpoint(self, path: Path, *, key: str, epoch: int, meta: dict[str, Any]) -> tuple[str, str]:
         """Store a resumable checkpoint and record it; returns (checkpoint id, uri)."""

@@ -13,10 +13,9 @@ def artifact_kind(path: Path) -> str:
     return KINDS.get(path.suffix.lower(), "file")
 
 
-def publish_run_folder(folder: Path, bridge: JobBridge) -> list[str]:
-    """Store every file of an Ultralytics run folder (results, plots, args, weights) as an artifact."""
-    uris = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        name = path.relative_to(folder).as_posix()
-        uris.append(bridge.artifact(path, name=name, kind=artifact_kind(path)))
-    return uris
+def publish_run_folder(folder: Path, bridge: JobBridge, weights_meta: dict | None = None) -> list[str]:
+    """Store every file of an Ultralytics run folder (results, plots, args, weights) as an artifact; weights
+    carry `weights_meta` (the dataset and version they were trained on)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return bridge.artifacts([(path, path.relative_to(folder).as_posix(), artifact_kind(path)) for path in files],
+                            {"weights": weights_meta} if weights_meta else None)

@@ -10,13 +10,14 @@ A reference is one of:
 
 from __future__ import annotations
 
+import contextlib
 import re
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared import names
 from runner.executors.base import ExecutorError
+from shared import names
 from shared.artifacts import ArtifactError, ArtifactStore, LocalArtifactStore
 from shared.settings import Settings
 
@@ -47,6 +48,14 @@ class InputResolver:
             roots.append(settings.pretrained_dir)
         roots.append(folder)
         self.model_roots = [Path(r).resolve() for r in roots]
+        self.holds = contextlib.AsyncExitStack()
+        """What the job's inputs keep held while it runs (a cached dataset's pin): `async with resolver:`."""
+
+    async def __aenter__(self) -> InputResolver:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.holds.aclose()
 
     async def fetch(self, uri: str, subfolder: str) -> Path:
         """A local copy of an artifact URI (local-store files are used in place)."""
@@ -88,13 +97,20 @@ class InputResolver:
                 return ModelSource(str(weights.resolve()), weights=True)
         return ModelSource(f"{stem}.yaml", weights=False)
 
-    async def data(self, ref: str) -> str:
+    async def data(self, ref: str, sha256: str | None = None) -> str:
+        """A dataset's `data=` here: with its content hash `sha256`, fetched into this host's dataset cache unless
+        `ref` is in this runner's own datasets folder (`runner.datasets`)."""
+        if sha256 is not None and not URI_RE.match(ref):
+            from runner.datasets import dataset_data
+
+            # pinned in the host's cache until the resolver closes; unreachable sources: infrastructure
+            return await self.holds.enter_async_context(dataset_data(self.settings, self.store, ref, sha256))
         if URI_RE.match(ref):
             raise InputError("`data` must be a path on the runner's host (a data.yaml or a classification folder)")
         path = Path(ref)
         if not path.is_absolute():
             raise InputError(f"`data` must be an absolute path, got {ref!r}")
-        if not path.exists():
+        if not path.exists():  # noqa: ASYNC240
             raise InputError(f"dataset not found on this runner: {ref}")
         return str(path)
 
@@ -102,7 +118,7 @@ class InputResolver:
         if URI_RE.match(ref):
             return await self.fetch(ref, f"sources/{index:05d}")
         path = Path(ref)
-        if not path.is_absolute() or not path.is_file():
+        if not path.is_absolute() or not path.is_file():  # noqa: ASYNC240
             raise InputError(f"sources[{index}]: not an image file on this runner: {ref}")
         return path
 

@@ -2,7 +2,8 @@
 
 Reported: batch progress (throttled), each epoch's metrics (results.csv columns, epoch time, GPU memory), a
 resumable checkpoint every epoch (a copy of `last.pt` taken in `on_model_save`: the final evaluation strips
-`last.pt`), and at the end the run folder's files as artifacts.
+`last.pt`), and at the end the run folder's files as artifacts. The training thread only takes that copy: it
+is stored and recorded on the loop while the next epoch trains (the end of the job waits for it).
 
 Cancel: the batch callback sets `trainer.stop`; Ultralytics then validates and saves the interrupted epoch,
 the checkpoint is recorded, and `on_fit_epoch_end` raises `JobStopped` so the final evaluation is skipped.
@@ -68,7 +69,7 @@ def run_train(spec: YoloTrainSpec, inputs: TrainInputs, bridge: JobBridge) -> Ou
     if inputs.resume is not None:
         ckpt = _load_resumable(inputs.resume)
         if ckpt["epoch"] + 1 >= ckpt["train_args"]["epochs"]:
-            return _finished_checkpoint(inputs, ckpt, bridge)
+            return _finished_checkpoint(inputs, ckpt, bridge, _dataset_meta(spec))
         _seed_results_csv(inputs.save_dir, ckpt.get("train_results") or {})
         model = YOLO(str(inputs.resume))
         args: dict[str, Any] = {"resume": str(inputs.resume), "data": inputs.data, "device": inputs.device}
@@ -101,9 +102,11 @@ def run_train(spec: YoloTrainSpec, inputs: TrainInputs, bridge: JobBridge) -> Ou
             model.train(**args)
     except JobStopped:
         _close_loaders(model.trainer)
+        bridge.drain()  # the interrupted epoch's checkpoint is recorded
         return Canceled(checkpoint_id=state.checkpoint_id)
     trainer = model.trainer
-    publish_run_folder(inputs.save_dir, bridge)
+    bridge.drain()
+    publish_run_folder(inputs.save_dir, bridge, _dataset_meta(spec))
     return Completed(
         result={
             "epochs": state.epochs,
@@ -136,6 +139,7 @@ def _callbacks(state: _State, bridge: JobBridge) -> dict[str, Any]:
     def on_train_batch_end(trainer: Any) -> None:
         state.batch += 1
         state.done_batches += 1
+        bridge.gate.wait_while_paused()  # a paused run waits here, between two batches
         if bridge.canceled:
             trainer.stop = True  # Ultralytics checks it right after this callback
             return
@@ -160,9 +164,13 @@ def _callbacks(state: _State, bridge: JobBridge) -> dict[str, Any]:
         numbered = trainer.save_period > 0 and epoch % trainer.save_period == 0
         key = bridge.key("checkpoints", f"epoch-{epoch:05d}.pt")
         meta = {"attempt": bridge.ctx.attempt, "epochs": trainer.epochs, "fitness": _float(trainer.fitness)}
-        state.checkpoint_id, uri = bridge.checkpoint(Path(trainer.last), key=key, epoch=epoch, meta=meta)
-        state.kept.append((uri, numbered))
-        _prune_checkpoints(state, bridge)
+
+        async def recorded(checkpoint_id: str, uri: str) -> None:  # on the loop, while the next epoch trains
+            state.checkpoint_id = checkpoint_id
+            state.kept.append((uri, numbered))
+            await _prune_checkpoints(state, bridge)
+
+        bridge.checkpoint_later(Path(trainer.last), key=key, epoch=epoch, meta=meta, recorded=recorded)
 
     def on_fit_epoch_end(trainer: Any) -> None:
         metrics = _epoch_metrics(trainer)
@@ -202,10 +210,10 @@ def _epoch_metrics(trainer: Any) -> dict[str, float]:
     return metrics
 
 
-def _prune_checkpoints(state: _State, bridge: JobBridge) -> None:
+async def _prune_checkpoints(state: _State, bridge: JobBridge) -> None:
     rolling = [uri for uri, keep in state.kept if not keep]
     for uri in rolling[:-CHECKPOINTS_KEPT]:
-        bridge.delete_file(uri)
+        await bridge.delete_stored(uri)
         state.kept.remove((uri, False))
 
 
@@ -232,13 +240,21 @@ def _load_resumable(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def _finished_checkpoint(inputs: TrainInputs, ckpt: dict[str, Any], bridge: JobBridge) -> Outcome:
+def _dataset_meta(spec: YoloTrainSpec) -> dict[str, Any] | None:
+    """What the weights artifacts record of the data they were trained on."""
+    if spec.dataset_id is None:
+        return None
+    return {"dataset_id": spec.dataset_id, "dataset_version": spec.dataset_version}
+
+
+def _finished_checkpoint(inputs: TrainInputs, ckpt: dict[str, Any], bridge: JobBridge,
+                         weights_meta: dict[str, Any] | None = None) -> Outcome:
     """Resuming a checkpoint of the last epoch: nothing is left to train; its weights are the result."""
     weights = inputs.save_dir / "weights" / "last.pt"
     weights.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(inputs.resume, weights)  # type: ignore[arg-type]
     _seed_results_csv(inputs.save_dir, ckpt.get("train_results") or {})
-    publish_run_folder(inputs.save_dir, bridge)
+    publish_run_folder(inputs.save_dir, bridge, weights_meta)
     return Completed(
         result={
             "epochs": ckpt["train_args"]["epochs"],
@@ -256,7 +272,7 @@ def _seed_results_csv(save_dir: Path, results: dict[str, list[Any]]) -> None:
         return
     columns = list(results)
     rows = zip(*(results[c] for c in columns), strict=False)
-    lines = [",".join(columns)] + [",".join("%.6g" % v if isinstance(v, float) else str(v) for v in row) for row in rows]
+    lines = [",".join(columns)] + [",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row) for row in rows]
     (save_dir / "results.csv").write_text("\n".join(lines) + "\n")
 
 

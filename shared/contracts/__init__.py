@@ -7,7 +7,6 @@ from shared.contracts.commands import (
     Requirements,
     ResumeFrom,
     RunSpec,
-    RunSpecBase,
     job_decoder,
 )
 from shared.contracts.common import FailureCause, RunStatus
@@ -26,12 +25,15 @@ from shared.contracts.events import (
     RunLog,
     RunMetrics,
     RunnerHeartbeat,
+    RunPaused,
     RunProgress,
     RunQueued,
     RunRequeued,
     RunStarted,
+    RunUnpaused,
     event_decoder,
 )
+from shared.contracts.runspec import RunSpecBase
 
 __all__ = [
     "ContainerSpec",
@@ -40,8 +42,8 @@ __all__ = [
     "FailureCause",
     "Job",
     "Limits",
-    "Requirements",
     "LogLine",
+    "Requirements",
     "ResumeFrom",
     "RunArtifact",
     "RunCancelRequested",
@@ -53,6 +55,7 @@ __all__ = [
     "RunFailed",
     "RunLog",
     "RunMetrics",
+    "RunPaused",
     "RunProgress",
     "RunQueued",
     "RunRequeued",
@@ -60,6 +63,7 @@ __all__ = [
     "RunSpecBase",
     "RunStarted",
     "RunStatus",
+    "RunUnpaused",
     "RunnerHeartbeat",
     "event_decoder",
     "job_decoder",

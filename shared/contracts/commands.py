@@ -13,15 +13,13 @@ from typing import Annotated, Literal
 import msgspec
 
 from shared.contracts.common import utcnow
+from shared.contracts.runspec import RunSpecBase  # defined there, imported from here too
+from shared.contracts.yolo import YoloExportSpec, YoloPredictSpec, YoloTrainSpec, YoloValSpec
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
 
-class RunSpecBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
-    """Base of every run kind. Subclasses set an explicit `tag` so renaming a class never changes the wire."""
-
-
-class ContainerSpec(RunSpecBase, kw_only=True, tag="container"):
+class ContainerSpec(RunSpecBase, frozen=True, kw_only=True, tag="container"):
     """Run a shell command as a training job.
 
     backend `local`: bash in a working directory on the runner's host (only when the runner enables it).
@@ -42,8 +40,6 @@ class ContainerSpec(RunSpecBase, kw_only=True, tag="container"):
     """The project's training YAML (backend `docker`): a file under the target's host root, checked too."""
     timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
 
-
-from shared.contracts.yolo import YoloExportSpec, YoloPredictSpec, YoloTrainSpec, YoloValSpec  # noqa: E402
 
 RunSpec = ContainerSpec | YoloTrainSpec | YoloValSpec | YoloExportSpec | YoloPredictSpec
 """Union of every run kind; extended by the YOLO and container issues."""
@@ -101,6 +97,9 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     """What the runner must have (device kind, GPU memory, GPU count); None: anything of the pool."""
     limits: Limits | None = None
     """Concurrency limits the claiming runner enforces with leases; None: none."""
+    request_id: str | None = None
+    """The `X-Request-ID` of the HTTP request that created the run (runners log it with the job's lines);
+    None: not created over HTTP, or by a gateway older than this field."""
 
 
 job_decoder = msgspec.json.Decoder(Job)

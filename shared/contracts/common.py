@@ -13,6 +13,8 @@ class RunStatus(enum.StrEnum):
     QUEUED = "queued"
     CLAIMED = "claimed"
     RUNNING = "running"
+    PAUSED = "paused"
+    """Stopped in place (`POST /runs/{id}/pause`), only from `running`: keeps its runner, leases and job."""
     CANCELING = "canceling"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -29,7 +31,7 @@ class RunStatus(enum.StrEnum):
 
 TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED})
 ACTIVE_STATUSES = tuple(s.value for s in RunStatus if s not in TERMINAL_STATUSES)
-"""The statuses of a run that has not ended (queued, claimed, running, canceling)."""
+"""The statuses of a run that has not ended (queued, claimed, running, paused, canceling)."""
 
 
 class FailureCause(enum.StrEnum):

@@ -35,23 +35,23 @@ class EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
         return f"{self.run_id}:{self.attempt}:{self.seq}"
 
 
-class RunQueued(EventBase, kw_only=True, tag="run.queued"):
+class RunQueued(EventBase, frozen=True, kw_only=True, tag="run.queued"):
     kind: str
     pool: str
     resume_of: str | None = None
 
 
-class RunClaimed(EventBase, kw_only=True, tag="run.claimed"):
+class RunClaimed(EventBase, frozen=True, kw_only=True, tag="run.claimed"):
     host: str = ""
     device: str = ""
 
 
-class RunStarted(EventBase, kw_only=True, tag="run.started"):
+class RunStarted(EventBase, frozen=True, kw_only=True, tag="run.started"):
     resumed_from: str | None = None
     """Checkpoint id the attempt started from, if any."""
 
 
-class RunProgress(EventBase, kw_only=True, tag="run.progress"):
+class RunProgress(EventBase, frozen=True, kw_only=True, tag="run.progress"):
     progress: float
     """Fraction done, 0..1."""
     step: int | None = None
@@ -65,7 +65,7 @@ class RunProgress(EventBase, kw_only=True, tag="run.progress"):
     message: str | None = None
 
 
-class RunMetrics(EventBase, kw_only=True, tag="run.metrics"):
+class RunMetrics(EventBase, frozen=True, kw_only=True, tag="run.metrics"):
     metrics: dict[str, float]
     step: int | None = None
     epoch: int | None = None
@@ -76,11 +76,11 @@ class LogLine(msgspec.Struct, frozen=True):
     text: str
 
 
-class RunLog(EventBase, kw_only=True, tag="run.log"):
+class RunLog(EventBase, frozen=True, kw_only=True, tag="run.log"):
     lines: list[LogLine]
 
 
-class RunCheckpoint(EventBase, kw_only=True, tag="run.checkpoint"):
+class RunCheckpoint(EventBase, frozen=True, kw_only=True, tag="run.checkpoint"):
     checkpoint_id: str = msgspec.field(default_factory=new_id)
     uri: str
     step: int | None = None
@@ -90,7 +90,7 @@ class RunCheckpoint(EventBase, kw_only=True, tag="run.checkpoint"):
     meta: dict[str, Any] = {}
 
 
-class RunArtifact(EventBase, kw_only=True, tag="run.artifact"):
+class RunArtifact(EventBase, frozen=True, kw_only=True, tag="run.artifact"):
     artifact_id: str = msgspec.field(default_factory=new_id)
     name: str
     uri: str
@@ -100,28 +100,42 @@ class RunArtifact(EventBase, kw_only=True, tag="run.artifact"):
     meta: dict[str, Any] = {}
 
 
-class RunCompleted(EventBase, kw_only=True, tag="run.completed"):
+class RunCompleted(EventBase, frozen=True, kw_only=True, tag="run.completed"):
     exit_code: int | None = None
     result: dict[str, Any] | None = None
 
 
-class RunFailed(EventBase, kw_only=True, tag="run.failed"):
+class RunFailed(EventBase, frozen=True, kw_only=True, tag="run.failed"):
     cause: FailureCause
     error_type: str
     message: str
     exit_code: int | None = None
 
 
-class RunCancelRequested(EventBase, kw_only=True, tag="run.cancel_requested"):
+class RunCancelRequested(EventBase, frozen=True, kw_only=True, tag="run.cancel_requested"):
     requested_by: str | None = None
 
 
-class RunCanceled(EventBase, kw_only=True, tag="run.canceled"):
+class RunCanceled(EventBase, frozen=True, kw_only=True, tag="run.canceled"):
     reason: str = "requested"
     checkpoint_id: str | None = None
 
 
-class RunRequeued(EventBase, kw_only=True, tag="run.requeued"):
+class RunPaused(EventBase, frozen=True, kw_only=True, tag="run.paused"):
+    """The runner stopped the run in place (SIGSTOP of its processes; YOLO: at the next batch boundary)."""
+
+    requested_by: str | None = None
+
+
+class RunUnpaused(EventBase, frozen=True, kw_only=True, tag="run.unpaused"):
+    """The runner continued a paused run (SIGCONT; YOLO: from the batch it stopped at)."""
+
+    requested_by: str | None = None
+    paused_s: float | None = None
+    """How long it was paused."""
+
+
+class RunRequeued(EventBase, frozen=True, kw_only=True, tag="run.requeued"):
     """A runner gave the job back (for example on shutdown); the next attempt continues it."""
 
     reason: str
@@ -154,7 +168,7 @@ class HostStats(msgspec.Struct, frozen=True, kw_only=True):
     """Every NVIDIA GPU of the host (empty without a driver), not only the runner's own device."""
 
 
-class RunnerHeartbeat(EventBase, kw_only=True, tag="runner.heartbeat"):
+class RunnerHeartbeat(EventBase, frozen=True, kw_only=True, tag="runner.heartbeat"):
     """Periodic liveness of a runner. run_id/project_id are empty; attempt is 0."""
 
     run_id: str = ""
@@ -175,6 +189,8 @@ class RunnerHeartbeat(EventBase, kw_only=True, tag="runner.heartbeat"):
     released_runs: list[str] = []
     """Runs the previous process of this runner id held when it died; this process freed their attempt claims
     and handed them on (they run again as a next attempt). Sent by every heartbeat of the new process."""
+    targets: list[str] = []
+    """Names of the container targets this runner may `docker exec` into (its targets file), sorted."""
 
 
 RunEvent = (
@@ -191,6 +207,8 @@ RunEvent = (
     | RunCancelRequested
     | RunCanceled
     | RunRequeued
+    | RunPaused
+    | RunUnpaused
 )
 Event = RunEvent | RunnerHeartbeat
 

@@ -65,3 +65,25 @@ control_decoder = msgspec.json.Decoder(RunnerControl)
 control_reply_decoder = msgspec.json.Decoder(RunnerControlReply)
 advice_request_decoder = msgspec.json.Decoder(AdviceRequest)
 advice_reply_decoder = msgspec.json.Decoder(AdviceReply)
+
+
+class RunPauseRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """On `Subjects.run_pause(run_id)`: answered (`RunPauseReply`) by the runner running that run."""
+
+    action: Literal["pause", "unpause"]
+    requested_by: str | None = None
+
+
+class RunPauseReply(msgspec.Struct, frozen=True, kw_only=True):
+    run_id: str
+    runner_id: str
+    paused: bool
+    """Whether the run is paused after the request."""
+    error: str | None = None
+    """Why the request was refused (the run cannot pause, is not paused, ...); None: done."""
+    conflict: bool = False
+    """The refusal is a state conflict (409), not a failure."""
+
+
+pause_request_decoder = msgspec.json.Decoder(RunPauseRequest)
+pause_reply_decoder = msgspec.json.Decoder(RunPauseReply)

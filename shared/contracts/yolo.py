@@ -16,12 +16,13 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from shared import names as _names
-from shared.contracts.commands import RunSpecBase
+from shared.contracts.runspec import RunSpecBase
 
 Device = Annotated[str, msgspec.Meta(pattern=_names.whole(r"auto|cpu|cuda(:\d{1,2})?"))]
 """`auto` (the runner's device), `cpu`, or `cuda:N`."""
 ModelRef = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
 PathRef = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
 ImageSize = Annotated[int, msgspec.Meta(ge=32, le=8192)]
 Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 
@@ -53,7 +54,7 @@ ExportFormat = Literal[
 """Ultralytics export formats (`format=`); `runner.yolo.export.export_formats()` says which this runner can make."""
 
 
-class YoloTrainSpec(RunSpecBase, kw_only=True, tag="yolo.train"):
+class YoloTrainSpec(RunSpecBase, frozen=True, kw_only=True, tag="yolo.train"):
     model: ModelRef | None = "yolov8n"
     """Model name, or weights (path/URI). With `model_yaml`: weights to transfer into that architecture, or None."""
     model_yaml: Annotated[str, msgspec.Meta(min_length=1, max_length=65_536)] | None = None
@@ -61,6 +62,11 @@ class YoloTrainSpec(RunSpecBase, kw_only=True, tag="yolo.train"):
     data: PathRef
     """data.yaml (detect/segment/pose/obb) or a classification folder, on the runner's host."""
     dataset_id: str | None = None
+    dataset_sha256: Sha256 | None = None
+    """Content hash of the dataset's archive (`shared.dataset_archive`): a runner that cannot read `data` in
+    place fetches the dataset by it."""
+    dataset_version: int | None = None
+    """The version of the dataset `data` is (the gateway fills both in from a run's `dataset`)."""
     epochs: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
     batch: Annotated[int, msgspec.Meta(ge=-1, le=4096)] = 16
     """Batch size; -1 lets Ultralytics choose it from GPU memory (CUDA only)."""
@@ -82,10 +88,12 @@ class YoloTrainSpec(RunSpecBase, kw_only=True, tag="yolo.train"):
             raise ValueError("`batch` must be >= 1, or -1 for automatic")
 
 
-class YoloValSpec(RunSpecBase, kw_only=True, tag="yolo.val"):
+class YoloValSpec(RunSpecBase, frozen=True, kw_only=True, tag="yolo.val"):
     model: ModelRef
     data: PathRef
     dataset_id: str | None = None
+    dataset_sha256: Sha256 | None = None
+    dataset_version: int | None = None
     split: Literal["val", "test", "train"] = "val"
     imgsz: ImageSize = 640
     batch: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 16
@@ -95,7 +103,7 @@ class YoloValSpec(RunSpecBase, kw_only=True, tag="yolo.val"):
     device: Device = "auto"
 
 
-class YoloExportSpec(RunSpecBase, kw_only=True, tag="yolo.export"):
+class YoloExportSpec(RunSpecBase, frozen=True, kw_only=True, tag="yolo.export"):
     model: ModelRef
     format: ExportFormat = "onnx"
     half: bool = False
@@ -110,7 +118,7 @@ class YoloExportSpec(RunSpecBase, kw_only=True, tag="yolo.export"):
     device: Device = "auto"
 
 
-class YoloPredictSpec(RunSpecBase, kw_only=True, tag="yolo.predict"):
+class YoloPredictSpec(RunSpecBase, frozen=True, kw_only=True, tag="yolo.predict"):
     model: ModelRef
     """Weights (.pt), or an exported model (.onnx, .torchscript), or a model name."""
     sources: Annotated[list[PathRef], msgspec.Meta(min_length=1, max_length=10_000)]

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from shared.settings import Settings
+from tests.e2e.browser_support import ensure_chromium
 from tests.e2e.stackctl import Stack
 
 
@@ -32,3 +33,9 @@ def stack(settings: Settings, tmp_path: Path, request: pytest.FixtureRequest) ->
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Debian's Chromium (`tests.e2e.browser_support`), installed once per session when missing."""
+    return ensure_chromium()

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -21,12 +19,12 @@ import pytest
 
 from shared.contracts.events import RunEvent
 from shared.settings import Settings
+from tests.e2e.browser_support import LAUNCH_ARGS
 from tests.e2e.conftest import stack_env
 from tests.e2e.stackctl import Stack
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
 EVENT_TYPES = sorted(t.__struct_config__.tag for t in RunEvent.__args__)  # type: ignore[attr-defined]
 
 PAGE = """<!doctype html><meta charset="utf-8"><title>events</title><script>
@@ -40,22 +38,6 @@ es.onerror = () => { window.errors += 1; };
 for (const type of TYPES) es.addEventListener(type, (e) => window.got.push([Number(e.lastEventId), type]));
 es.onmessage = (e) => window.got.push([Number(e.lastEventId), "unnamed:" + e.data]);  // never: all are named
 </script>"""
-
-
-@pytest.fixture(scope="session")
-def chromium() -> Path:
-    """Debian's Chromium, installed with apt when missing and we are root; skipped only when impossible."""
-    pytest.importorskip("playwright.sync_api", reason="playwright is missing (pip install -e '.[test]')")
-    if not CHROMIUM.exists():
-        if os.geteuid() != 0 or shutil.which("apt-get") is None:
-            pytest.skip(f"{CHROMIUM} is missing and cannot be installed here (needs root and apt-get)")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for command in (["apt-get", "update"],
-                        ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
-            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-            if done.returncode != 0:
-                pytest.skip(f"{' '.join(command)} failed: {done.stderr[-500:]}")
-    return CHROMIUM
 
 
 class _PageHandler(BaseHTTPRequestHandler):
@@ -109,8 +91,7 @@ def test_a_browser_event_source_survives_a_gateway_kill_and_gets_every_event_onc
                 "start_command": "for i in $(seq 1 300); do echo line $i; sleep 0.03; done"}).json()
         query = urlencode({"api": stack.url + "/api/v1", "run": run["id"], "token": stack.token})
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(chromium),
-                                                 args=["--no-sandbox", "--headless=new"])
+            browser = playwright.chromium.launch(executable_path=str(chromium), args=LAUNCH_ARGS)
             try:
                 page = browser.new_page()
                 page.goto(f"{page_origin}/?{query}")

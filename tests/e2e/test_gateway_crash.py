@@ -200,7 +200,7 @@ def test_gateway_killed_mid_burst_loses_and_reorders_no_line(settings: Settings,
                 raise AssertionError(f"trial {trial} (kill after {kill_after}): {exc}\n{diagnosis}\n"
                                      f"{gateway.log()}") from None
             assert types[-1] == "run.completed", types[-5:]
-            wrong = next((i for i, (a, b) in enumerate(zip(lines, expected)) if a != b), None)
+            wrong = next((i for i, (a, b) in enumerate(zip(lines, expected, strict=False)) if a != b), None)
             assert len(lines) == LINES and lines == expected, (
                 f"trial {trial} (kill after {kill_after} lines): SSE gave {len(lines)} lines, "
                 f"first wrong at {wrong}")

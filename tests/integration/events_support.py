@@ -11,8 +11,8 @@ from typing import Any
 import msgspec
 from sqlalchemy import func, select
 
-from gateway.db.models import EventRecord, Project, Run
 from gateway.bus import load_job_signer
+from gateway.db.models import EventRecord, Project, Run
 from gateway.db.session import create_engine, create_sessionmaker
 from gateway.state import GatewayState
 from shared.bus import connect, ensure_topology

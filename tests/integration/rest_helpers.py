@@ -7,6 +7,7 @@ import functools
 import itertools
 import os
 import signal
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-
 import msgspec
 import nats
 import uvicorn
@@ -55,6 +55,13 @@ def in_app(client: AsyncTestClient, fn: Callable[..., Awaitable[Any]], *args: An
 @asynccontextmanager
 async def served_gateway(settings: Settings) -> AsyncIterator[str]:
     """A real gateway (uvicorn, on a free loopback port) for tests that need HTTP itself; yields its base URL."""
+    async with served_uvicorn(settings) as (url, _):
+        yield url
+
+
+@asynccontextmanager
+async def served_uvicorn(settings: Settings) -> AsyncIterator[tuple[str, uvicorn.Server]]:
+    """`served_gateway`, with its uvicorn server too (its app, or `should_exit` to stop it early)."""
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, lifespan="on", log_level="warning",
                             timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
@@ -64,7 +71,7 @@ async def served_gateway(settings: Settings) -> AsyncIterator[str]:
             task.result()
         await asyncio.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}", server
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
@@ -142,6 +149,43 @@ async def start_run(client: AsyncTestClient, ref: str, body: dict[str, Any] | No
     return await client.post(f"/api/v1/projects/{ref}/runs", json=body or CONTAINER, headers=headers or {})
 
 
+async def settled(client: AsyncTestClient, run_id: str, timeout: float = 20.0) -> dict[str, Any]:  # type: ignore[type-arg]
+    """The run's detail once the dispatcher has looked at it (its job published, or its place in line and
+    the reason noted): the POST answers as soon as the run is saved, before that."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        detail = (await client.get(f"/api/v1/runs/{run_id}")).json()
+        queue = detail.get("queue")
+        if detail["enqueued_at"] or detail["status"] != "queued" or (queue and queue.get("reason")):
+            return detail
+        assert asyncio.get_running_loop().time() < deadline, f"the dispatcher did not look at run {run_id}"
+        await asyncio.sleep(0.1)
+
+
+async def waits_because(client: AsyncTestClient, run_id: str, reason: str, timeout: float = 30.0) -> dict[str, Any]:  # type: ignore[type-arg]
+    """The run's detail once it waits in line for `reason`. Another reason may show first on a loaded machine
+    (the runner's first heartbeat not yet seen: "no runner ... is online"); the dispatcher looks again."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        detail = (await client.get(f"/api/v1/runs/{run_id}")).json()
+        if (detail.get("queue") or {}).get("reason") == reason or detail["status"] != "queued":
+            return detail
+        assert asyncio.get_running_loop().time() < deadline, f"run {run_id} waits for {detail.get('queue')}"
+        await asyncio.sleep(0.1)
+
+
+async def enqueued(client: AsyncTestClient, run_id: str, timeout: float = 30.0) -> dict[str, Any]:  # type: ignore[type-arg]
+    """The run's detail once its job is published. A reason to wait may show first (e.g. the runner's first
+    heartbeat not yet seen on a loaded machine): the dispatcher looks again."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        detail = (await client.get(f"/api/v1/runs/{run_id}")).json()
+        if detail["enqueued_at"]:
+            return detail
+        assert asyncio.get_running_loop().time() < deadline, f"run {run_id} not enqueued: {detail.get('queue')}"
+        await asyncio.sleep(0.1)
+
+
 async def set_run(settings: Settings, run_id: str, **values: Any) -> None:
     """Change a run's row as the projector would (status, attempt, ...)."""
     async with database(settings) as sessions, sessions() as session, session.begin():
@@ -196,3 +240,36 @@ async def runner_online(settings: Settings, pool: str = "cpu", *, slots: int = 1
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+@asynccontextmanager
+async def yolo_runner_online(settings: Settings) -> AsyncIterator[str]:
+    """A runner's YOLO services (architecture validation, export formats: `runner.yolo.service`) answering
+    the gateway's requests on the bus, without the rest of a runner; yields its runner id. They run on an
+    event loop of their own, in a thread, like a runner process: the test client's requests block the test's
+    loop while the app handles them."""
+    from runner.yolo.service import YoloService
+
+    runner_id = f"yolo-{new_id()[:8]}"
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name=f"yolo-service {runner_id}", daemon=True)
+    thread.start()
+
+    async def start() -> tuple[NATS, YoloService]:
+        nc = await nats.connect(settings.effective_nats_url)
+        service = YoloService(nc, settings, runner_id)
+        await service.start()
+        return nc, service
+
+    async def stop(nc: NATS, service: YoloService) -> None:
+        await service.stop()
+        await nc.close()
+
+    nc, service = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(start(), loop))
+    try:
+        yield runner_id
+    finally:
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(stop(nc, service), loop))
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import socket
 import subprocess
@@ -100,6 +101,19 @@ class RunEvents:
                 if msg.metadata.num_pending == 0:
                     return self.events
 
+    async def read_through(self, last: Callable[[Event], bool], timeout: float = 30.0) -> list[Event]:
+        """Every event of the run, read until one matching `last` has come and nothing is pending after it
+        (`read_all` alone trusts the first message that says nothing is pending)."""
+        seen = any(last(e) for e in self.events)
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await self._sub.next_msg(timeout=None)
+                event = event_decoder.decode(msg.data)
+                self.events.append(event)
+                seen = seen or last(event)
+                if seen and msg.metadata.num_pending == 0:
+                    return self.events
+
     async def wait_for_type(self, *types: str, attempt: int | None = None, timeout: float = 10.0) -> Event:
         return await self.wait_for(
             lambda e: e.type in types and (attempt is None or e.attempt == attempt), timeout=timeout
@@ -135,8 +149,24 @@ async def running_agent(settings: Settings, **kwargs: Any) -> AsyncIterator[Runn
     try:
         yield agent
     finally:
-        await agent.stop()
+        try:
+            await asyncio.wait_for(agent.stop(), STOP_WITHIN_S)
+        except TimeoutError:
+            raise AssertionError(f"the runner did not stop within {STOP_WITHIN_S:g}s; its tasks:\n"
+                                 + task_stacks()) from None
         await task
+
+
+STOP_WITHIN_S = 120.0
+"""A graceful stop of a test's runner takes seconds; past this something hangs, and the tasks say where."""
+
+
+def task_stacks() -> str:
+    """Every task of this loop with where it waits (the stack a plain timeout would not show)."""
+    out = io.StringIO()
+    for pending in asyncio.all_tasks():
+        pending.print_stack(limit=8, file=out)
+    return out.getvalue()
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

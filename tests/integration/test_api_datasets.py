@@ -19,8 +19,17 @@ from gateway.auth.caller import Caller
 from gateway.services.datasets import resolve_dataset
 from shared.settings import Settings
 from tests.auth_support import bearer, create_user
-from tests.dataset_factories import (CLASSES, make_coco, make_yolo_flat, make_yolo_yaml, tar_member, tar_with,
-                                     zip_folder, zip_with)
+from tests.dataset_factories import (
+    CLASSES,
+    make_coco,
+    make_voc,
+    make_yolo_flat,
+    make_yolo_yaml,
+    tar_member,
+    tar_with,
+    zip_folder,
+    zip_with,
+)
 from tests.integration.rest_helpers import api, in_app
 from tests.library_support import insert_run, sql
 from tests.unit.test_archive_attacks import snapshot, symlinks_below
@@ -83,6 +92,27 @@ async def test_registering_a_yolo_folder_by_path_answers_its_inspection(
     assert detail == by_name == body
 
 
+async def test_voc_difficult_objects_are_labels_unless_the_registration_drops_them(
+    client: AsyncTestClient, data_root: Path, tmp_path: Path
+) -> None:
+    make_voc(data_root / "voc", 6)
+    xmls = sorted((data_root / "voc" / "Annotations").glob("*.xml"))
+    for xml in xmls:
+        xml.write_text(xml.read_text().replace("<difficult>0</difficult>", "<difficult>1</difficult>", 1))
+    kept = await client.post(API, json={"name": "voc-kept", "path": str(data_root / "voc")})
+    assert kept.status_code == 201, kept.text
+    dropped = await client.post(API, json={"name": "voc-dropped", "path": str(data_root / "voc"),
+                                           "drop_difficult": True})
+    assert dropped.status_code == 201, dropped.text
+    assert dropped.json()["instances"] == kept.json()["instances"] - len(xmls)
+    archive = zip_folder(data_root / "voc", tmp_path / "voc.zip")
+    uploaded = await client.post(API, **_upload("voc-upload", archive, drop_difficult="true"))
+    assert uploaded.status_code == 201, uploaded.text
+    assert uploaded.json()["instances"] == dropped.json()["instances"]
+    bad = await client.post(API, json={"name": "voc-bad", "path": str(data_root / "voc"), "drop_difficult": "x"})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"].endswith("drop_difficult"), bad.text
+
+
 async def test_a_name_is_registered_once(client: AsyncTestClient, data_root: Path) -> None:
     make_yolo_yaml(data_root / "a", 2, 1)
     assert (await client.post(API, json={"name": "same", "path": str(data_root / "a")})).status_code == 201
@@ -107,8 +137,8 @@ async def test_a_coco_upload_is_converted_to_yolo_and_split_reproducibly(
     [(data_yaml,)] = await sql(lib_settings, "select data_yaml from datasets where id=:i", i=body["id"])
     assert data_yaml.endswith(".yaml") and Path(data_yaml).is_file()
 
-    second = (await client.post(API, **_upload("coco-b", archive, ratios=ratios, seed="7"))).json()
-    other_seed = (await client.post(API, **_upload("coco-c", archive, ratios=ratios, seed="8"))).json()
+    _second = (await client.post(API, **_upload("coco-b", archive, ratios=ratios, seed="7"))).json()
+    _other_seed = (await client.post(API, **_upload("coco-c", archive, ratios=ratios, seed="8"))).json()
 
     async def split_of(ref: str) -> dict[str, str]:
         page = (await client.get(f"{API}/{ref}/images", params={"limit": 100})).json()
@@ -137,6 +167,12 @@ async def test_images_are_paged_with_their_labels_and_served(
 
     everything = (await client.get(f"{API}/flat/images", params={"limit": 100})).json()
     assert everything["total"] == 10
+    # in a listing of all splits too, `index` is the position in the image's split: the file route's index
+    assert [(i["split"], i["index"]) for i in everything["items"]] == [
+        *(("train", n) for n in range(8)), ("val", 0), ("val", 1)]
+    val = everything["items"][8]
+    served = await client.get(f"{API}/flat/images/val/{val['index']}/file")
+    assert served.status_code == 200 and served.content == (data_root / "flat" / val["path"]).read_bytes()
 
     image = await client.get(f"{API}/flat/images/train/2/file")
     assert image.status_code == 200 and image.content[:8] == b"\x89PNG\r\n\x1a\n"
@@ -269,7 +305,7 @@ async def test_what_a_stopped_gateway_left_half_done_is_swept_a_day_later(
     (incoming / "old.pt").write_bytes(b"weights")
     os.utime(incoming / "old.pt", (time.time() - 25 * 3600,) * 2)
 
-    swept = in_app(client, client.app.state.gw.extras["sweeper"].sweep)
+    swept = in_app(client, client.app.state.gw.sweeper.sweep)
 
     assert swept["datasets"] == 1 and swept["incoming_files"] == 2 and not (incoming / "old.pt").exists()
     assert not (lib_settings.datasets_dir / ("a" * 32)).exists() and (lib_settings.datasets_dir / ("b" * 32)).exists()

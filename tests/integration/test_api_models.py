@@ -14,8 +14,8 @@ import torch
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.auth.caller import Caller
+from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.services.models import register_version, resolve_model_version
 from runner.yolo.offline import prepare_ultralytics
 from shared.artifacts import LocalArtifactStore

@@ -22,6 +22,7 @@ from tests.integration.rest_helpers import (
     api,
     bus,
     database,
+    enqueued,
     new_project,
     problem,
     runner_online,
@@ -44,7 +45,9 @@ async def test_creating_a_run_stores_it_queued_and_publishes_one_job_and_one_que
         assert response.status_code == 201, response.text
         run = response.json()
         assert run["status"] == "queued" and run["kind"] == "container" and run["pool"] == "gpu-a"
-        assert run["priority"] == 70 and run["attempt"] == 0 and run["enqueued_at"]
+        assert run["priority"] == 70 and run["attempt"] == 0
+        assert run["enqueued_at"] is None  # the answer comes once the row is committed; the job follows
+        await enqueued(client, run["id"])
         assert run["spec"]["start_command"] == "echo hello" and "pool" not in run["spec"]
         assert (await client.get("/api/v1/projects/llm")).json()["runs_started"] == 1
     async with bus(settings) as nc:
@@ -80,6 +83,7 @@ async def test_idempotency_key_returns_the_first_run_and_publishes_one_job(setti
         assert (await client.get("/api/v1/projects/idem")).json()["runs_started"] == 1
         other_body = await start_run(client, "idem", {**CONTAINER, "start_command": "echo other"}, headers)
         problem(other_body, 409)
+        await enqueued(client, first.json()["id"])  # the POST answers before the job is published
     async with bus(settings) as nc:
         msg = await nc.jetstream().get_last_msg(names.jobs_stream, names.job("cpu"))
     assert msg.headers["Nats-Msg-Id"].endswith(":create-1")
@@ -234,6 +238,7 @@ async def test_resume_starts_a_linked_run_from_the_latest_resumable_checkpoint(s
         assert (resumed["resume_of"], resumed["resume_checkpoint_id"]) == (source["id"], latest)
         assert resumed["spec"] == source["spec"]
         assert (await client.get("/api/v1/projects/r")).json()["runs_started"] == 2
+        await enqueued(client, resumed["id"])
     async with bus(settings) as nc:
         job = job_decoder.decode((await nc.jetstream().get_last_msg(names.jobs_stream, names.job("p1"))).data)
     assert job.run_id == resumed["id"]

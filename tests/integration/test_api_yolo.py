@@ -17,23 +17,24 @@ from litestar.testing import AsyncTestClient
 from PIL import Image
 
 from gateway.registration import WeightsRegistrar
-from runner.yolo.offline import prepare_ultralytics
 from shared.contracts import job_decoder
 from shared.contracts.events import RunArtifact, RunClaimed, RunCompleted, RunStarted
 from shared.settings import Settings
 from shared.subjects import Subjects
+from tests.architecture_support import TINY_YAML, untrained_detector
 from tests.dataset_factories import make_classify, make_yolo_yaml
 from tests.integration.events_support import publish, wait_for
-from tests.integration.rest_helpers import api, bus, in_app, new_project, problem, runner_online, start_run
+from tests.integration.rest_helpers import (
+    api,
+    bus,
+    in_app,
+    new_project,
+    problem,
+    runner_online,
+    start_run,
+    yolo_runner_online,
+)
 
-TINY_YAML = """\
-nc: 2
-backbone:
-  - [-1, 1, Conv, [8, 3, 2]]
-  - [-1, 1, Conv, [16, 3, 2]]
-head:
-  - [-1, 1, Classify, [nc]]
-"""
 BROKEN_YAML = """\
 nc: 2
 backbone:
@@ -44,18 +45,15 @@ head:
 """
 
 
+def without_request_id(options: dict) -> dict:
+    """A run's options but the id of the request that made it (`X-Request-ID`, its own per request)."""
+    return {k: v for k, v in options.items() if k != "request_id"}
+
+
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (untrained) detection checkpoint with the dataset factories' classes."""
-    folder = tmp_path_factory.mktemp("weights")
-    prepare_ultralytics(folder / "state")
-    from ultralytics import YOLO
-
-    model = YOLO("yolov8n.yaml")
-    model.model.names = {0: "cat", 1: "dog", 2: "bird"}
-    path = folder / "best.pt"
-    model.save(path)
-    return path
+    return untrained_detector(tmp_path_factory.mktemp("weights"))
 
 
 @pytest.fixture
@@ -69,7 +67,7 @@ def data_root(tmp_path: Path) -> Path:
 @pytest.fixture
 async def client(settings: Settings, data_root: Path) -> AsyncIterator[AsyncTestClient]:
     app_settings = msgspec.structs.replace(settings, data_roots=[data_root], predict_timeout_s=1.0)
-    async with api(app_settings) as c:
+    async with api(app_settings) as c, yolo_runner_online(app_settings):
         await new_project(c, "vision")
         for name in ("shapes", "letters"):
             registered = await c.post("/api/v1/datasets", json={"name": name, "path": str(data_root / name)})
@@ -101,7 +99,9 @@ async def test_a_train_request_names_a_dataset_and_gets_its_prepared_data_in_the
     assert spec["dataset_id"] == dataset["id"] and spec["data"].endswith("data.yaml")
     assert (spec["model"], spec["epochs"], spec["imgsz"], spec["batch"], spec["lr0"]) == ("yolov8n", 2, 64, 8, 0.01)
     assert spec["extra"] == {"mosaic": 0.0}
-    assert run["options"] == {"dataset": "shapes", "model": "yolov8n"} and run["registration"] is None
+    assert without_request_id(run["options"]) == {"dataset": "shapes", "dataset_version": 1, "model": "yolov8n"}
+    assert spec["dataset_version"] == 1  # registration made version 1
+    assert run["registration"] is None
     names = Subjects(settings.bus_prefix)
     async with bus(settings) as nc:
         job = job_decoder.decode((await nc.jetstream().get_last_msg(names.jobs_stream, names.job("gpu-a"))).data)
@@ -185,7 +185,20 @@ async def test_saved_configurations_fill_what_a_request_leaves_out(client: Async
                                                 "params": {"extra": {"nope": 1}}}), 422)
     assert bad["errors"][0]["field"] == "params.extra.nope"
     problem(await client.post(base, json={"name": "bad", "kind": "yolo.train", "params": {"data": "/x"}}), 422)
-    problem(await client.post(base, json={"name": "bad", "kind": "container", "params": {}}), 422)
+    missing = problem(await client.post(base, json={"name": "bad", "kind": "container", "params": {}}), 422)
+    assert missing["errors"][0]["field"] == "params.start_command", "a container configuration is a whole request"
+    bad = problem(await client.post(base, json={"name": "bad", "kind": "container",
+                                                "params": {"start_command": "x", "backend": "ssh"}}), 422)
+    assert bad["errors"][0]["field"] == "params.backend"
+    problem(await client.post(base, json={"name": "bad", "kind": "container",
+                                          "params": {"start_command": "x", "config": "fast"}}), 422)
+    box = await client.post(base, json={"name": "box", "kind": "container", "params": {
+        "backend": "docker", "target": "llama", "start_command": "llamafactory-cli train x.yaml", "timeout_s": 60}})
+    assert box.status_code == 201, box.text
+    assert box.json()["params"] == {"backend": "docker", "target": "llama",
+                                    "start_command": "llamafactory-cli train x.yaml", "timeout_s": 60.0}
+    assert [c["name"] for c in (await client.get(base, params={"kind": "container"})).json()["items"]] == ["box"]
+    assert (await client.delete(f"{base}/box")).status_code == 204
     assert (await client.post(base, json={"name": "check", "kind": "yolo.val",
                                           "params": {"model": "yolov8n", "dataset": "shapes"}})).status_code == 201
 
@@ -332,7 +345,7 @@ async def test_a_completed_training_registers_its_best_weights_as_the_next_model
     assert version["parent_version_id"] == uploaded["id"] and version["task"] == "detect"
     assert version["class_names"] == ["cat", "dog", "bird"] and version["metrics"]["metrics/mAP50(B)"] == 0.5
 
-    registrar = gw.extras["registrar"]
+    registrar = gw.registrar
     assert isinstance(registrar, WeightsRegistrar)
     again = in_app(client, registrar.register, run["id"])
     assert again == registration
@@ -402,5 +415,6 @@ async def test_resuming_a_training_keeps_its_options(client: AsyncTestClient, se
     await add_checkpoint(settings, run["id"], step=1)
     resumed = await client.post(f"/api/v1/runs/{run['id']}/resume")
     assert resumed.status_code == 201, resumed.text
-    assert resumed.json()["options"] == run["options"] and resumed.json()["options"]["register_as"] == "keep-me"
+    assert without_request_id(resumed.json()["options"]) == without_request_id(run["options"])
+    assert resumed.json()["options"]["register_as"] == "keep-me"
     assert json.dumps(resumed.json()["spec"], sort_keys=True) == json.dumps(run["spec"], sort_keys=True)

@@ -3,14 +3,18 @@ per-user data roots, rate limits with Retry-After, and the audit log."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import msgspec
+from sqlalchemy import func, update
 
+from gateway.db.models import ApiToken
 from shared.settings import Settings
 from tests.auth_support import ADMIN_PASSWORD, PASSWORD, bearer, create_user, login
 from tests.dataset_factories import make_yolo_yaml
-from tests.integration.rest_helpers import api, problem
+from tests.integration.rest_helpers import api, database, problem
 
 
 async def test_login_gives_tokens_that_work_until_logout_and_refresh_rotates(settings: Settings) -> None:
@@ -203,3 +207,20 @@ async def test_the_audit_log_records_who_did_what_and_admins_filter_it(settings:
         assert [(e["actor"], e["detail"]["username"]) for e in created] == [("admin", "judy"),
                                                                             ("system", "admin")]
         assert (await client.get("/api/v1/audit", params={"action": "DROP TABLE"})).status_code == 400
+
+
+async def test_a_token_revoked_by_another_gateway_stops_working_within_the_auth_cache_time(settings: Settings) -> None:
+    """Revoked straight in the database (as another gateway of the deployment would): this gateway, which
+    remembers the token for `auth_cache_s`, refuses it within that bound; with the cache off, at once."""
+    for ttl in (2.0, 0.0):
+        async with api(msgspec.structs.replace(settings, auth_cache_s=ttl)) as client:
+            created = (await client.post("/api/v1/tokens", json={"name": f"ttl-{ttl}"})).json()
+            assert (await client.get("/api/v1/projects", headers=bearer(created["token"]))).status_code == 200
+            async with database(settings) as sessions, sessions() as session, session.begin():
+                await session.execute(update(ApiToken).where(ApiToken.id == created["id"])
+                                      .values(revoked_at=func.now()))
+            revoked = time.monotonic()
+            while (await client.get("/api/v1/projects", headers=bearer(created["token"]))).status_code == 200:
+                assert ttl > 0, "with the cache off a revoked token must fail at once"
+                assert time.monotonic() - revoked < ttl + 10, "still accepted long after auth_cache_s"
+                await asyncio.sleep(0.1)

@@ -8,6 +8,7 @@ gateway, runner and reader with their permissions for one bus prefix. The runner
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -26,10 +27,10 @@ from shared.contracts import RunCompleted
 from shared.contracts.commands import Limits
 from shared.contracts.fleet import RunnerControl
 from shared.jobsign import JobSigner, ensure_key_pair
+from shared.secretfiles import secrets_dir
 from shared.settings import Settings
 from shared.subjects import Subjects
 from tests.integration.runner_support import POOL, RunEvents, container_job, running_agent, signed_job
-from shared.secretfiles import secrets_dir
 from trainforge.busauth import READER_INBOX_PREFIX, BusCredentials
 from trainforge.embedded import EmbeddedNats
 
@@ -93,6 +94,15 @@ class Violations:
     def about(self, subject: str) -> bool:
         subject = subject.lower()
         return any("permissions violation" in m.lower() and subject in m.lower() for m in self.messages)
+
+    async def wait_about(self, *subjects: str, timeout: float = 20.0) -> bool:
+        """Whether the server reported a violation about each subject, waiting (bounded) for the reports: the
+        client's error callback may run after the flush that follows the refused publish."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while not all(self.about(subject) for subject in subjects):
+                    await asyncio.sleep(0.05)
+        return all(self.about(subject) for subject in subjects)
 
 
 async def test_connecting_without_or_with_wrong_credentials_is_refused(secure_bus: SecureBus) -> None:
@@ -205,9 +215,10 @@ async def test_runner_user_runs_a_signed_job_end_to_end_and_may_not_publish_jobs
             await runner.jetstream().publish(subject, payload, headers=headers, timeout=DENIED_TIMEOUT_S)
         await runner.publish(names.cancel(job.run_id), b"{}")
         await runner.flush()
+        refused = await violations.wait_about(names.job(POOL), names.cancel(job.run_id))
     finally:
         await runner.close()
-    assert violations.about(names.job(POOL)) and violations.about(names.cancel(job.run_id))
+    assert refused, violations.messages
     assert (await gjs.stream_info(names.jobs_stream)).state.messages == 0
 
 
@@ -269,3 +280,54 @@ async def test_runner_without_a_verify_key_does_not_start_unless_unsigned_jobs_a
         RunnerAgent(keyless, POOL)
     insecure = msgspec.structs.replace(keyless, runner_allow_unsigned_jobs=True)
     assert RunnerAgent(insecure, POOL).verifier is None
+
+
+async def test_runners_answer_the_gateways_yolo_service_requests_and_only_the_gateway_may_ask(
+    secure_bus: SecureBus, gateway_bus: tuple[NATS, JetStreamContext]
+) -> None:
+    from shared.contracts.yolo_service import ARCHITECTURE, service_reply_decoder
+
+    gnc, _ = gateway_bus
+    settings = secure_bus.settings
+    subject = Subjects(settings.bus_prefix).yolo_service(ARCHITECTURE)
+    refused: dict[str, str] = {}
+    async with running_agent(settings) as agent:
+        reply = service_reply_decoder.decode((await gnc.request(subject, b"{not json", timeout=5)).data)
+        assert (reply.status, reply.runner_id) == ("unavailable", agent.runner_id)  # answered at once, no torch
+        assert "bad architecture request" in reply.error
+    for user in ("runner", "reader"):
+        errors: asyncio.Queue[Exception] = asyncio.Queue()
+
+        async def record(exc: Exception, errors: asyncio.Queue[Exception] = errors) -> None:
+            await errors.put(exc)
+
+        client = await nats.connect(secure_bus.url, user=user, password=secure_bus.password(user),
+                                    inbox_prefix=READER_INBOX_PREFIX if user == "reader" else "_INBOX",
+                                    error_cb=record)
+        try:
+            await client.publish(subject, b"{}")
+            refused[user] = str(await asyncio.wait_for(errors.get(), 10))
+        finally:
+            await client.close()
+    for user, message in refused.items():
+        assert "permissions violation" in message.lower() and subject.lower() in message.lower(), (user, message)
+
+
+async def test_a_runner_reads_back_what_the_gateway_put_in_the_artifact_store(
+    secure_bus: SecureBus, gateway_bus: tuple[NATS, JetStreamContext], tmp_path: Path
+) -> None:
+    """Datasets (by content hash) and checkpoints another host made reach a runner through the object store:
+    with the runner's own credentials (nats-py looks the chunks' stream up by subject first)."""
+    from shared.artifacts import artifact_store
+
+    _, gjs = gateway_bus
+    on_gateway = msgspec.structs.replace(secure_bus.settings, artifact_store="nats")
+    source = tmp_path / "archive.tar"
+    source.write_bytes(b"dataset bytes " * 1000)
+    uri = await artifact_store(on_gateway, gjs).put_file("datasets/" + "a" * 64 + ".tar", source)
+    nc = await connect(on_gateway, name="test runner")  # user `runner`
+    try:
+        copy = await artifact_store(on_gateway, nc.jetstream()).fetch(uri, tmp_path / "runner" / "copy.tar")
+    finally:
+        await nc.close()
+    assert copy.read_bytes() == source.read_bytes()

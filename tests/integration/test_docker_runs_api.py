@@ -1,62 +1,55 @@
 """Docker-backend runs through the API: the project's target and files, preflight before queuing, and the
-whole flow into a (stand-in) training container with a runner of the pool."""
+whole flow into a training container of a real Docker engine (tests/docker_engine.py) with a runner of the pool."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shlex
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
-import pytest
-
 import nats
+import pytest
 
 from gateway.preflight import preflight
 from shared.contracts.preflight import PreflightRequest
 from shared.settings import Settings
+from tests.docker_engine import DockerEngine
 from tests.integration.rest_helpers import api, new_project, problem
 from tests.integration.runner_support import start_runner_process
 
-FAKES = Path(__file__).resolve().parents[1] / "fakes"
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def docker_settings(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """A stand-in `docker` on PATH whose container `trainer` is this machine, and a runner target `llm`."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    shim = bin_dir / "docker"
-    shim.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(FAKES / 'docker'))} \"$@\"\n")
-    shim.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_DOCKER_CONTAINERS", "trainer")
-    monkeypatch.setenv("FAKE_DOCKER_LOG", str(tmp_path / "docker.jsonl"))
+def docker_settings(
+    settings: Settings, docker_engine: DockerEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> Iterator[Settings]:
+    """A training container of this test (the data folder mounted at /data) and a runner target `llm`."""
+    monkeypatch.setenv("DOCKER_HOST", docker_engine.host)
     host_root = tmp_path / "data"
     host_root.mkdir()
     (host_root / "alpaca.json").write_text('[{"instruction": "hi", "output": "hello"}]')
     (host_root / "train.yaml").write_text("num_train_epochs: 1\n")
-    (tmp_path / "app").mkdir()
-    targets = tmp_path / "targets.toml"
-    targets.write_text(
-        "[targets.llm]\n"
-        'container = "trainer"\n'
-        f'workdir = "{tmp_path / "app"}"\n'
-        f'host_root = "{host_root}"\n'
-        'output_dir = "outputs/{run_id}"\n'
-        f'run_dir = "{tmp_path / "container-run"}"\n'
-        "poll_s = 0.1\n"
-    )
-    return msgspec.structs.replace(settings, runner_targets_file=targets, preflight_timeout_s=3.0)
+    with docker_engine.container(request.node.name, {host_root: "/data"}) as container:
+        targets = tmp_path / "targets.toml"
+        targets.write_text(
+            "[targets.llm]\n"
+            f'container = "{container}"\n'
+            'workdir = "/app"\n'
+            f'host_root = "{host_root}"\n'
+            'container_root = "/data"\n'
+            'output_dir = "outputs/{run_id}"\n'
+            "poll_s = 0.1\n"
+        )
+        yield msgspec.structs.replace(settings, runner_targets_file=targets, preflight_timeout_s=3.0)
 
 
 def training(max_steps: int = 6) -> str:
-    return (f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKES / 'train_llm.py'))} --output_dir {{output_dir}} "
-            f"--resume_from {{resume_from}} --max_steps {max_steps} --save_steps 3 --step_time 0.05")
+    return ("train-llm --output_dir {output_dir} --resume_from_checkpoint {resume_from} "
+            f"--max_steps {max_steps} --save_steps 3 --step_time 0.05")
 
 
 @contextlib.asynccontextmanager
@@ -105,8 +98,8 @@ async def test_missing_project_files_are_refused_with_400_naming_each_and_nothin
         assert (await client.get("/api/v1/projects/llm/runs")).json()["total"] == 0
 
 
-async def test_docker_run_needs_a_target_from_the_run_or_its_project(docker_settings: Settings) -> None:
-    async with api(docker_settings) as client:
+async def test_docker_run_needs_a_target_from_the_run_or_its_project(settings: Settings) -> None:
+    async with api(settings) as client:
         await new_project(client, "no-target")
         response = await client.post("/api/v1/projects/no-target/runs",
                                      json={"kind": "container", "backend": "docker", "start_command": "true"})

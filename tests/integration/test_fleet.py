@@ -9,6 +9,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -133,6 +134,36 @@ async def test_a_new_instance_under_a_known_id_ends_the_old_one_and_the_view_fol
     after = await view_where(lambda v: v["slots"] == 3, "the restarted process's next heartbeat")
     assert (after["instance"], after["current_run"], after["active_runs"], after["restarts"]) == (
         "second", None, [], 1)
+
+
+async def test_targets_list_the_container_targets_of_live_runners_from_their_heartbeats(
+    settings: Settings, api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    targets_file = tmp_path / "targets.toml"
+    targets_file.write_text(f"""
+[targets.llama]
+container = "llama-factory"
+workdir = "/app"
+host_root = "{tmp_path}"
+
+[targets.axolotl]
+container = "axo"
+workdir = "/workspace"
+host_root = "{tmp_path}"
+""")
+    assert (await api.get("/targets")).json() == {"items": [], "total": 0}
+    with_targets = msgspec.structs.replace(settings, runner_targets_file=targets_file)
+    async with running_agent(with_targets, runner_id="dockerbox"), running_agent(settings, runner_id="plain"):
+        await wait_state(api, "dockerbox", "idle")
+        await wait_state(api, "plain", "idle")
+        assert (await api.get("/runners/dockerbox")).json()["targets"] == ["axolotl", "llama"]
+        assert (await api.get("/runners/plain")).json()["targets"] == []
+        page = (await api.get("/targets")).json()
+        assert page == {"total": 2, "items": [
+            {"name": "axolotl", "runners": ["dockerbox"], "pools": [POOL]},
+            {"name": "llama", "runners": ["dockerbox"], "pools": [POOL]}]}
+    await wait_state(api, "dockerbox", "stopped")
+    assert (await api.get("/targets")).json()["total"] == 0, "a stopped runner offers nothing"
 
 
 async def test_a_runner_that_never_sent_a_heartbeat_is_unknown(api: httpx.AsyncClient) -> None:

@@ -11,7 +11,9 @@ async def test_health_and_ready_report_ok_with_real_nats_and_postgres(settings: 
         assert (await client.get("/health")).json() == {"status": "ok"}
         ready = await client.get("/ready")
         assert ready.status_code == 200
-        assert ready.json()["checks"] == {"database": "ok", "nats": "ok"}
+        assert ready.json()["checks"] == {name: "ok" for name in (
+            "database", "nats", "registrar", "projector", "eventhub", "dispatcher", "fleet", "sweeper", "webhooks",
+            "sweeps")}
 
 
 async def test_unknown_route_is_a_problem_details_404(settings: Settings) -> None:

@@ -98,29 +98,44 @@ async def alice_resources(client: AsyncTestClient, settings: Settings, tmp_path:
     await sql(settings, "insert into architectures (id, name, description, yaml, task, summary, owner_id) "
                         "values (:id, :n, '', 'x', 'detect', '{}', :o)", id=uuid.uuid4().hex, n=f"{SECRET}-arch",
               o=alice_id)
+    samples = await client.get(f"/api/v1/datasets/{dataset.json()['id']}/samples", headers=me)
+    assert samples.status_code == 200, samples.text
     return {
+        "datasets.sample_id": samples.json()["items"][0]["id"], "number": "1",
         "projects.ref": project["id"], "datasets.ref": dataset.json()["id"], "models.ref": model_id,
         "architectures.ref": f"{SECRET}-arch", "users.ref": "alice", "run_id": run_id, "artifact_id": upload.json()["id"],
         "upload_id": upload.json()["id"],
         "name": f"{SECRET}-cfg", "username": "alice", "token_id": api_token["id"], "runner_id": "no-such-runner",
+        "webhook_id": "no-such-webhook", "sweep_id": "no-such-sweep",
         "version": "1", "split": "train", "index": "0", "run_artifact": artifact_id,
+        "dataset": dataset.json()["id"], "model": model_id,
     }
 
 
 def nonexistent(ids: dict[str, str]) -> dict[str, str]:
     """The same shape of ids, for resources that do not exist."""
     fresh = {k: uuid.uuid4().hex for k in ids}
-    fresh.update({"version": "1", "split": "train", "index": "0", "username": "nobody-here",
+    fresh.update({"version": "1", "number": "1", "split": "train", "index": "0", "username": "nobody-here",
                   "users.ref": "nobody-here"})
     return fresh
 
 
 BODIES: dict[tuple[str, str], Any] = {
+    ("POST", "/api/v1/projects/{ref:str}/datasets"): {"dataset": f"{SECRET}-data"},
+    ("POST", "/api/v1/projects/{ref:str}/models"): {"model": f"{SECRET}-model"},
+    ("POST", "/api/v1/datasets/{ref:str}/augment"): {"count": 1, "imgsz": 64},
     ("POST", "/api/v1/projects/{ref:str}/runs"): {"kind": "container", "backend": "docker", "target": "t",
                                                   "start_command": "true"},
     ("PATCH", "/api/v1/projects/{ref:str}"): {"description": "mine now"},
     ("PUT", "/api/v1/projects/{ref:str}/members/{username:str}"): {"role": "owner"},
     ("POST", "/api/v1/projects/{ref:str}/configs"): {"name": "c", "kind": "yolo.train", "params": {}},
+    ("POST", "/api/v1/projects/{ref:str}/webhooks"): {"url": "https://8.8.8.8/hook"},
+    ("POST", "/api/v1/projects/{ref:str}/sweeps"): {"spec": {"dataset": "d"}, "space": {"lr0": [0.01]}},
+    ("PATCH", "/api/v1/datasets/{ref:str}/samples/{sample_id:str}"): {"split": "val"},
+    ("PUT", "/api/v1/datasets/{ref:str}/samples/{sample_id:str}/annotations"): {"annotations": []},
+    ("POST", "/api/v1/datasets/{ref:str}/classes"): {"name": "x"},
+    ("PATCH", "/api/v1/datasets/{ref:str}/classes/{name:str}"): {"name": "x"},
+    ("POST", "/api/v1/datasets/{ref:str}/classes/{name:str}/merge"): {"into": "x"},
 }
 """Valid bodies where the route has one: bob's request must fail on access, not on validation."""
 
@@ -143,7 +158,7 @@ async def test_every_route_isolates_users_and_needs_auth(settings: Settings, tmp
             assert anonymous.status_code == 401, f"{method} {path} answers {anonymous.status_code} without a token"
             assert anonymous.json()["code"] == "unauthorized"
 
-            if path == "/api/v1/auth/logout":
+            if path == "/api/v1/auth/logout" or (method, path) == ("DELETE", "/api/v1/auth/session"):
                 continue  # would end bob's session; logout only ever touches the caller's own
             if path.endswith("/events") and "{" not in path:
                 continue  # a fleet-wide live stream (host samples): it has no user's data and never ends
@@ -169,8 +184,75 @@ async def test_alice_reaches_her_own_resources(settings: Settings, tmp_path: Pat
         ids = await alice_resources(client, settings, tmp_path, alice)
         for path in ("/api/v1/projects/{ref:str}", "/api/v1/datasets/{ref:str}", "/api/v1/models/{ref:str}",
                      "/api/v1/architectures/{ref:str}", "/api/v1/runs/{run_id:str}",
-                     "/api/v1/artifacts/{artifact_id:str}", "/api/v1/projects/{ref:str}/configs/{name:str}"):
+                     "/api/v1/artifacts/{artifact_id:str}", "/api/v1/projects/{ref:str}/configs/{name:str}",
+                     "/api/v1/datasets/{ref:str}/samples/{sample_id:str}", "/api/v1/datasets/{ref:str}/versions",
+                     "/api/v1/datasets/{ref:str}/versions/{number:int}"):
             response = await client.get(fill(path, ids), headers=bearer(alice))
             assert response.status_code == 200, f"{path}: {response.text}"
         run_artifact = await client.get(f"/api/v1/artifacts/{ids['run_artifact']}", headers=bearer(alice))
         assert run_artifact.status_code == 200
+
+
+async def test_project_members_read_the_datasets_and_models_it_links_and_change_nothing(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """alice links her dataset and model to her project: bob, a viewer of it, may read them (not change,
+    delete or link them elsewhere); carol, no member, gets 404 as before; unlinked, bob gets 404 again."""
+    async with api(settings) as client:
+        alice, bob, carol = [bearer(await create_user(client, name)) for name in ("alice", "bob", "carol")]
+        alice_id = (await client.get("/api/v1/auth/me", headers=alice)).json()["id"]
+        project = (await client.post("/api/v1/projects", json={"name": "shared-work"}, headers=alice)).json()
+        mine = (await client.post("/api/v1/projects", json={"name": "bobs-own"}, headers=bob)).json()
+        make_yolo_yaml(tmp_path / "ds", n_train=2, n_val=1)
+        archive = zip_folder(tmp_path / "ds", tmp_path / "ds.zip")
+        dataset = (await client.post("/api/v1/datasets", data={"name": "alices-data"}, headers=alice,
+                                     files={"file": ("ds.zip", archive.read_bytes(), "application/zip")})).json()
+        model_id = uuid.uuid4().hex
+        await sql(settings, "insert into models (id, name, task, description, owner_id, last_version) "
+                            "values (:id, 'alices-model', 'detect', '', :o, 1)", id=model_id, o=alice_id)
+        await sql(settings, "insert into model_versions (id, model_id, version, uri, size_bytes, sha256, task, "
+                            "class_names, metrics, format) values (:id, :m, 1, 'file:///nowhere', 1, '', 'detect', "
+                            "'[]', '{}', 'pt')", id=uuid.uuid4().hex, m=model_id)
+        reads = [f"/api/v1/datasets/{dataset['id']}", f"/api/v1/datasets/{dataset['id']}/images",
+                 f"/api/v1/datasets/{dataset['id']}/images/train/0/file", f"/api/v1/datasets/{dataset['id']}/stats",
+                 f"/api/v1/models/{model_id}", f"/api/v1/models/{model_id}/versions/1"]
+        writes = [("DELETE", f"/api/v1/datasets/{dataset['id']}", None), ("DELETE", f"/api/v1/models/{model_id}", None),
+                  ("DELETE", f"/api/v1/models/{model_id}/versions/1", None),
+                  ("POST", f"/api/v1/projects/{mine['id']}/datasets", {"dataset": dataset["id"]}),
+                  ("POST", f"/api/v1/projects/{mine['id']}/models", {"model": model_id})]
+        links = f"/api/v1/projects/{project['id']}"
+
+        async def bob_reads(expected: int) -> None:
+            for path in reads:
+                response = await client.get(path, headers=bob)
+                assert response.status_code == expected, f"{path}: {response.status_code} {response.text[:200]}"
+
+        await bob_reads(404)
+        assert (await client.post(f"{links}/datasets", json={"dataset": "alices-data"}, headers=bob)).status_code == 404
+        assert (await client.post(f"{links}/datasets", json={"dataset": "alices-data"}, headers=alice)).status_code == 201
+        assert (await client.post(f"{links}/datasets", json={"dataset": "alices-data"}, headers=alice)).status_code == 201
+        assert (await client.post(f"{links}/models", json={"model": "alices-model"}, headers=alice)).status_code == 201
+        await bob_reads(404)  # linked, but bob is no member yet
+        member = await client.put(f"{links}/members/bob", json={"role": "viewer"}, headers=alice)
+        assert member.status_code == 200, member.text
+
+        await bob_reads(200)
+        listed = (await client.get(f"{links}/datasets", headers=bob)).json()
+        assert [d["name"] for d in listed["items"]] == ["alices-data"] and listed["items"][0]["images"] == 3
+        models = (await client.get(f"{links}/models", headers=bob)).json()
+        assert [(m["name"], m["versions_count"]) for m in models["items"]] == [("alices-model", 1)]
+        for method, path, body in writes:
+            response = await client.request(method, path, json=body, headers=bob)
+            assert response.status_code == 404, f"{method} {path}: {response.status_code} {response.text[:200]}"
+        assert (await client.delete(f"{links}/datasets/alices-data", headers=bob)).status_code == 403  # a viewer
+        for path in [*reads, f"{links}/datasets", f"{links}/models"]:
+            assert (await client.get(path, headers=carol)).status_code == 404, path
+        assert SECRET not in str((await client.get("/api/v1/datasets", headers=bob)).json())
+        assert (await client.get("/api/v1/datasets", headers=bob)).json()["total"] == 0  # his own list stays his
+
+        assert (await client.delete(f"{links}/datasets/alices-data", headers=alice)).status_code == 204
+        assert (await client.delete(f"{links}/models/{model_id}", headers=alice)).status_code == 204
+        assert (await client.delete(f"{links}/models/{model_id}", headers=alice)).status_code == 404
+        await bob_reads(404)
+        assert (await client.get(f"/api/v1/datasets/{dataset['id']}", headers=alice)).status_code == 200  # it stays
+        assert (await client.get(f"{links}/datasets", headers=bob)).json() == {"items": [], "total": 0}

@@ -188,7 +188,7 @@ async def test_a_trainings_completion_is_stored_only_after_its_registration(sett
     async with gateway_state(settings) as gw:
         _, run_id, events = await _training(gw)
         registrar = FakeRegistrar()
-        gw.extras["registrar"] = registrar
+        gw.registrar = registrar
         projector = Projector(gw)
         await projector.start()
         try:
@@ -214,7 +214,7 @@ async def test_a_completion_waits_for_the_registrar_at_most_its_bound(
     async with gateway_state(settings) as gw:
         _, run_id, events = await _training(gw)
         registrar = FakeRegistrar()  # never registers anything
-        gw.extras["registrar"] = registrar
+        gw.registrar = registrar
         projector = Projector(gw)
         await projector.start()
         try:

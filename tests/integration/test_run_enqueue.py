@@ -1,4 +1,4 @@
-"""A run NATS did not take is kept queued (503) and the dispatcher publishes it later, once on the stream."""
+"""A run NATS did not take is kept queued (201: it is saved; it waits in line, saying why) and the dispatcher publishes it later, once on the stream."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from tests.integration.rest_helpers import (
     database,
     in_app,
     new_project,
-    problem,
     runner_online,
     set_run,
     start_run,
@@ -38,6 +37,15 @@ async def _wait_enqueued(settings: Settings, run_id: str) -> bool:
     return False
 
 
+async def _waits_because(client, run_id: str, reason: str) -> bool:  # type: ignore[no-untyped-def]
+    for _ in range(400):
+        queue = (await client.get(f"/api/v1/runs/{run_id}")).json()["queue"]
+        if queue is not None and queue["reason"] == reason:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
 async def test_run_is_kept_queued_when_nats_refuses_its_job_and_republished_later(settings: Settings) -> None:
     names = Subjects(settings.bus_prefix)
     async with runner_online(settings), api(settings) as client:
@@ -45,9 +53,12 @@ async def test_run_is_kept_queued_when_nats_refuses_its_job_and_republished_late
         await new_project(client, "flaky")
         in_app(client, gw.js.delete_stream, names.jobs_stream)  # nothing takes jobs now
 
-        failed = problem(await start_run(client, "flaky", headers={"Idempotency-Key": "k"}), 503)
-        [row] = (await client.get("/api/v1/projects/flaky/runs")).json()["items"]
-        assert row["id"] in failed["detail"] and row["status"] == "queued" and row["enqueued_at"] is None
+        # the answer comes once the row is committed (durably accepted), whatever NATS does with the job
+        created = await start_run(client, "flaky", headers={"Idempotency-Key": "k"})
+        assert created.status_code == 201, created.text
+        row = created.json()
+        assert row["status"] == "queued" and row["enqueued_at"] is None
+        assert await _waits_because(client, row["id"], "NATS did not take its job; retrying")
         replay = await start_run(client, "flaky", headers={"Idempotency-Key": "k"})
         assert replay.status_code == 201 and replay.json()["id"] == row["id"]
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import msgspec
 import pytest
-from nats.js.errors import NoKeysError
 from litestar.testing import AsyncTestClient
+from nats.js.errors import NoKeysError
 from sqlalchemy import select
 
 from gateway.auth.caller import Caller
@@ -26,11 +26,21 @@ from gateway.db.models import EventRecord, Run
 from gateway.services.runs import create_run
 from runner.leases import LeaseRecord
 from shared.bus import ensure_topology
-from shared.contracts import ContainerSpec, Limits, Requirements, event_decoder
+from shared.contracts import ContainerSpec, Limits, Requirements, RunCompleted, event_decoder
 from shared.contracts.events import DeviceInfo
 from shared.settings import Settings
 from shared.subjects import Subjects
-from tests.integration.rest_helpers import api, bus, database, in_app, new_project, runner_online
+from tests.integration.rest_helpers import (
+    api,
+    bus,
+    database,
+    enqueued,
+    in_app,
+    new_project,
+    runner_online,
+    settled,
+    waits_because,
+)
 from tests.integration.runner_support import (
     RunEvents,
     container_job,
@@ -54,7 +64,7 @@ def submit(client: AsyncTestClient, project: str, command: str, *, owner: str | 
     spec = ContainerSpec(start_command=command)
     caller = Caller(user_id=owner or "nobody", username=owner or "nobody", is_admin=True)
     run = in_app(client, create_run, gw, project, spec, caller=caller, pool="cpu", priority=priority,
-                 requirements=requirements)
+                 requirements=requirements, settle=True)
     return run.id
 
 
@@ -100,7 +110,7 @@ def most_at_once(spans: list[tuple[datetime, datetime]]) -> int:
 
 async def runner_seen(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
     """Wait until the gateway's dispatcher has the heartbeat of a runner."""
-    dispatcher = client.app.state.gw.extras["dispatcher"]
+    dispatcher = client.app.state.gw.dispatcher
 
     async def seen() -> bool:
         return bool(dispatcher.runners)
@@ -271,9 +281,10 @@ async def test_a_run_needing_gpu_memory_waits_on_a_cpu_fleet_with_a_clear_reason
         assert created.status_code == 201, created.text
         run = created.json()
         assert run["requirements"] == {"device": "any", "min_gpu_memory_mb": 16000, "gpus": 1}
-        detail = (await client.get(f"/api/v1/runs/{run['id']}")).json()
+        reason = "no runner in pool cpu has a GPU with ≥ 16000 MB memory"
+        detail = await waits_because(client, run["id"], reason)
         assert detail["status"] == "queued" and detail["enqueued_at"] is None
-        assert detail["queue"] == {"position": 1, "reason": "no runner in pool cpu has a GPU with ≥ 16000 MB memory"}
+        assert detail["queue"] == {"position": 1, "reason": reason}
         bad = await client.post("/api/v1/projects/big/runs", json={
             "kind": "container", "start_command": "true", "requirements": {"gpu": 1}})
         assert bad.status_code == 422 and "gpu" in bad.text
@@ -288,16 +299,16 @@ async def test_a_run_for_a_pool_without_runners_or_kinds_says_so(settings: Setti
         await new_project(client, "pools")
         nobody = await client.post("/api/v1/projects/pools/runs",
                                    json={"kind": "container", "start_command": "true", "pool": "tpu"})
-        assert (await client.get(f"/api/v1/runs/{nobody.json()['id']}")).json()["queue"]["reason"] == (
+        assert (await settled(client, nobody.json()["id"]))["queue"]["reason"] == (
             "no runner of pool tpu is online")
         fits = await client.post("/api/v1/projects/pools/runs", json={
             "kind": "container", "start_command": "true", "pool": "gpu",
             "requirements": {"device": "cuda", "min_gpu_memory_mb": 40000}})
-        assert (await client.get(f"/api/v1/runs/{fits.json()['id']}")).json()["queue"] is None
+        assert (await enqueued(client, fits.json()["id"]))["queue"] is None  # (the runner's first beat may come late)
         two = await client.post("/api/v1/projects/pools/runs", json={
             "kind": "container", "start_command": "true", "pool": "gpu", "requirements": {"gpus": 2, "device": "cuda"}})
-        assert (await client.get(f"/api/v1/runs/{two.json()['id']}")).json()["queue"]["reason"] == (
-            "no runner in pool gpu has 2 GPUs")
+        reason = "no runner in pool gpu has 2 GPUs"
+        assert (await waits_because(client, two.json()["id"], reason))["queue"]["reason"] == reason
 
 
 async def test_a_runner_hands_back_a_job_it_cannot_fit_without_claiming_it(settings: Settings) -> None:
@@ -384,3 +395,46 @@ async def test_a_killed_runners_slot_frees_when_its_leases_lapse_and_its_next_at
     # what really ran, in order: never two at once
     assert trace.read_text().splitlines() == [
         "start first 1", "start second", "end second", f"start first {done.attempt}", f"end first {done.attempt}"]
+
+
+# -- the fast path and live slots ----------------------------------------------------------------------------
+
+
+async def test_a_new_run_is_published_by_the_fast_path_and_a_slot_frees_on_the_live_terminal_event(
+    settings: Settings,
+) -> None:
+    """Nothing waits: the job goes out from the request's fast path. The only slot is taken: the next run
+    waits; it is published as soon as the dispatcher is told of the first run's terminal event (as the
+    projector does when it fetches one, before storing it), while Postgres still shows the first run queued."""
+    async with runner_online(settings, slots=1), api(settings) as client:
+        gw = client.app.state.gw
+        dispatcher = gw.dispatcher
+        project = await new_project(client, "fast")
+        await runner_seen(client)
+        await wait_until(lambda: _true(dispatcher._view is not None), what="the dispatcher's first pass")
+        first = (await client.post("/api/v1/projects/fast/runs", json={"kind": "container",
+                                                                      "start_command": "true"})).json()
+        assert (await settled(client, first["id"]))["enqueued_at"]
+        assert dispatcher.fast_published == 1
+        second = (await client.post("/api/v1/projects/fast/runs", json={"kind": "container",
+                                                                       "start_command": "true"})).json()
+        assert (await settled(client, second["id"]))["queue"]["reason"] == "all runners of pool cpu that fit are busy"
+        assert dispatcher.fast_published == 1  # it waited for a pass: it did not jump the line
+        assert "run.completed" in dispatcher.live_types
+        done = RunCompleted(run_id=first["id"], project_id=project["id"], attempt=1, runner_id="hb", seq=1,
+                            exit_code=0)
+        in_app(client, _call, dispatcher.saw, done)  # (never published: nothing stores it)
+
+        async def second_published() -> bool:
+            return any(r.id == second["id"] and r.enqueued_at is not None for r in await runs(settings))
+
+        await wait_until(second_published, what="the waiting run published on the live terminal event")
+        assert {r.id: r.status for r in await runs(settings)}[first["id"]] == "queued"  # not projected
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _call(fn: Any, *args: Any) -> None:
+    fn(*args)

@@ -14,12 +14,12 @@ import uvicorn
 from httpx_sse import aconnect_sse
 from httpx_sse._decoders import SSEDecoder
 
-from gateway.app import create_app
 from gateway.state import GatewayState
 from shared.contracts import EventBase, RunClaimed, RunCompleted, RunProgress, RunStarted
 from shared.settings import Settings
 from tests.auth_support import bearer, login
 from tests.integration.events_support import add_project_and_runs, gateway_state, publish
+from tests.integration.rest_helpers import served_uvicorn
 
 
 @dataclass
@@ -34,21 +34,10 @@ class Server:
 
 @pytest.fixture
 async def server(settings: Settings) -> AsyncIterator[Server]:
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, lifespan="on",
-                            log_level="warning", timeout_graceful_shutdown=1)
-    srv = uvicorn.Server(config)
-    task = asyncio.create_task(srv.serve())
-    while not srv.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    async with gateway_state(settings) as gw, httpx.AsyncClient(base_url=url) as client:
+    async with served_uvicorn(settings) as (url, srv), gateway_state(settings) as gw, \
+            httpx.AsyncClient(base_url=url) as client:
         token = (await login(client))["access_token"]
         yield Server(url, gw, srv, bearer(token))
-    srv.should_exit = True
-    await asyncio.wait_for(task, 10)
 
 
 def progress(project_id: str, run_id: str, first_seq: int, count: int) -> list[EventBase]:
@@ -141,7 +130,7 @@ async def test_idle_stream_sends_keep_alive_comments(server: Server) -> None:
     comments = [line for line in lines if line.startswith(":")]
     assert len(comments) >= 2, lines  # settings fixture: sse_keepalive_s = 1
     assert not any(line.startswith("data:") for line in lines)
-    hub = server.uvicorn.config.app.state.gw.extras["eventhub"]
+    hub = server.uvicorn.config.app.state.gw.eventhub
     for _ in range(100):  # the client went away: its subscription goes too
         if hub.subscribers == 0:
             break
@@ -265,3 +254,67 @@ async def test_two_hundred_clients_follow_one_project_at_once(server: Server) ->
         elapsed = time.monotonic() - started
     print(f"200 clients got 20 events each {elapsed:.2f}s after publishing")
     assert all([d["seq"] for _, _, d in got] == list(range(1, 21)) for got, _ in results)
+
+
+async def test_a_project_stream_with_tail_replays_nothing_and_marks_where_it_starts(server: Server) -> None:
+    project_id, (run_id,) = await add_project_and_runs(server.gw)
+    await publish(server.gw, *progress(project_id, run_id, 1, 5))
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=15) as client:
+        stored, _ = await collect(client, f"/api/v1/projects/{project_id}/events", limit=5)  # all 5 projected
+        got: list[tuple[str, str, str]] = []
+        marked = asyncio.Event()
+
+        async def follow() -> None:
+            async with aconnect_sse(client, "GET", f"/api/v1/projects/{project_id}/events?tail=true") as source:
+                async for sse in source.aiter_sse():
+                    got.append((sse.id, sse.event, sse.data))
+                    marked.set()
+                    if len(got) == 4:
+                        return
+
+        reader = asyncio.create_task(follow())
+        await asyncio.wait_for(marked.wait(), 15)  # the mark comes first, before anything new
+        await publish(server.gw, *progress(project_id, run_id, 6, 3))
+        await asyncio.wait_for(reader, 15)
+        # a reconnect from the mark (what a browser sends) gets the same three
+        again, _ = await collect(client, f"/api/v1/projects/{project_id}/events?tail=true", limit=3,
+                                 headers={"Last-Event-ID": got[0][0]})
+    assert got[0] == (str(stored[-1][0]), "message", ""), "a bare id line: the newest stored event"
+    assert [json.loads(data)["seq"] for _, _, data in got[1:]] == [6, 7, 8]
+    assert [int(i) for i, _, _ in got[1:]] == [i for i, _, _ in again]
+
+
+async def test_a_project_stream_replays_its_newest_events_of_some_types_marks_the_end_then_follows(
+    server: Server,
+) -> None:
+    project_id, (first, second) = await add_project_and_runs(server.gw, runs=2)
+    await publish(server.gw, *lifecycle(project_id, first, steps=5))  # claimed, started, 5 progress, completed
+    url = f"/api/v1/projects/{project_id}/events?types=run.claimed,run.started,run.completed&history=2"
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=15) as client:
+        everything, _ = await collect(client, f"/api/v1/projects/{project_id}/events", limit=8)  # all projected
+        got: list[tuple[str, str, str]] = []
+        replayed = asyncio.Event()
+
+        async def follow() -> None:
+            async with aconnect_sse(client, "GET", url) as source:
+                async for sse in source.aiter_sse():
+                    got.append((sse.id, sse.event, sse.data))
+                    if sse.event == "stream.replayed":
+                        replayed.set()
+                    if len(got) == 5:
+                        return
+
+        reader = asyncio.create_task(follow())
+        await asyncio.wait_for(replayed.wait(), 15)
+        await publish(server.gw, *lifecycle(project_id, second, steps=3))  # its progress is left out
+        await asyncio.wait_for(reader, 15)
+        # a reconnect keeps the filter: after the first run's start, only its completion and the second's
+        again, _ = await collect(client, url, limit=3, headers={"Last-Event-ID": got[0][0]})
+        bad = await client.get(f"/api/v1/projects/{project_id}/events?types=run.nope")
+    assert [(t, json.loads(d)["run_id"]) for _, t, d in got[:2]] == [("run.started", first), ("run.completed", first)]
+    assert got[2][1] == "stream.replayed" and got[2][0] == got[1][0], "no id of its own"
+    assert json.loads(got[2][2]) == {"last_event_id": everything[-1][0]}
+    assert [(t, json.loads(d)["run_id"]) for _, t, d in got[3:]] == [("run.claimed", second), ("run.started", second)]
+    assert [(t, d["run_id"]) for _, t, d in again] == [
+        ("run.completed", first), ("run.claimed", second), ("run.started", second)]
+    assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == "types"

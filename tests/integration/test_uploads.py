@@ -87,7 +87,7 @@ async def test_the_sweep_deletes_old_uploads_that_no_active_run_reads(settings: 
         read, old, recent = await _upload(client), await _upload(client), await _upload(client)
         run = await _predict(client, read)
         await _age(settings, read, old, hours=25)
-        sweeper = client.app.state.gw.extras["sweeper"]
+        sweeper = client.app.state.gw.sweeper
 
         assert in_app(client, sweeper.sweep)["uploads"] == 1
         assert not _file(settings, old).exists() and _file(settings, read).exists() and _file(settings, recent).exists()

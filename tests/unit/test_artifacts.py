@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 
 import nats
@@ -16,6 +18,7 @@ from shared.artifacts import (
     artifact_store,
 )
 from shared.settings import Settings
+from trainforge.embedded import EmbeddedNats
 
 PAYLOAD = bytes(range(256)) * 2000  # 512 000 bytes: several object-store chunks
 
@@ -91,3 +94,30 @@ async def test_nats_object_store_puts_fetches_reads_ranges_and_deletes(nats_url:
 def test_artifact_store_defaults_to_the_local_folder(tmp_path: Path) -> None:
     store = artifact_store(Settings.from_mapping({"state_dir": tmp_path}))
     assert isinstance(store, LocalArtifactStore) and store.root == (tmp_path / "artifacts").resolve()
+
+
+async def test_nats_object_store_fetch_goes_on_through_a_bus_outage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fetch that starts while the server is down (a lost node, a leader moving) is retried until the bus is
+    back, instead of failing the run that needed the file."""
+    server = EmbeddedNats(tmp_path / "nats")
+    url = server.start()
+    nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    try:
+        store = NatsObjectStore(nc.jetstream(), "outage", retry_s=120)
+        source = tmp_path / "last.pt"
+        source.write_bytes(PAYLOAD)
+        uri = await store.put_file("runs/r1/attempt-1/weights/last.pt", source)
+        server.stop()
+        with caplog.at_level(logging.WARNING, logger="shared.artifacts"):
+            fetch = asyncio.create_task(store.fetch(uri, tmp_path / "out" / "last.pt"))
+            async with asyncio.timeout(120):
+                while not any("retrying" in r.getMessage() for r in caplog.records):
+                    assert not fetch.done(), fetch
+                    await asyncio.sleep(0.05)
+            server.start()
+            assert (await fetch).read_bytes() == PAYLOAD
+    finally:
+        await nc.close()
+        server.stop()

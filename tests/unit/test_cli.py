@@ -13,7 +13,8 @@ import pytest
 from trainforge import credentials
 from trainforge.cli import build_parser, main
 
-SUBCOMMANDS = ["up", "gateway", "runner", "migrate", "secrets", "train", "runs", "login", "logout"]
+SUBCOMMANDS = ["up", "status", "down", "logs", "gateway", "runner", "migrate", "secrets", "train", "runs", "login",
+               "logout"]
 
 
 def _subcommands() -> set[str]:
@@ -123,3 +124,18 @@ def test_the_login_token_is_named_even_for_a_uid_without_a_user_entry(monkeypatc
 
     monkeypatch.setattr("getpass.getuser", no_entry)
     assert cli._local_user().startswith("uid ")  # noqa: SLF001
+
+
+def test_runs_watch_shows_a_pause_and_its_end() -> None:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from trainforge.watch import RunView
+
+    console = Console(record=True, width=100)
+    view = RunView(Progress(console=console), console)
+    view.handle("run.paused", {"run_id": "r1", "requested_by": "alice"})
+    view.handle("run.unpaused", {"run_id": "r1", "paused_s": 42.4})
+    text = console.export_text()
+    assert "paused by alice (trainforge runs unpause r1)" in text
+    assert "unpaused after 42 s" in text

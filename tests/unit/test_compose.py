@@ -99,8 +99,8 @@ def test_secrets_init_writes_each_parts_folder_once(tmp_path) -> None:
 
     folders = init_secrets(tmp_path / "s", "tf")
     first = {p: p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file()}
-    assert {p.name for p in folders["gateway"].iterdir()} == {"job-signing.key", "nats-password"}
-    assert {p.name for p in folders["runner"].iterdir()} == {"job-verify.pub", "nats-password"}
+    assert {p.name for p in folders["gateway"].iterdir()} == {"job-signing.key", "nats-password", "runner-tokens"}
+    assert {p.name for p in folders["runner"].iterdir()} == {"job-verify.pub", "nats-password", "gateway-token"}
     assert (folders["gateway"] / "job-signing.key").stat().st_mode & 0o077 == 0
     init_secrets(tmp_path / "s", "tf")
     assert {p: p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file()} == first

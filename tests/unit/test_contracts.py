@@ -5,8 +5,7 @@ from pathlib import Path
 
 import msgspec
 
-from shared.contracts import Job, RunLog, event_decoder
-from shared.contracts import commands, events
+from shared.contracts import Job, RunLog, commands, event_decoder, events
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "events.md"
 

@@ -87,8 +87,8 @@ def test_yolo_with_data_yaml_keeps_its_splits_and_drops_its_download_script(tmp_
 def test_yolo_layout_without_yaml_is_split_by_the_ratios_reproducibly(tmp_path: Path) -> None:
     truth = make_yolo_flat(tmp_path / "ds", 10)
     first = prepare_dataset(tmp_path / "ds", tmp_path / "out1", RATIOS, seed=7)
-    again = prepare_dataset(tmp_path / "ds", tmp_path / "out2", RATIOS, seed=7)
-    other = prepare_dataset(tmp_path / "ds", tmp_path / "out3", RATIOS, seed=8)
+    _again = prepare_dataset(tmp_path / "ds", tmp_path / "out2", RATIOS, seed=7)
+    _other = prepare_dataset(tmp_path / "ds", tmp_path / "out3", RATIOS, seed=8)
     assert first.split_by == "ratios" and first.splits == {"train": 6, "val": 2, "test": 2}
 
     def keys(out: Path) -> dict[str, list[str]]:
@@ -126,6 +126,36 @@ def test_voc_is_converted_from_one_based_corners(tmp_path: Path) -> None:
     _assert_same_boxes(_labels_by_stem(tmp_path / "out"), truth, tol=1e-6)
 
 
+def test_voc_objects_marked_difficult_are_kept_unless_registration_drops_them(tmp_path: Path) -> None:
+    truth = make_voc(tmp_path / "ds", 6)
+    marked = {}
+    for xml in sorted((tmp_path / "ds" / "Annotations").glob("*.xml")):
+        text = xml.read_text()
+        xml.write_text(text.replace("<difficult>0</difficult>", "<difficult>1</difficult>", 1))
+        marked[xml.stem] = text.count("<object>")
+    kept = prepare_dataset(tmp_path / "ds", tmp_path / "kept", RATIOS, seed=0)
+    _assert_same_boxes(_labels_by_stem(tmp_path / "kept"), truth, tol=1e-6)
+    assert kept.report.instances == sum(len(v) for v in truth.values())
+
+    dropped = prepare_dataset(tmp_path / "ds", tmp_path / "dropped", RATIOS, seed=0, drop_difficult=True)
+    found = _labels_by_stem(tmp_path / "dropped")
+    assert {k: len(v) for k, v in found.items()} == {k: n - 1 for k, n in marked.items()}  # the first of each
+    assert dropped.report.instances == kept.report.instances - len(marked)
+
+
+def test_a_flat_yolo_archive_whose_yaml_only_names_the_classes_gets_those_names(tmp_path: Path) -> None:
+    truth = make_yolo_flat(tmp_path / "ds", 6)
+    (tmp_path / "ds" / "data.yaml").write_text("names:\n  0: cat\n  1: dog\n  2: bird\n")
+    match = detect_format(tmp_path / "ds")
+    assert match.format is DatasetFormat.YOLO and "no data YAML" not in match.reason
+    assert "class names from data.yaml" in match.reason
+    prepared = prepare_dataset(tmp_path / "ds", tmp_path / "out", RATIOS, seed=3)
+    assert prepared.classes == CLASSES and "no data YAML" not in prepared.format_reason
+    _assert_same_boxes(_labels_by_stem(tmp_path / "out"), truth)
+    (tmp_path / "ds" / "data.yaml").write_text("names: [cat, dog, bird]\n")  # the list form too
+    assert prepare_dataset(tmp_path / "ds", tmp_path / "out2", RATIOS, seed=3).classes == CLASSES
+
+
 def test_classification_folders_are_split_per_class(tmp_path: Path) -> None:
     make_classify(tmp_path / "ds", per_class=5)
     prepared = prepare_dataset(tmp_path / "ds", tmp_path / "out", RATIOS, seed=0)
@@ -147,7 +177,8 @@ def test_listing_pages_through_images_with_their_labels(tmp_path: Path) -> None:
     prepare_dataset(tmp_path / "ds", tmp_path / "out")
     first, second = list_images(tmp_path / "out", offset=0, limit=5), list_images(tmp_path / "out", offset=5, limit=5)
     assert (first.total, len(first.items), len(second.items)) == (9, 5, 4)
-    assert [i.index for i in first.items + second.items] == list(range(9))
+    items = first.items + second.items  # an image's index is its place in its split (what the file route takes)
+    assert [(i.split, i.index) for i in items] == [("train", n) for n in range(6)] + [("val", n) for n in range(3)]
     item = list_images(tmp_path / "out", split="val", limit=1).items[0]
     assert item.split == "val" and item.path == "images/val/img6.jpg"
     assert (item.width, item.height) == scene(6)[:2]

@@ -72,7 +72,7 @@ def test_start_argv_is_docker_exec_env_bash_with_the_fixed_wrapper_and_client_st
 def test_scripts_are_constants_without_client_text():
     for script in (WRAPPER, FOLLOW, PROBE, SIGNAL):
         assert "rm -rf" not in script
-        assert "{" not in script.replace("${", "").replace("{ echo", "").replace("guard() {", "")
+        assert "{" not in script.replace("${", "").replace("{ echo", "").replace("guard() {", "").replace("relay() {", "")
 
 
 def test_other_argument_vectors():

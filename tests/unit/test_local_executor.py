@@ -70,6 +70,52 @@ async def test_output_lines_arrive_in_order_and_exit_zero_completes(local_settin
     assert ctx.emit.out("stderr") == ["oops"]  # type: ignore[attr-defined]
 
 
+class StalledBus(RecordingEmitter):
+    """Publishes the first line of output, then stalls (as during a NATS outage) until `back` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.back = asyncio.Event()
+
+    async def log(self, text: str, stream: Literal["stdout", "stderr", "system"] = "stdout") -> None:
+        if stream != "system" and self.out() + self.out("stderr"):
+            await self.back.wait()
+        await super().log(text, stream)
+
+
+async def test_lines_read_while_the_bus_stalls_are_all_published_after_the_command_ended(
+    local_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader is slow because publishing is, not because a stray process holds the pipe: it is waited
+    for past the pipe-drain bound, and no line is lost (the run used to complete without its last lines)."""
+    monkeypatch.setattr("runner.executors.local.PIPE_DRAIN_S", 0.05)
+    ctx = make_ctx(local_settings, "echo $$; for i in $(seq 1 50); do echo line $i; done")
+    bus = StalledBus()
+    ctx.emit = bus
+    task = asyncio.create_task(LocalExecutor(local_settings).run(ctx))
+    deadline = time.monotonic() + 30
+    while not bus.out():
+        assert time.monotonic() < deadline, "no first line"
+        await asyncio.sleep(0.01)
+    pid = int(bus.out()[0])
+    while _alive(pid):  # the command has ended; its output waits in the pipe behind the stalled bus
+        assert time.monotonic() < deadline, "the command did not end"
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)  # well past the drain bound: the reader is still publishing, not idle at the pipe
+    bus.back.set()
+    outcome = await asyncio.wait_for(task, 30)
+    assert isinstance(outcome, Completed), outcome
+    assert bus.out()[1:] == [f"line {i}" for i in range(1, 51)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 async def test_nonzero_exit_fails_with_cause_user_and_the_exit_code(local_settings: Settings) -> None:
     outcome = await LocalExecutor(local_settings).run(make_ctx(local_settings, "echo bad; exit 3"))
     assert isinstance(outcome, Failed)

@@ -18,10 +18,12 @@ from shared.contracts import (
     RunFailed,
     RunLog,
     RunMetrics,
+    RunPaused,
     RunProgress,
     RunQueued,
     RunRequeued,
     RunStarted,
+    RunUnpaused,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -172,3 +174,16 @@ def test_a_superseded_attempts_other_events_never_change_the_run() -> None:
 def test_a_completion_never_overrides_a_cancel() -> None:
     canceled = run_through(RunRow(), ev(RunClaimed, 1, 1), ev(RunClaimed, 2, 1), ev(RunCanceled, 2, 2))
     assert fold(canceled, ev(RunCompleted, 1, 5, exit_code=0)).changes == {}
+
+
+def test_paused_only_from_running_and_unpaused_back_to_running() -> None:
+    running = run_through(RunRow(), ev(RunQueued, attempt=0, kind="container", pool="cpu"), ev(RunClaimed, seq=1),
+                          ev(RunStarted, seq=2))
+    paused = run_through(running, ev(RunPaused, seq=3))
+    assert paused.status == "paused"
+    assert run_through(paused, ev(RunProgress, seq=4, progress=0.5)).status == "paused"
+    assert run_through(paused, ev(RunUnpaused, seq=4, paused_s=1.0)).status == "running"
+    assert run_through(paused, ev(RunCanceled, seq=4, reason="pause_timeout")).status == "canceled"
+    claimed = run_through(RunRow(), ev(RunClaimed, seq=1))
+    assert run_through(claimed, ev(RunPaused, seq=2)).status == "claimed"  # not running: no pause
+    assert run_through(running, ev(RunUnpaused, seq=3)).status == "running"

@@ -68,5 +68,5 @@ def test_the_line_alternates_users_and_orders_each_users_runs_by_priority_then_a
 def test_on_equal_counts_the_user_served_least_recently_goes_first() -> None:
     waiting = [_row("alice", age_s=0), _row("bob", age_s=5, name="bob")]
     served = {"alice": T0 + timedelta(seconds=1)}
-    assert [r.id for r in Dispatcher._line(waiting, Counter(), served)][0] == "bob"
-    assert [r.id for r in Dispatcher._line(waiting, Counter(), {})][0] != "bob"  # both never served: oldest
+    assert next(r.id for r in Dispatcher._line(waiting, Counter(), served)) == "bob"
+    assert next(r.id for r in Dispatcher._line(waiting, Counter(), {})) != "bob"  # both never served: oldest

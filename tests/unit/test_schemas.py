@@ -25,10 +25,12 @@ from shared.contracts import (
     RunLog,
     RunMetrics,
     RunnerHeartbeat,
+    RunPaused,
     RunProgress,
     RunQueued,
     RunRequeued,
     RunStarted,
+    RunUnpaused,
 )
 from shared.contracts.common import FailureCause
 from shared.contracts.events import DeviceInfo, HostStats, RunEvent
@@ -73,6 +75,8 @@ EVERY_EVENT = [
     RunCancelRequested(**{**BASE, "attempt": 0, "runner_id": "gateway"}, seq=2, requested_by="u1"),
     RunCanceled(**BASE, seq=8, reason="requested"),
     RunRequeued(**BASE, seq=8, reason="runner shutdown"),
+    RunPaused(**BASE, seq=4, requested_by="alice"),
+    RunUnpaused(**BASE, seq=5, requested_by="alice", paused_s=12.5),
 ]
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from gateway.datasets import prepare_from_archive
 from gateway.db.models import Dataset
 from gateway.errors import NotFound
 from gateway.files import servable_artifact, servable_file
 from gateway.services.datasets import image_path
-from gateway.datasets import prepare_from_archive
 from shared.artifacts import LocalArtifactStore
 from shared.settings import Settings
 from tests.dataset_factories import make_yolo_yaml, zip_folder

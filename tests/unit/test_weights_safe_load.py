@@ -1,5 +1,6 @@
-"""Uploaded weights are unpickled without running foreign code: only listed constructors are called, module
-classes are only filled from their state, and anything else is refused before it runs."""
+"""Uploaded weights are unpickled without running foreign code, and without torch: only listed constructors
+are called (torch's and numpy's answer placeholders), module classes are only filled from their state, and
+anything else is refused before it runs. A real Ultralytics checkpoint is read the same with torch absent."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from gateway.weights import InvalidWeights, UnsafeWeights, safe_load, weights_format
+from gateway.weights import Instance, InvalidWeights, Tensor, UnsafeWeights, inspect_weights, safe_load, weights_format
 
 
 def _with_pickle(path: Path, data: bytes) -> Path:
@@ -67,18 +68,50 @@ def test_opcodes_that_call_classes_directly_are_refused(tmp_path: Path) -> None:
 
 def test_plain_values_tensors_and_layers_load(tmp_path: Path) -> None:
     layer = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.SiLU())
-    value = {"model": layer, "metrics": {"map": np.float64(0.5)}, "array": np.arange(3),
+    value = {"model": layer, "metrics": {"map": np.float64(0.5), "n": np.int64(3)}, "array": np.arange(3),
              "size": torch.Size([2]), "date": datetime.datetime(2026, 1, 2), "path": Path("/x"),
              "tags": {"a"}, "raw": b"\x00\xff",
              "ordered": OrderedDict(a=1), "half": torch.ones(2, dtype=torch.float16)}
     path = tmp_path / "ok.pt"
     torch.save(value, path)
     loaded = safe_load(path)
-    assert isinstance(loaded["model"], torch.nn.Sequential)
-    assert torch.equal(loaded["model"][0].weight, layer[0].weight)
-    assert loaded["metrics"]["map"] == 0.5 and loaded["array"].tolist() == [0, 1, 2]
-    assert loaded["size"] == torch.Size([2]) and loaded["path"] == Path("/x") and loaded["raw"] == b"\x00\xff"
-    assert loaded["half"].dtype == torch.float16
+    model = loaded["model"]
+    assert isinstance(model, Instance) and model.cls.name == "Sequential"
+    conv = model.get("_modules")["0"]
+    assert conv.cls.module == "torch.nn.modules.conv" and conv.get("out_channels") == 4
+    weight = conv.get("_parameters")["weight"]
+    assert isinstance(weight, Tensor) and weight.size == (4, 3, 3, 3)
+    assert loaded["metrics"] == {"map": 0.5, "n": 3} and loaded["date"] == datetime.datetime(2026, 1, 2)
+    assert loaded["size"] == (2,) and loaded["path"] == Path("/x") and loaded["raw"] == b"\x00\xff"
+    assert loaded["tags"] == {"a"} and loaded["ordered"] == OrderedDict(a=1)
+    assert loaded["half"].storage == "HalfStorage"
+
+
+def test_an_ultralytics_checkpoint_is_inspected_without_torch_in_the_process(tmp_path: Path) -> None:
+    """Task, class names, metrics and version of a real checkpoint, read in a process that has no torch."""
+    import subprocess
+    import sys
+
+    from runner.yolo.offline import prepare_ultralytics
+
+    prepare_ultralytics(tmp_path / "state")
+    from ultralytics import YOLO
+
+    model = YOLO("yolov8n-seg.yaml")
+    model.model.names = {0: "cat", 1: "dog"}
+    model.save(tmp_path / "seg.pt")
+    probe = ("import sys, json; from pathlib import Path; from gateway.weights import inspect_weights; "
+             "info = inspect_weights(Path(sys.argv[1])); "
+             "print(json.dumps([info.task, info.class_names, info.ultralytics_version, "
+             "sorted(m for m in ('torch', 'ultralytics', 'numpy') if m in sys.modules)]))")
+    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "seg.pt")], capture_output=True, text=True,
+                         check=True).stdout
+    import json
+
+    import ultralytics
+
+    assert json.loads(out) == ["segment", ["cat", "dog"], ultralytics.__version__, []]
+    assert inspect_weights(tmp_path / "seg.pt").task == "segment"
 
 
 def test_files_that_are_not_torch_zip_checkpoints_are_invalid(tmp_path: Path) -> None:
@@ -124,5 +157,6 @@ def test_the_preprocessing_transforms_of_classification_checkpoints_load(tmp_pat
                           T.ToTensor(), T.Normalize((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))])
     torch.save({"transforms": pipeline}, tmp_path / "cls.pt")
     loaded = safe_load(tmp_path / "cls.pt")["transforms"]
-    assert [type(t).__name__ for t in loaded.transforms] == ["Resize", "CenterCrop", "ToTensor", "Normalize"]
-    assert loaded.transforms[0].interpolation is T.InterpolationMode.BILINEAR
+    steps = loaded.get("transforms")
+    assert [t.cls.name for t in steps] == ["Resize", "CenterCrop", "ToTensor", "Normalize"]
+    assert steps[0].get("interpolation").value == T.InterpolationMode.BILINEAR.value
