@@ -35,10 +35,8 @@ DETACH_BYTE = b"d"
 
 GUARD = r"""guard() {
   while kill -0 "$2" 2>/dev/null; do
-    IFS= read -r -n 1 -t 0.2 byte
-    rc=$?
-    [ "$rc" -gt 128 ] && continue
-    if [ "$rc" -eq 0 ]; then echo "trainforge-detached" >&2; return 0; fi
+    if ! read -t 0; then sleep 0.2; continue; fi
+    if IFS= read -r -n 1 _; then echo "trainforge-detached" >&2; return 0; fi
     kill -TERM -- "-$1" 2>/dev/null || return 0
     i=0
     while kill -0 -- "-$1" 2>/dev/null; do
@@ -53,7 +51,12 @@ GUARD = r"""guard() {
 """`guard PGID PID TICKS`: while process PID runs, watch this exec's stdin, which the runner holds open. A
 byte (`DETACH_BYTE`): the runner lets go on purpose, the command keeps running. End of input: the runner (or
 its `docker exec` client) is gone, so the whole process group PGID is ended: SIGTERM, up to TICKS tenths of a
-second, SIGKILL. Shell builtins only (and `sleep`): no procps in the container."""
+second, SIGKILL. Shell builtins only (and `sleep`): no procps in the container.
+
+Input is polled with `read -t 0` (reads nothing: is a byte or the end of input there?) and then read without a
+timeout. A `read -t 0.2` that times out just as the byte arrives drops the byte (bash 5.2: the timeout unwinds
+the read after the byte left the pipe), and a lost byte, once the runner closes stdin, ended the very command
+it had asked to keep."""
 
 RELAY = r"""relay() {
   off=$2
