@@ -37,7 +37,6 @@ import ipaddress
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -47,8 +46,10 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from tests.apt_support import AptUnavailable, apt_install
+from tests.docker_engine import Dockerd
 from tests.netns_support import _free_subnet, ip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +58,6 @@ DEBIAN_IMAGE = "trainforge-test/debian:bookworm"
 LABEL = "org.trainforge.test.source"
 CONTEXT_FILES = ["pyproject.toml", "constraints.txt", "README.md", "Dockerfile", ".dockerignore"]
 CONTEXT_DIRS = ["requirements", "shared", "gateway", "runner", "migrations", "trainforge"]
-READY_TIMEOUT_S = 30.0
 DEBIAN_EXTRA = ["libgl1", "libglib2.0-0"]
 """In the Debian root besides minbase: what the runner image's cv2 loads (the Dockerfile apt-installs them
 when the base lacks them, which it cannot without a network)."""
@@ -231,20 +231,14 @@ def _pgserver_dir() -> Path:
 
 
 @dataclass
-class ComposeEngine:
-    folder: Path
+class ComposeEngine(Dockerd):
     cache: Path
-    dockerd: str
-    docker: str
     netns: str
     subnet: ipaddress.IPv4Network
     veth: str | None = None
-    process: subprocess.Popen[bytes] | None = None
     lock: io.TextIOWrapper | None = field(default=None, repr=False)
 
-    @property
-    def host(self) -> str:
-        return f"unix://{self.folder / 'dockerd.sock'}"
+    unavailable: ClassVar[type[Exception]] = ComposeUnavailable
 
     @property
     def address(self) -> str:
@@ -253,7 +247,7 @@ class ComposeEngine:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "DOCKER_HOST": self.host, "DOCKER_BUILDKIT": "0"}
+        return {**super().env, "DOCKER_BUILDKIT": "0"}
 
     @classmethod
     def start(cls) -> ComposeEngine:
@@ -286,34 +280,10 @@ class ComposeEngine:
         ip("link", "set", self.veth, "up")
 
     def _start_daemon(self) -> None:
-        f = self.folder
-        argv = [
-            "nsenter", f"--net=/run/netns/{self.netns}", self.dockerd, "--storage-driver=overlay2",
-            "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false",
-            "--userland-proxy=true", "--data-root", str(self.cache / "engine"), "--exec-root", str(f / "exec"),
-            "--pidfile", str(f / "dockerd.pid"), "--host", self.host,
-        ]  # fmt: skip
-        log = open(f / "dockerd.log", "ab")
-        self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while self.cli("version", check=False, timeout=10).returncode != 0:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise ComposeUnavailable(f"dockerd did not start: {self.log()[-2000:]}")
-            time.sleep(0.1)
-
-    def log(self) -> str:
-        return (self.folder / "dockerd.log").read_text(errors="replace")
-
-    def cli(self, *args: str, check: bool = True, timeout: float = 60, input: bytes | None = None,
-            ) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([self.docker, *args], env=self.env, capture_output=True, timeout=timeout, input=input)
-        result = subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(errors="replace"),
-                                             done.stderr.decode(errors="replace"))
-        if check and done.returncode != 0:
-            raise AssertionError(f"docker {' '.join(args[:3])} failed ({done.returncode}): {result.stderr[-3000:]}")
-        return result
+        flags = ("--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false",
+                 "--userland-proxy=true")
+        argv = ["nsenter", f"--net=/run/netns/{self.netns}", *self.daemon_argv(self.cache / "engine", *flags)]
+        self._launch(argv, new_session=True)
 
     def compose(self, project: str, *args: str, env: dict[str, str] | None = None, timeout: float = 300,
                 check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -422,17 +392,7 @@ class ComposeEngine:
         if self.process is not None and self.process.poll() is None:
             for name in self.cli("ps", "-aq", check=False, timeout=30).stdout.split():
                 self.cli("rm", "-f", "-v", name, check=False, timeout=60)
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        with contextlib.suppress(OSError):
-            mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
-            roots = (str(self.folder), str(self.cache / "engine"))
-            for mount in sorted((m for m in mounts if m.startswith(roots)), reverse=True):
-                subprocess.run(["umount", "-l", mount], capture_output=True)
+        self._stop_daemon(self.cache / "engine")
         ip("netns", "del", self.netns, check=False)
         if self.veth is not None:
             ip("link", "del", self.veth, check=False)  # gone with its peer already, normally

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from tests.apt_support import AptUnavailable, apt_install
 
@@ -124,12 +125,18 @@ def image_tarball(busybox: str) -> bytes:
 
 
 @dataclass
-class DockerEngine:
+class Dockerd:
+    """A private `dockerd` (test code) with its own folder: its socket, exec root, pid file and log; and the
+    `docker` CLI pointed at it. `DockerEngine` below, and `tests.compose_support.ComposeEngine` (in a network
+    namespace, on a cached data root), are the two kinds of engine the tests run."""
+
     folder: Path
     dockerd: str
     docker: str
-    process: subprocess.Popen[bytes] | None = None
-    containers: set[str] = field(default_factory=set)
+    process: subprocess.Popen[bytes] | None = field(default=None, kw_only=True)
+
+    unavailable: ClassVar[type[Exception]] = EngineUnavailable
+    """What `_launch` raises when the daemon does not come up."""
 
     @property
     def host(self) -> str:
@@ -140,32 +147,23 @@ class DockerEngine:
         """The environment a `docker` client needs to talk to this engine."""
         return {**os.environ, "DOCKER_HOST": self.host}
 
-    @classmethod
-    def start(cls) -> DockerEngine:
-        dockerd, docker, busybox = _tools()
-        folder = Path(tempfile.mkdtemp(prefix="tf-dockerd-", dir="/tmp"))  # short: a socket path has 108 bytes
-        engine = cls(folder=folder, dockerd=dockerd, docker=docker)
-        try:
-            engine._start_daemon()
-            engine.cli("import", "-", IMAGE, input=image_tarball(busybox))
-        except BaseException:
-            engine.stop()
-            raise
-        return engine
-
-    def _start_daemon(self) -> None:
+    def daemon_argv(self, data_root: Path, *flags: str) -> list[str]:
         f = self.folder
-        argv = [
-            self.dockerd, "--storage-driver=overlay2", *DAEMON_FLAGS, "--data-root", str(f / "data"),
+        return [
+            self.dockerd, "--storage-driver=overlay2", *flags, "--data-root", str(data_root),
             "--exec-root", str(f / "exec"), "--pidfile", str(f / "dockerd.pid"), "--host", self.host,
         ]  # fmt: skip
-        log = open(f / "dockerd.log", "ab")  # noqa: SIM115 - closed with the daemon
-        self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def _launch(self, argv: list[str], *, new_session: bool = False) -> None:
+        """Start the daemon (`argv`: `daemon_argv`, maybe behind a wrapper) and wait until its API answers."""
+        log = open(self.folder / "dockerd.log", "ab")  # noqa: SIM115 - closed with the daemon
+        self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        start_new_session=new_session)
         log.close()
         deadline = time.monotonic() + READY_TIMEOUT_S
         while self.cli("version", check=False, timeout=10).returncode != 0:
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise EngineUnavailable(f"dockerd did not start: {self.log()[-2000:]}")
+                raise self.unavailable(f"dockerd did not start: {self.log()[-2000:]}")
             time.sleep(0.1)
 
     def log(self) -> str:
@@ -173,14 +171,46 @@ class DockerEngine:
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60, input: bytes | None = None,
             ) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([self.docker, *args], env=self.env, capture_output=True, timeout=timeout,
-                              input=input, text=input is None)
-        if isinstance(done.stdout, bytes):
-            done = subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(),
-                                               done.stderr.decode())
+        done = subprocess.run([self.docker, *args], env=self.env, capture_output=True, timeout=timeout, input=input)
+        result = subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(errors="replace"),
+                                             done.stderr.decode(errors="replace"))
         if check and done.returncode != 0:
-            raise AssertionError(f"docker {' '.join(args[:3])} failed ({done.returncode}): {done.stderr}")
-        return done
+            raise AssertionError(f"docker {' '.join(args[:3])} failed ({done.returncode}): {result.stderr[-3000:]}")
+        return result
+
+    def _stop_daemon(self, *mount_roots: Path) -> None:
+        """SIGTERM (it stops its containerd), SIGKILL after 30 s; then unmount what a killed daemon left under
+        its folder and `mount_roots` (nothing after a clean stop)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        with contextlib.suppress(OSError):
+            mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+            roots = tuple(str(root) for root in (self.folder, *mount_roots))
+            for mount in sorted((m for m in mounts if m.startswith(roots)), reverse=True):
+                subprocess.run(["umount", "-l", mount], capture_output=True)
+
+
+@dataclass
+class DockerEngine(Dockerd):
+    containers: set[str] = field(default_factory=set)
+
+    @classmethod
+    def start(cls) -> DockerEngine:
+        dockerd, docker, busybox = _tools()
+        folder = Path(tempfile.mkdtemp(prefix="tf-dockerd-", dir="/tmp"))  # short: a socket path has 108 bytes
+        engine = cls(folder=folder, dockerd=dockerd, docker=docker)
+        try:
+            engine._launch(engine.daemon_argv(folder / "data", *DAEMON_FLAGS))
+            engine.cli("import", "-", IMAGE, input=image_tarball(busybox))
+        except BaseException:
+            engine.stop()
+            raise
+        return engine
 
     def run_container(self, label: str, mounts: dict[Path, str] | None = None) -> str:
         """Start a container of the test image that sleeps (with an init, no network); returns its name."""
@@ -206,8 +236,19 @@ class DockerEngine:
         """Run a bash script in the container (not checked)."""
         return self.cli("exec", container, "bash", "-c", script, "test", *args, check=False)
 
+    def holds(self, container: str, script: str, *args: str) -> bool:
+        """Whether a test script holds in the container (exit 0) or not (exit 1). An exec that fails otherwise
+        (the engine, the container) is an error of the test's bench, never read as a "no"."""
+        done = self.sh(container, script, *args)
+        if done.returncode not in (0, 1):
+            raise AssertionError(f"docker exec in {container} failed ({done.returncode}): {done.stderr[-2000:]}")
+        return done.returncode == 0
+
+    def alive(self, container: str, pid: int) -> bool:
+        return self.holds(container, 'kill -0 "$1" 2>/dev/null', str(pid))
+
     def group_alive(self, container: str, pgid: int) -> bool:
-        return self.sh(container, 'kill -0 -- "-$1" 2>/dev/null', str(pgid)).returncode == 0
+        return self.holds(container, 'kill -0 -- "-$1" 2>/dev/null', str(pgid))
 
     def read(self, container: str, path: str) -> str | None:
         done = self.cli("exec", container, "cat", path, check=False)
@@ -216,19 +257,5 @@ class DockerEngine:
     def stop(self) -> None:
         for name in list(self.containers):
             self.remove(name)
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._unmount_leftovers()
+        self._stop_daemon()
         shutil.rmtree(self.folder, ignore_errors=True)
-
-    def _unmount_leftovers(self) -> None:
-        """Mounts under the folder a killed daemon left behind (none after a clean stop)."""
-        with contextlib.suppress(OSError):
-            mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
-            for mount in sorted((m for m in mounts if m.startswith(str(self.folder))), reverse=True):
-                subprocess.run(["umount", "-l", mount], capture_output=True)

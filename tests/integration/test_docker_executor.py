@@ -138,7 +138,7 @@ class Bench:
         return self.engine.group_alive(self.container, pgid)
 
     def alive(self, pid: int) -> bool:
-        return self.engine.sh(self.container, 'kill -0 "$1" 2>/dev/null', str(pid)).returncode == 0
+        return self.engine.alive(self.container, pid)
 
     def processes(self) -> list[str]:
         """`pid command` of every process in the container but its init and sleeper."""
