@@ -20,6 +20,12 @@ from httpx_sse import connect_sse
 REPO = Path(__file__).resolve().parents[2]
 
 
+def ok(response: httpx.Response, status: int = 200) -> Any:
+    """The answer's JSON (None when empty), after checking its status; the body is the assertion's message."""
+    assert response.status_code == status, response.text
+    return response.json() if response.content else None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -22,6 +22,7 @@ from tests.auth_support import ADMIN, ADMIN_PASSWORD, bearer
 from tests.compose_support import ComposeEngine, ComposeUnavailable
 from tests.datagen import make_detect_dataset
 from tests.dataset_factories import zip_folder
+from tests.e2e.stackctl import ok
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # a cold cache builds every image first
 
@@ -39,11 +40,6 @@ def engine() -> Iterator[ComposeEngine]:
         yield engine
     finally:
         engine.stop()
-
-
-def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json() if response.content else None
 
 
 def _state(engine: ComposeEngine, project: str) -> dict[str, dict[str, Any]]:

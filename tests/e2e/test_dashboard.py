@@ -26,7 +26,7 @@ from tests.datagen import make_detect_dataset
 from tests.dataset_factories import zip_folder
 from tests.e2e.browser_support import LAUNCH_ARGS
 from tests.e2e.conftest import stack_env
-from tests.e2e.stackctl import Stack
+from tests.e2e.stackctl import Stack, ok
 
 pytestmark = pytest.mark.slow
 
@@ -67,11 +67,6 @@ def stack(settings: Settings, tmp_path: Path) -> Iterator[Stack]:
         yield s
     finally:
         s.stop()
-
-
-def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json() if response.content else None
 
 
 def user(stack: Stack, name: str) -> httpx.Client:

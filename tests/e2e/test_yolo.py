@@ -19,18 +19,13 @@ import pytest
 
 from tests.datagen import make_classify_dataset, make_detect_dataset
 from tests.dataset_factories import make_coco, zip_folder
-from tests.e2e.stackctl import Stack
+from tests.e2e.stackctl import Stack, ok
 
 pytestmark = pytest.mark.slow
 
 TERMINAL = {"completed", "failed", "canceled"}
 ASSETS = Path(next(iter(importlib.util.find_spec("ultralytics").submodule_search_locations))) / "assets"  # type: ignore[union-attr, arg-type]
 TRAIN = {"kind": "yolo.train", "imgsz": 64, "batch": 8, "extra": {"plots": False}}
-
-
-def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json() if response.content else None
 
 
 def upload_dataset(api: httpx.Client, name: str, folder: Path) -> dict[str, Any]:
