@@ -107,6 +107,24 @@ async def projection_rate(api: httpx.AsyncClient, info: dict, project: str, even
             "events_per_s": round(events / elapsed)}
 
 
+async def consumer_caught_up(info: dict, consumer: str, timeout: float = 300) -> float:
+    """Seconds until `consumer` of the events stream has nothing left to hand out or to be acked (the gateway's
+    other reader of every event, the webhook deliverer, may still be busy when the projection is done)."""
+    names = Subjects(info["bus_prefix"])
+    nc = await connect_bus(info)
+    started = time.perf_counter()
+    try:
+        while True:
+            state = await nc.jetstream().consumer_info(names.events_stream, consumer)
+            if not state.num_pending and not state.num_ack_pending:
+                return round(time.perf_counter() - started, 2)
+            if time.perf_counter() - started > timeout:
+                raise TimeoutError(f"consumer {consumer} still has {state.num_pending} pending")
+            await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
+
+
 async def sse_fanout(api: httpx.AsyncClient, info: dict, project: str, clients: int, events: int) -> dict[str, Any]:
     run = (await api.post(f"/projects/{project}/runs", json={"kind": "container", "backend": "local",
                                                              "start_command": "sleep 3600"})).json()

@@ -9,7 +9,8 @@ Prints one JSON report (and writes it with `--report PATH`):
   runner with `--slots` slots, rate limits off; with the gateway's CPU time per run (utime + stime of its
   process over the phase, /proc/<pid>/stat) and the runner's;
 - `projection`: events per second folded into Postgres (`bench.backbone.projection_rate`), with the gateway's
-  CPU per event;
+  CPU per event until they are (`gateway_cpu_us_per_event`) and until its other reader of every event, the
+  webhook deliverer, has caught up too (`webhooks_behind_s` later: `gateway_cpu_us_per_event_all_readers`);
 - `peer`: the same for Celery + Redis (`bash -c <command>` in a prefork worker of `--slots` processes), when
   the optional extra is installed (`pip install -e '.[peer]'`) and `redis-server` is on the PATH (it is
   started on a private port for the bench only) or `--redis URL` points at one; `ratios` divides
@@ -42,9 +43,10 @@ from typing import Any
 import httpx
 from httpx_sse import aconnect_sse
 
-from bench.backbone import projection_rate
+from bench.backbone import consumer_caught_up, projection_rate
 from bench.stack import REPO, free_port, running_stack
 from bench.stats import summary_ms
+from shared.subjects import Subjects
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -154,6 +156,10 @@ async def trainforge_side(args: argparse.Namespace) -> dict[str, Any]:
                 cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 out["projection"] = await projection_rate(api, stack["info"], "bench", args.events)
                 out["projection"]["gateway_cpu_us_per_event"] = round(
+                    1e6 * (cpu_seconds(pids["gateway"]) - cpu0["gateway"]) / args.events, 1)
+                webhooks = Subjects(stack["info"]["bus_prefix"]).webhooks_consumer
+                out["projection"]["webhooks_behind_s"] = await consumer_caught_up(stack["info"], webhooks)
+                out["projection"]["gateway_cpu_us_per_event_all_readers"] = round(
                     1e6 * (cpu_seconds(pids["gateway"]) - cpu0["gateway"]) / args.events, 1)
                 stop_profilers(profilers)
     return out

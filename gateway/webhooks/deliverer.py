@@ -21,7 +21,6 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections import defaultdict
 from typing import Any
 
 import httpx
@@ -38,6 +37,7 @@ from gateway.background import TaskService
 from gateway.db.models import Webhook, WebhookDelivery
 from gateway.state import GatewayState
 from gateway.webhooks import signing
+from gateway.webhooks.cache import WebhookCache
 from gateway.webhooks.urls import RefusedURL, Target, UrlPolicy
 from shared.contracts.common import new_id, utcnow
 from shared.contracts.events import EventBase, event_decoder
@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 
 BATCH = 64
 FETCH_TIMEOUT_S = 1.0
+LINGER_S = 0.05
+"""After a batch that was not full, how long events may gather before the next fetch: under a burst the
+deliverer then takes them in big batches (one pull request, one look at the cache each) instead of a few at a
+time, in a race with the projector for the CPU. Webhooks are not that urgent."""
 CONCURRENCY = 16
 """Messages handled at once (each sends to its webhooks in parallel)."""
 ERROR_MAX = 500
@@ -82,6 +86,8 @@ class WebhookDeliverer(TaskService):
         self._slots = asyncio.Semaphore(CONCURRENCY)
         self._pending: set[asyncio.Task[None]] = set()
         self._prefix = f"{gw.subjects.events_all[:-1]}"  # "tf.events.v1."
+        self.cache = WebhookCache(gw)
+        """Each project's webhooks, kept until a change is notified (not read again for every batch)."""
 
     async def start(self) -> None:
         names = self.gw.subjects
@@ -110,6 +116,7 @@ class WebhookDeliverer(TaskService):
             task.cancel()
         await asyncio.gather(*self._pending, return_exceptions=True)
         await self._sub.unsubscribe()
+        await self.cache.stop()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -147,6 +154,14 @@ class WebhookDeliverer(TaskService):
                 pending.add(task)
                 task.add_done_callback(pending.discard)
                 task.add_done_callback(lambda _t: self._slots.release())
+            if len(msgs) < BATCH:
+                await self._linger()
+
+    async def _linger(self) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), LINGER_S)
+        except TimeoutError:
+            pass
 
     def _tokens(self, msg: Msg) -> list[str]:
         rest = msg.subject[len(self._prefix):] if msg.subject.startswith(self._prefix) else ""
@@ -161,14 +176,7 @@ class WebhookDeliverer(TaskService):
         return tokens[2] if len(tokens) == 3 else ""
 
     async def _hooks_for(self, msgs: list[Msg]) -> dict[str, list[Webhook]]:
-        projects = {p for p in (self._project_of(m) for m in msgs) if p}
-        found: dict[str, list[Webhook]] = defaultdict(list)
-        if not projects:
-            return found
-        async with self.gw.sessionmaker() as session:
-            for hook in (await session.execute(select(Webhook).where(Webhook.project_id.in_(projects)))).scalars():
-                found[hook.project_id].append(hook)
-        return found
+        return await self.cache.hooks_for(p for p in (self._project_of(m) for m in msgs) if p)
 
     async def _handle(self, msg: Msg, event_type: str, hooks: list[Webhook]) -> None:
         try:

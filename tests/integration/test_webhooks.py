@@ -13,12 +13,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import msgspec
 import uvicorn
 
 from shared.settings import Settings
 from tests.auth_support import bearer, create_user
-from tests.integration.rest_helpers import api, new_project, problem, start_run
+from tests.conftest import _asyncpg_dsn
+from tests.integration.rest_helpers import api, in_app, new_project, problem, start_run
 from tests.integration.runner_support import running_agent
 
 SECRET = "a-webhook-secret-for-tests"
@@ -146,6 +148,72 @@ async def test_a_receiver_that_keeps_failing_is_given_up_after_the_bounded_attem
         delivery = (await until_delivered(client, "flaky", hook["id"]))["items"][0]
         assert (delivery["status"], delivery["attempts"], delivery["last_status_code"]) == ("failed", 2, 500)
         assert delivery["last_error"].startswith("HTTP 500")
+
+
+async def until(condition: Any, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"still not {what}"
+        await asyncio.sleep(0.02)
+
+
+async def canceled_run(client: Any, ref: str) -> str:
+    """A run canceled while queued (no runner): its run.canceled goes through the deliverer."""
+    run = (await start_run(client, ref)).json()
+    assert (await client.post(f"/api/v1/runs/{run['id']}/cancel")).status_code == 202
+    return str(run["id"])
+
+
+async def test_the_deliverer_reads_a_projects_webhooks_once_until_a_change_is_notified(settings: Settings) -> None:
+    """No query of the webhooks table per batch of events: the list is kept until the table's trigger notifies
+    a change (from any gateway), and a lost listening connection makes it read again."""
+    settings = allowing_loopback(settings)
+    async with receiving() as receiver, api(settings) as client:
+        cache = client.app.state.gw.webhooks.cache
+        project = await new_project(client, "cached")
+        first_run = await canceled_run(client, "cached")  # no webhook yet: the project's empty list is cached
+        while (await client.get(f"/api/v1/runs/{first_run}")).json()["status"] != "canceled":
+            await asyncio.sleep(0.05)
+        await until(lambda: cache.cached(project["id"]) == [], "cached")
+        gw = client.app.state.gw
+
+        async def deliverer_idle() -> bool:
+            state = await gw.js.consumer_info(gw.subjects.events_stream, gw.subjects.webhooks_consumer)
+            return not state.num_pending and not state.num_ack_pending
+
+        while not in_app(client, deliverer_idle):  # that run's events all handled before the webhook exists
+            await asyncio.sleep(0.05)
+        before = cache.generation
+
+        first = (await client.post("/api/v1/projects/cached/webhooks",
+                                   json={"url": receiver.url, "event_types": ["run.canceled"]})).json()
+        await until(lambda: cache.generation > before, "notified of the new webhook")
+        run = await canceled_run(client, "cached")
+        _, body, _ = await receiver.next()
+        assert json.loads(body)["run_id"] == run and json.loads(body)["webhook_id"] == first["id"]
+        reads = cache.reads
+        for _ in range(3):
+            run = await canceled_run(client, "cached")
+            _, body, _ = await receiver.next()
+            assert json.loads(body)["run_id"] == run
+        assert cache.reads == reads  # three runs' events (queued, cancel, canceled), not one read
+
+        # the listening connection dies (a database restart, say): the next batch listens again, then reads
+        lost = cache.generation
+        db = await asyncpg.connect(_asyncpg_dsn(settings.database_url))
+        try:
+            ended = await db.fetchval("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                                      "datname = current_database() AND query LIKE 'LISTEN%trainforge_webhooks%'")
+        finally:
+            await db.close()
+        assert ended == 1
+        await until(lambda: cache.generation > lost, "told of the lost connection")
+        second = (await client.post("/api/v1/projects/cached/webhooks",
+                                    json={"url": receiver.url, "event_types": ["run.canceled"]})).json()
+        run = await canceled_run(client, "cached")
+        got = [json.loads((await receiver.next())[1]) for _ in range(2)]
+        assert {g["webhook_id"] for g in got} == {first["id"], second["id"]} and {g["run_id"] for g in got} == {run}
+        assert cache.listening
 
 
 async def test_urls_the_operator_has_not_allowed_are_refused(settings: Settings) -> None:
