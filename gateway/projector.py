@@ -21,7 +21,8 @@ terminal event before the events it ends:
   missing seqs are given up (one that arrives later is stored late, after them). A seq the database refused
   (terminated as poison) is no gap.
 - the `run.completed` that completes a `yolo.train` run is held until the weights registrar has written
-  `runs.registration` (it is asked at once), so the model version is readable when the completion is;
+  `runs.registration` (it is asked at once, and nudges the projector when it is done), so the model version
+  is readable when the completion is;
   after `REGISTRATION_WAIT_S` it is stored anyway and the registrar finishes later.
 - within a batch, each (run, attempt)'s events take the batch's positions in seq order.
 
@@ -160,6 +161,8 @@ class Projector(TaskService):
         """(run, attempt) -> (the first missing seq, when that gap was first seen)."""
         self._dropped: set[tuple[str, int, int]] = set()
         """Keys terminated as poison: no gap."""
+        self._nudged = asyncio.Event()
+        """Set by `nudge()`: the held events are looked at again without waiting for the fetch."""
         self._registering: dict[str, float] = {}
         """Run id -> since when its completion waits for the registrar."""
         self.projected = 0
@@ -224,20 +227,23 @@ class Projector(TaskService):
         try:
             while not self._stopping.is_set():
                 fetch, prefetch = prefetch or asyncio.create_task(self._fetch()), None
-                try:
-                    msgs = await fetch
-                except (TimeoutError, nats.errors.TimeoutError):
-                    if not self._held:
+                if self._held and await self._nudged_first(fetch):
+                    prefetch, msgs = fetch, []  # a held event may be storable now; the fetch goes on meanwhile
+                else:
+                    try:
+                        msgs = await fetch
+                    except (TimeoutError, nats.errors.TimeoutError):
+                        if not self._held:
+                            continue
+                        msgs = []  # nothing new: look at the held events again (a gap filled elsewhere, a deadline)
+                    except nats.errors.Error as exc:  # disconnected, reconnecting, stream or consumer gone
+                        log.warning("projector: fetch failed (%s); retrying in %.1fs", exc, backoff)
+                        await self._sleep(backoff)
+                        backoff = min(backoff * 2, BACKOFF_MAX_S)
                         continue
-                    msgs = []  # nothing new: look at the held events again (a gap filled elsewhere, a deadline)
-                except nats.errors.Error as exc:  # disconnected, reconnecting, stream or consumer gone
-                    log.warning("projector: fetch failed (%s); retrying in %.1fs", exc, backoff)
-                    await self._sleep(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX_S)
-                    continue
-                backoff = 0.1
-                if msgs:  # the next batch comes in while this one is stored (handled strictly after it)
-                    prefetch = asyncio.create_task(self._fetch())
+                    backoff = 0.1
+                    if msgs:  # the next batch comes in while this one is stored (handled strictly after it)
+                        prefetch = asyncio.create_task(self._fetch())
                 try:
                     await self._handle(msgs)
                 except _Abandoned:
@@ -248,6 +254,15 @@ class Projector(TaskService):
         finally:
             if prefetch is not None:
                 await self._give_back(prefetch)
+
+    def nudge(self) -> None:
+        """A held event may be storable now (the registrar wrote a run's registration): look at the held
+        events at once, not when the fetch under way ends (up to `FETCH_TIMEOUT_S` when it began before they
+        were held)."""
+        self._nudged.set()
+
+    async def _nudged_first(self, fetch: asyncio.Task[list[Msg]]) -> bool:
+        return await nudge_came_first(fetch, self._nudged)
 
     async def _fetch(self) -> list[Msg]:
         return await self._sub.fetch(BATCH, timeout=HELD_RECHECK_S if self._held else FETCH_TIMEOUT_S)
@@ -577,6 +592,20 @@ class Projector(TaskService):
             await asyncio.wait_for(self._stopping.wait(), seconds)
         except TimeoutError:
             pass
+
+
+async def nudge_came_first(fetch: asyncio.Future[Any], nudged: asyncio.Event) -> bool:
+    """Wait for `fetch` or `nudged`; True when the nudge came first (`fetch` is left running). The nudge is
+    consumed either way."""
+    if not fetch.done() and not nudged.is_set():
+        waiting = asyncio.create_task(nudged.wait())
+        try:
+            await asyncio.wait({fetch, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+    first = nudged.is_set() and not fetch.done()
+    nudged.clear()
+    return first
 
 
 def _deliveries(msg: Msg) -> int:

@@ -81,6 +81,8 @@ class WeightsRegistrar(TaskService):
             finally:
                 if completion is not None:
                     self._preparing.discard(run_id)
+                    if self.gw.projector is not None:  # it holds the completion until now: store it at once
+                        self.gw.projector.nudge()
 
     async def _unregistered(self) -> list[str]:
         async with self.gw.sessionmaker() as session:
