@@ -153,14 +153,16 @@ async def trainforge_side(args: argparse.Namespace) -> dict[str, Any]:
             listener.cancel()  # its stream would carry every projected event: not part of the measure
             if args.events:
                 profilers = start_profilers(args.profile and args.profile / "projection", pids)
-                cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+                gateway_cpu0 = cpu_seconds(pids["gateway"])
+
+                def gateway_us_per_event() -> float:
+                    return round(1e6 * (cpu_seconds(pids["gateway"]) - gateway_cpu0) / args.events, 1)
+
                 out["projection"] = await projection_rate(api, stack["info"], "bench", args.events)
-                out["projection"]["gateway_cpu_us_per_event"] = round(
-                    1e6 * (cpu_seconds(pids["gateway"]) - cpu0["gateway"]) / args.events, 1)
+                out["projection"]["gateway_cpu_us_per_event"] = gateway_us_per_event()
                 webhooks = Subjects(stack["info"]["bus_prefix"]).webhooks_consumer
                 out["projection"]["webhooks_behind_s"] = await consumer_caught_up(stack["info"], webhooks)
-                out["projection"]["gateway_cpu_us_per_event_all_readers"] = round(
-                    1e6 * (cpu_seconds(pids["gateway"]) - cpu0["gateway"]) / args.events, 1)
+                out["projection"]["gateway_cpu_us_per_event_all_readers"] = gateway_us_per_event()
                 stop_profilers(profilers)
     return out
 

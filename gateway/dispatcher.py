@@ -62,11 +62,11 @@ from nats.js import api as js_api
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 from sqlalchemy import func, or_, select, text
-from sqlalchemy.engine import make_url
 
 from gateway.background import TaskService
 from gateway.bus import PublishFailed, publish_event
 from gateway.db.models import ACTIVE_WHERE, Run
+from gateway.db.session import listening_connection
 from gateway.projector import NOTIFY_CHANNEL
 from gateway.services.runs import enqueue, queued_event, resume_of
 from gateway.state import GatewayState
@@ -343,9 +343,7 @@ class Dispatcher(TaskService):
             self._wake.set()
 
     async def _listen(self) -> None:
-        url = make_url(self.gw.settings.database_url).set(drivername="postgresql")  # type: ignore[arg-type]
-        self._pg = await asyncpg.connect(url.render_as_string(hide_password=False))
-        await self._pg.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        self._pg = await listening_connection(self.gw.settings.database_url, NOTIFY_CHANNEL, self._on_notify)
 
     # -- the loop ----------------------------------------------------------------------------------------------
     async def _run(self) -> None:

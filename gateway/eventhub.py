@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from sqlalchemy.engine import make_url
 
 from gateway.background import TaskService
+from gateway.db.session import listening_connection
 from gateway.projector import NOTIFY_CHANNEL
 from gateway.state import GatewayState
 
@@ -140,10 +140,7 @@ class EventHub(TaskService):
         await self._close()
 
     async def _connect(self) -> asyncpg.Connection:
-        url = make_url(self.gw.settings.database_url).set(drivername="postgresql")  # type: ignore[arg-type]
-        conn = await asyncpg.connect(url.render_as_string(hide_password=False))
-        await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
-        return conn
+        return await listening_connection(self.gw.settings.database_url, NOTIFY_CHANNEL, self._on_notify)
 
     async def _close(self) -> None:
         conn, self._conn = self._conn, None

@@ -60,6 +60,7 @@ from gateway.projection import RunRow, fold
 from gateway.state import GatewayState
 from shared.contracts import EventBase, FailureCause, RunFailed, RunnerHeartbeat, RunStatus, event_decoder
 from shared.pull import PullConsumer
+from shared.tasks import sleep_unless
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,7 @@ class Projector(TaskService):
         try:
             while not self._stopping.is_set():
                 fetch, prefetch = prefetch or asyncio.create_task(self._fetch()), None
-                if self._held and await self._nudged_first(fetch):
+                if self._held and await nudge_came_first(fetch, self._nudged):
                     prefetch, msgs = fetch, []  # a held event may be storable now; the fetch goes on meanwhile
                 else:
                     try:
@@ -260,9 +261,6 @@ class Projector(TaskService):
         events at once, not when the fetch under way ends (up to `FETCH_TIMEOUT_S` when it began before they
         were held)."""
         self._nudged.set()
-
-    async def _nudged_first(self, fetch: asyncio.Task[list[Msg]]) -> bool:
-        return await nudge_came_first(fetch, self._nudged)
 
     async def _fetch(self) -> list[Msg]:
         return await self._sub.fetch(BATCH, timeout=HELD_RECHECK_S if self._held else FETCH_TIMEOUT_S)
@@ -588,10 +586,7 @@ class Projector(TaskService):
         log.warning("projector: run %s failed: job undelivered after %d attempts", run_id, deliveries)
 
     async def _sleep(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-        except TimeoutError:
-            pass
+        await sleep_unless(self._stopping, seconds)
 
 
 async def nudge_came_first(fetch: asyncio.Future[Any], nudged: asyncio.Event) -> bool:

@@ -12,10 +12,10 @@ import logging
 
 import asyncpg
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 
 from gateway.background import TaskService
 from gateway.db.models import Sweep
+from gateway.db.session import listening_connection
 from gateway.projector import NOTIFY_CHANNEL
 from gateway.services import sweeps
 from gateway.state import GatewayState
@@ -48,9 +48,8 @@ class SweepTracker(TaskService):
             self._pg = None
 
     async def _listen(self) -> None:
-        url = make_url(self.gw.settings.database_url).set(drivername="postgresql")  # type: ignore[arg-type]
-        self._pg = await asyncpg.connect(url.render_as_string(hide_password=False))
-        await self._pg.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
+        self._pg = await listening_connection(self.gw.settings.database_url, NOTIFY_CHANNEL,
+                                              lambda *_: self._wake.set())
 
     async def _run(self) -> None:
         while True:

@@ -11,9 +11,11 @@ connections a restarted server dropped, so the gateway reconnects by itself.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import event
+import asyncpg
+from sqlalchemy import event, make_url
 from sqlalchemy.engine import Dialect, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -59,3 +61,19 @@ def _describe(exc: BaseException) -> str:
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def listening_connection(database_url: str | None, channel: str, callback: Callable[..., Any], *,
+                               timeout_s: float = 60.0) -> asyncpg.Connection:
+    """A plain asyncpg connection (outside the pool) that LISTENs on `channel`, calling `callback` for each
+    notification; closed again when the LISTEN fails. `timeout_s` bounds the connect (asyncpg's default)."""
+    if database_url is None:
+        raise ValueError("no database URL is configured (TRAINFORGE_DATABASE_URL)")
+    url = make_url(database_url).set(drivername="postgresql")
+    conn = await asyncpg.connect(url.render_as_string(hide_password=False), timeout=timeout_s)
+    try:
+        await conn.add_listener(channel, callback)
+    except BaseException:
+        conn.terminate()
+        raise
+    return conn

@@ -20,9 +20,10 @@ import time
 from collections.abc import Iterable
 
 import asyncpg
-from sqlalchemy import make_url, select
+from sqlalchemy import select
 
 from gateway.db.models import Webhook
+from gateway.db.session import listening_connection
 from gateway.state import GatewayState
 
 log = logging.getLogger(__name__)
@@ -92,10 +93,8 @@ class WebhookCache:
 
     async def _listen(self) -> None:
         self._forget()
-        url = make_url(self.gw.settings.database_url).set(drivername="postgresql")  # type: ignore[arg-type]
         try:
-            pg = await asyncpg.connect(url.render_as_string(hide_password=False), timeout=5)
-            await pg.add_listener(CHANNEL, self._on_notify)
+            pg = await listening_connection(self.gw.settings.database_url, CHANNEL, self._on_notify, timeout_s=5)
         except Exception as exc:  # noqa: BLE001 - the database is away: read the table per batch meanwhile
             log.debug("webhooks: cannot listen for changes (%s); reading the table per batch", exc)
             self._retry_at = time.monotonic() + LISTEN_RETRY_S

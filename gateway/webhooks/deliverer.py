@@ -42,6 +42,7 @@ from gateway.webhooks.urls import RefusedURL, Target, UrlPolicy
 from shared.contracts.common import new_id, utcnow
 from shared.contracts.events import EventBase, event_decoder
 from shared.pull import PullConsumer
+from shared.tasks import sleep_unless
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +156,7 @@ class WebhookDeliverer(TaskService):
                 task.add_done_callback(pending.discard)
                 task.add_done_callback(lambda _t: self._slots.release())
             if len(msgs) < BATCH:
-                await self._linger()
-
-    async def _linger(self) -> None:
-        try:
-            await asyncio.wait_for(self._stopping.wait(), LINGER_S)
-        except TimeoutError:
-            pass
+                await sleep_unless(self._stopping, LINGER_S)
 
     def _tokens(self, msg: Msg) -> list[str]:
         rest = msg.subject[len(self._prefix):] if msg.subject.startswith(self._prefix) else ""
