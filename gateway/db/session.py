@@ -1,21 +1,25 @@
 """Engine and session factory. Built by the app's lifespan from settings, never at import time.
 
 Every wait on Postgres is bounded by `timeout_s` (`TRAINFORGE_DATABASE_TIMEOUT_S`): making a connection
-(asyncpg's connect timeout), each statement and the pool's pre-ping (asyncpg's `command_timeout`), and waiting
+(asyncpg's connect timeout), each statement and the ping of an idle pooled connection (asyncpg's `command_timeout`), and waiting
 for a free pooled connection (`pool_timeout`). A server that is down or frozen so fails fast instead of hanging
 a request: connection failures are raised as `DatabaseUnavailable`, and a statement that timed out or lost its
-connection invalidates that connection (`gateway.errors` answers all of these with 503). Pre-ping replaces
-connections a restarted server dropped, so the gateway reconnects by itself.
+connection invalidates that connection (`gateway.errors` answers all of these with 503). A pooled connection
+idle for `PING_IDLE_S` or more is pinged when taken from the pool, and the pool renewed when the ping fails,
+so the gateway reconnects by itself after a server restart. One used within the last `PING_IDLE_S` is not
+pinged (SQLAlchemy's `pool_pre_ping` pings on every checkout: one more round trip per session); a restart inside that window costs the one statement that meets the dropped
+connection a 503, and the pool is renewed as after a failed ping.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
 import asyncpg
-from sqlalchemy import event, make_url
+from sqlalchemy import event, exc, make_url
 from sqlalchemy.engine import Dialect, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -23,14 +27,29 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from gateway.errors import CONNECTION_LOST, DatabaseUnavailable
 
 DEFAULT_TIMEOUT_S = 5.0
+PING_IDLE_S = 1.0
+"""A pooled connection idle this long is pinged before use."""
 
 
 def create_engine(database_url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, pool_size: int = 10) -> AsyncEngine:
     engine = create_async_engine(
-        database_url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True, pool_timeout=timeout_s,
+        database_url, pool_size=pool_size, max_overflow=20, pool_timeout=timeout_s,
         connect_args={"timeout": timeout_s, "command_timeout": timeout_s},
     )
     dialect = engine.sync_engine.dialect
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _checked_in(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        if dbapi_connection is not None:
+            record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+        idle_since = record.info.pop("idle_since", None)  # None: a new connection
+        if idle_since is None or time.monotonic() - idle_since < PING_IDLE_S:
+            return
+        if not dialect._do_ping_w_event(dbapi_connection):  # False: the server dropped it (what pre-ping does)
+            raise exc.InvalidatePoolError()
 
     @event.listens_for(engine.sync_engine, "do_connect")
     def _connect(dialect: Dialect, record: ConnectionPoolEntry, cargs: Any, cparams: Any) -> Any:

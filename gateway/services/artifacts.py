@@ -55,7 +55,7 @@ async def get_artifact(session: AsyncSession, artifact_id: str, caller: Caller) 
     return row
 
 
-def _image_info(path: Path) -> tuple[str, int, int]:
+def image_info(path: Path) -> tuple[str, int, int]:
     """(suffix, width, height) of an image file; ValueError if it is not an image Ultralytics reads."""
     from PIL import Image
 
@@ -70,19 +70,30 @@ def _image_info(path: Path) -> tuple[str, int, int]:
     return IMAGE_SUFFIXES[fmt], size[0], size[1]
 
 
-async def store_upload(gw: GatewayState, upload: UploadedFile, caller: Caller) -> Artifact:
-    """Check an uploaded image and keep it in the artifact store; the row's id is the upload id."""
+async def checked_image(upload: UploadedFile) -> tuple[str, int, int]:
+    """`image_info` of an uploaded file, off the event loop; Unprocessable (naming `file`) if it is no image."""
     try:
-        suffix, width, height = await anyio.to_thread.run_sync(_image_info, upload.path)
+        return await anyio.to_thread.run_sync(image_info, upload.path)
     except ValueError as exc:
         raise Unprocessable(f"file: {exc}", errors=[{"field": "file", "message": str(exc)}]) from None
+
+
+async def put_upload(gw: GatewayState, upload: UploadedFile, caller: Caller, info: tuple[str, int, int]) -> Artifact:
+    """Keep a checked image (`info`: its `checked_image`) in the artifact store; returns its row, not yet
+    added to a session (the row's id is the upload id)."""
+    suffix, width, height = info
     upload_id = new_id()
     stem = re.sub(r"[^A-Za-z0-9_-]", "_", Path(upload.filename).stem)[:64] or "image"
     uri = await store_of(gw).put_file(f"uploads/{caller.user_id}/{upload_id}/{stem}{suffix}", upload.path)
-    row = Artifact(id=upload_id, run_id=None, project_id=None, owner_id=caller.user_id, name=f"{stem}{suffix}", kind=UPLOAD_KIND,
-                   uri=uri, size_bytes=upload.size, media_type=IMAGE_MEDIA_TYPES[suffix],
-                   meta={"width": width, "height": height, "sha256": upload.sha256, "filename": upload.filename},
-                   created_at=utcnow())
+    return Artifact(id=upload_id, run_id=None, project_id=None, owner_id=caller.user_id, name=f"{stem}{suffix}",
+                    kind=UPLOAD_KIND, uri=uri, size_bytes=upload.size, media_type=IMAGE_MEDIA_TYPES[suffix],
+                    meta={"width": width, "height": height, "sha256": upload.sha256, "filename": upload.filename},
+                    created_at=utcnow())
+
+
+async def store_upload(gw: GatewayState, upload: UploadedFile, caller: Caller) -> Artifact:
+    """Check an uploaded image and keep it in the artifact store, with its row."""
+    row = await put_upload(gw, upload, caller, await checked_image(upload))
     async with gw.sessionmaker() as session:
         session.add(row)
         await session.commit()
@@ -104,7 +115,7 @@ async def delete_upload(gw: GatewayState, upload_id: str, caller: Caller) -> Non
             raise Conflict(f"upload {upload_id!r} is read by a run that has not ended; delete it afterwards")
         await session.delete(row)
         audit.record(session, caller, "upload.delete", "upload", row.id, name=row.name)
-    await _delete_files(gw, [row.uri])
+    await delete_stored_files(gw, [row.uri])
 
 
 async def sweep_uploads(gw: GatewayState, uploaded_before: datetime) -> int:
@@ -116,11 +127,12 @@ async def sweep_uploads(gw: GatewayState, uploaded_before: datetime) -> int:
             .where(Artifact.kind == UPLOAD_KIND, Artifact.created_at < uploaded_before,
                    ~_read_by_active_run(func.jsonb_build_array(Artifact.uri)))
             .returning(Artifact.uri))).scalars())
-    await _delete_files(gw, uris)
+    await delete_stored_files(gw, uris)
     return len(uris)
 
 
-async def _delete_files(gw: GatewayState, uris: list[str]) -> None:
+async def delete_stored_files(gw: GatewayState, uris: list[str]) -> None:
+    """Delete uploaded images from the artifact store (and their folders); a failure is logged."""
     store = store_of(gw)
     for uri in uris:
         try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
@@ -36,8 +37,8 @@ from gateway.requestid import current_request_id
 from gateway.schemas import PROJECT_NAME_RE, Pool, ProjectCreate
 from gateway.services import audit
 from gateway.services import models as library
-from gateway.services.artifacts import _image_info, store_upload
-from gateway.services.projects import create_project, find_project
+from gateway.services.artifacts import delete_stored_files, image_info, put_upload
+from gateway.services.projects import create_project, find_project, get_project
 from gateway.services.runs import get_run, queued_event
 from gateway.state import GatewayState
 from gateway.uploads import UploadedFile
@@ -96,31 +97,27 @@ _recording: set[asyncio.Task[None]] = set()
 async def predict(gw: GatewayState, ref: str, options: PredictOptions, image: UploadedFile,
                   caller: Caller) -> PredictResponse:
     started = time.monotonic()
-    looked_up, found = await asyncio.gather(_model_version(gw, ref, options.version, caller),
-                                            _find_project(gw, options.project, caller), return_exceptions=True)
-    for outcome in (looked_up, found):
-        if isinstance(outcome, BaseException):
-            raise outcome
-    model, version = looked_up  # type: ignore[misc]
-    project = found if found is not None else await _create_project(gw, caller)
+    model, version, project = await _lookups(gw, ref, options, caller)
+    if project is None:
+        project = await _create_project(gw, caller)
+    if project.status != "active":
+        raise Conflict(f"project {project.name!r} is archived; unarchive it to start runs")
+    inline_ok = image.size <= INLINE_MAX_BYTES
     try:
-        await anyio.to_thread.run_sync(_image_info, image.path)
+        info, data = await anyio.to_thread.run_sync(_read_image, image.path, inline_ok)
     except ValueError as exc:
         raise Unprocessable(f"file: {exc}", errors=[{"field": "file", "message": str(exc)}]) from None
     spec = YoloPredictSpec(model=version.uri, sources=["upload"], conf=options.conf, iou=options.iou,
                            imgsz=options.imgsz, max_det=options.max_det, save=options.save)
     run_id = new_id()
-    stored = asyncio.create_task(store_upload(gw, image, caller))
-    inline: list[bytes] = []
-    if image.size <= INLINE_MAX_BYTES:
-        inline = [await anyio.to_thread.run_sync(image.path.read_bytes)]
-    else:
+    stored = asyncio.create_task(put_upload(gw, image, caller, info))
+    if data is None:  # too large to travel in the request: the runner reads it from the store
         spec = msgspec.structs.replace(spec, sources=[(await stored).uri])
     recording = asyncio.create_task(_record_run(gw, project, run_id, spec, stored, options.pool, caller,
                                                 {"model": f"library:{version.id}"}))
     try:
         reply = await _ask_runner(gw, PredictRequest(run_id=run_id, project_id=project.id, spec=spec,
-                                                     images=inline), options.pool)
+                                                     images=[data] if data is not None else []), options.pool)
     except BaseException:
         await asyncio.gather(recording, return_exceptions=True)
         raise
@@ -149,31 +146,35 @@ async def predict(gw: GatewayState, ref: str, options: PredictOptions, image: Up
                            elapsed_s=round(time.monotonic() - started, 3))
 
 
+def _read_image(path: Path, inline: bool) -> tuple[tuple[str, int, int], bytes | None]:
+    """The image's `image_info`, and its bytes when it travels inside the request (`inline`)."""
+    return image_info(path), (path.read_bytes() if inline else None)
+
+
 def _recorded(task: asyncio.Task[None]) -> None:
     _recording.discard(task)
     if not task.cancelled() and (exc := task.exception()) is not None:
         log.error("predict: recording a run failed: %r", exc)
 
 
-async def _model_version(gw: GatewayState, ref: str, number: int | None, caller: Caller) -> tuple[Any, Any]:
+async def _lookups(gw: GatewayState, ref: str, options: PredictOptions, caller: Caller
+                   ) -> tuple[Any, Any, Project | None]:
+    """The model, its version and the project the prediction runs in (None for a `predict` project not made
+    yet), read on one connection."""
     async with gw.sessionmaker() as session:
         model = await library.resolve_model(session, ref, caller)
-        version = (await library.get_version(session, model, number) if number
+        version = (await library.get_version(session, model, options.version) if options.version
                    else await library.latest_version(session, model))
         if version is None:
             raise Conflict(f"model {model.name!r} has no versions")
-    return model, version
-
-
-async def _find_project(gw: GatewayState, name: str, caller: Caller) -> Project | None:
-    """The project the prediction runs in; None for a `predict` project not made yet."""
-    try:
-        return await find_project(gw, name, caller)
-    except NotFound:
-        if name != DEFAULT_PROJECT:
-            raise Unprocessable(f"project {name!r} not found",
-                                errors=[{"field": "project", "message": "not found"}]) from None
-    return None
+        try:
+            project = await get_project(session, options.project, caller)
+        except NotFound:
+            if options.project != DEFAULT_PROJECT:
+                raise Unprocessable(f"project {options.project!r} not found",
+                                    errors=[{"field": "project", "message": "not found"}]) from None
+            project = None
+    return model, version, project
 
 
 async def _create_project(gw: GatewayState, caller: Caller) -> Project:
@@ -205,26 +206,32 @@ async def _ask_runner(gw: GatewayState, request: PredictRequest, pool: str) -> A
 
 async def _record_run(gw: GatewayState, project: Project, run_id: str, spec: YoloPredictSpec,
                       stored: asyncio.Task[Artifact], pool: str, caller: Caller, options: dict[str, Any]) -> None:
-    """The run's row, handed to a runner already (`enqueued_at` set: the dispatcher leaves it alone), with
-    the stored upload as its source; the runner's events fold into it as for any run."""
+    """The upload's row and the run's, in one transaction: the run handed to a runner already
+    (`enqueued_at` set: the dispatcher leaves it alone), with the stored upload as its source; the runner's
+    events fold into it as for any run. Then its run.queued, built from the row written (no read back)."""
     request_id = current_request_id()
     upload = await stored
     spec = msgspec.structs.replace(spec, sources=[upload.uri])
     options = {**options, "images": [upload.id]}
-    async with gw.sessionmaker() as session, session.begin():
-        counted = await session.execute(
-            update(Project).where(Project.id == project.id, Project.status == "active")
-            .values(runs_started=Project.runs_started + 1).returning(Project.id))
-        if counted.first() is None:
-            raise Conflict(f"project {project.name!r} is archived; unarchive it to start runs")
-        session.add(Run(id=run_id, project_id=project.id, kind="yolo.predict", pool=pool, priority=50,
-                        owner_id=caller.user_id, status=RunStatus.QUEUED.value, spec=msgspec.to_builtins(spec),
-                        gateway_seq=1, job_msg_id=job_msg_id(run_id, None), enqueued_at=utcnow(),
-                        options={**options, **({"request_id": request_id} if request_id else {})}))
-        audit.record(session, caller, "run.create", "run", run_id, project_id=project.id, kind="yolo.predict",
-                     model=options["model"], format=None)
-    async with gw.sessionmaker() as session:
-        run = await get_run(session, run_id, None)
+    run = Run(id=run_id, project_id=project.id, kind="yolo.predict", pool=pool, priority=50, owner_id=caller.user_id,
+              status=RunStatus.QUEUED.value, spec=msgspec.to_builtins(spec), gateway_seq=1, resume_of=None,
+              job_msg_id=job_msg_id(run_id, None), enqueued_at=utcnow(), created_at=utcnow(),
+              options={**options, **({"request_id": request_id} if request_id else {})})
+    try:
+        async with gw.sessionmaker() as session, session.begin():
+            session.add(upload)
+            counted = await session.execute(
+                update(Project).where(Project.id == project.id, Project.status == "active")
+                .values(runs_started=Project.runs_started + 1).returning(Project.id))
+            if counted.first() is None:
+                raise Conflict(f"project {project.name!r} is archived; unarchive it to start runs")
+            session.add(run)
+            audit.record(session, caller, "run.create", "run", run_id, project_id=project.id, kind="yolo.predict",
+                         model=options["model"], format=None)
+    except BaseException:
+        with anyio.CancelScope(shield=True):  # no row points at the stored image: do not keep it
+            await delete_stored_files(gw, [upload.uri])
+        raise
     try:
         await publish_event(gw, queued_event(run))
     except PublishFailed:

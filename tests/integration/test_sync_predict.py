@@ -104,6 +104,25 @@ async def test_a_runner_answers_predict_from_a_loaded_model_and_records_the_run(
     assert bad.status_code == 422  # refused by the gateway, no run
 
 
+@pytest.mark.slow
+async def test_a_predict_into_an_archived_project_is_refused_before_anything_runs_or_is_stored(
+        served: tuple[AsyncTestClient, PredictService], weights: Path, settings: Settings) -> None:  # type: ignore[type-arg]
+    client, service = served
+    assert (await client.post("/api/v1/models", files={"file": ("best.pt", weights.read_bytes())},
+                              data={"name": "shelved"})).status_code == 201
+    assert (await client.post("/api/v1/projects", json={"name": "old"})).status_code == 201
+    assert (await client.patch("/api/v1/projects/old", json={"status": "archived"})).status_code == 200
+    uploads = settings.artifacts_dir / "uploads"
+    stored_before = sorted(uploads.rglob("*")) if uploads.exists() else []
+
+    refused = await client.post("/api/v1/models/shelved/predict", files={"file": ("bus.jpg", bus_jpg(), "image/jpeg")},
+                                data={"imgsz": "64", "project": "old"})
+    assert refused.status_code == 409 and "archived" in refused.json()["detail"], refused.text
+    assert service.cache.loads == 0  # no runner was asked
+    assert (await client.get("/api/v1/projects/old/runs")).json()["total"] == 0
+    assert (sorted(uploads.rglob("*")) if uploads.exists() else []) == stored_before
+
+
 def test_the_model_cache_keeps_the_recently_used_within_its_count_and_memory() -> None:
     cache = ModelCache(max_models=2, max_bytes=100)
     for name, size in (("a", 10), ("b", 10)):
