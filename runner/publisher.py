@@ -9,9 +9,10 @@ lost acknowledgement is dropped by the stream instead of stored twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 import msgspec
@@ -82,6 +83,12 @@ async def publish_reliably(
             delay = min(delay * 2, 2.0)
 
 
+def _raise_first(outcomes: list[Any]) -> None:
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
 class RunPublisher:
     """Numbers and publishes the events of one (run, attempt). Implements `runner.executors.base.Emitter`.
 
@@ -115,6 +122,7 @@ class RunPublisher:
         self._line_bytes = 0
         self._flusher: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
+        self._pipeline: list[asyncio.Task[None]] | None = None
 
     @property
     def seq(self) -> int:
@@ -136,10 +144,29 @@ class RunPublisher:
         # that may have landed after all (the stream would drop it as a duplicate).
         self._seq = event.seq
         subject = self._subjects.run_event(event.project_id, event.run_id, event.type)
-        await publish_reliably(
+        sent = publish_reliably(
             self._js, subject, msgspec.json.encode(event), msg_id=event.msg_id, deadline_s=self._deadline_s
         )
+        if self._pipeline is not None:  # in flight with the others (tasks start, so write, in this order)
+            self._pipeline.append(asyncio.create_task(sent))
+        else:
+            await sent
         return event
+
+    @contextlib.asynccontextmanager
+    async def pipelined(self) -> AsyncIterator[None]:
+        """Events published in this block go out without waiting for each one's acknowledgement, so that
+        several cost one round trip (and reach the projector together); they are sent in order on one
+        connection, and the projector stores a (run, attempt)'s events in seq order whatever the order they
+        land in. The block's end waits for every one of them; a failed one is raised there."""
+        assert self._pipeline is None, "pipelined blocks do not nest"
+        self._pipeline = []
+        try:
+            yield
+        finally:
+            pending, self._pipeline = self._pipeline, None
+            outcomes = await asyncio.gather(*pending, return_exceptions=True)
+        _raise_first(outcomes)
 
     async def _flush_locked(self) -> None:
         if not self._lines:

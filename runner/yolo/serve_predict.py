@@ -262,19 +262,20 @@ class PredictService:
         job = Job(run_id=request.run_id, project_id=request.project_id, pool=self._pool, spec=request.spec)
         publisher = RunPublisher(self._js, self._subjects, job, attempt=1, runner_id=self._runner_id)
         try:
-            await publisher.claimed(host=os.uname().nodename, device=self._device)
-            await publisher.started()
-            if outcome is None:
-                return
-            state, detail = outcome
-            if state == "failed":
-                cause, exc = detail
-                await publisher.failed(cause=cause, error_type=type(exc).__name__, message=str(exc))
-                return
-            for entry, result in zip(detail["images"], results, strict=True):
-                if "annotated_artifact_id" in entry:
-                    await self._annotated(publisher, request, entry, result, folder)
-            await publisher.completed(result=detail)
+            async with publisher.pipelined():  # one round trip for all of them; the projector stores them at once
+                await publisher.claimed(host=os.uname().nodename, device=self._device)
+                await publisher.started()
+                if outcome is None:
+                    return
+                state, detail = outcome
+                if state == "failed":
+                    cause, exc = detail
+                    await publisher.failed(cause=cause, error_type=type(exc).__name__, message=str(exc))
+                    return
+                for entry, result in zip(detail["images"], results, strict=True):
+                    if "annotated_artifact_id" in entry:
+                        await self._annotated(publisher, request, entry, result, folder)
+                await publisher.completed(result=detail)
         finally:
             await publisher.close()
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import nats
+import nats.errors
 import pytest
 
 from runner.publisher import RunPublisher
@@ -43,6 +44,32 @@ async def test_log_lines_are_batched_and_other_events_keep_their_place(settings:
     assert [e.seq for e in events.events] == list(range(1, 8)) and publisher.seq == 7
     assert {e.attempt for e in events.events} == {3}
     assert events.events[5].checkpoint_id == checkpoint_id  # type: ignore[attr-defined]
+
+
+async def test_a_pipelined_block_sends_its_events_in_order_and_waits_for_all_of_them_at_its_end(
+        settings: Settings) -> None:
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    await ensure_topology(js, settings)
+    job = container_job("unused")
+    publisher = RunPublisher(js, Subjects(settings.bus_prefix), job, attempt=1, runner_id="r1")
+    async with RunEvents(js, settings, job) as events:
+        async with publisher.pipelined():
+            await publisher.claimed(host="h", device="cpu")
+            await publisher.started()
+            await publisher.log("a line")
+            await publisher.completed(result={"n": 1})
+        await events.wait_for_type("run.completed")
+    types = events.types()
+    assert types == ["run.claimed", "run.started", "run.log", "run.completed"]
+    assert [e.seq for e in events.events] == [1, 2, 3, 4]
+
+    lost = RunPublisher(js, Subjects(settings.bus_prefix), container_job("lost"), attempt=1, runner_id="r1")
+    await nc.close()  # nothing can be sent now: the block's end raises what the publishes met
+    with pytest.raises(nats.errors.ConnectionClosedError):
+        async with lost.pipelined():
+            await lost.claimed(host="h", device="cpu")
+            await lost.started()
 
 
 def _free_port() -> int:
