@@ -152,10 +152,15 @@ class EventHub(TaskService):
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         try:
-            if int(payload) <= self._last:
-                return
+            position = int(payload)  # the highest position the projector's commit stored
         except ValueError:
-            pass
+            self._wake.set()
+            return
+        if position <= self._last:
+            return
+        if not self._by_run and not self._by_project:
+            self._last = position  # nobody listens: skip ahead without a read (a later subscriber replays first)
+            return
         self._wake.set()
 
     async def _run(self) -> None:

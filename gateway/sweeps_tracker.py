@@ -3,7 +3,8 @@ commits run events (Postgres `NOTIFY trainforge_events`), so a trial's end start
 Once at start, and after its notification connection is re-made, it looks at every running sweep.
 Notifications that arrive while a pass runs, or within `MIN_PASS_GAP_S` after one, make one more pass, not
 one each (the projector commits many times a second under load; a trial's next one starts at most that much
-later)."""
+later). While no sweep runs, commits of run events are not looked at: the tracker waits for a sweep's start
+(`NOTIFY trainforge_sweeps`, sent in the transaction that creates it, by whichever gateway)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from gateway.db.models import Sweep
 from gateway.db.session import listening_connection
 from gateway.projector import NOTIFY_CHANNEL
 from gateway.services import sweeps
+from gateway.services.sweeps import SWEEPS_CHANNEL
 from gateway.state import GatewayState
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ class SweepTracker(TaskService):
     def __init__(self, gw: GatewayState) -> None:
         self.gw = gw
         self._wake = asyncio.Event()
+        self.running = True
+        """Whether the last pass found a running sweep (until the first pass: assumed)."""
         self._pg: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -48,8 +52,12 @@ class SweepTracker(TaskService):
             self._pg = None
 
     async def _listen(self) -> None:
-        self._pg = await listening_connection(self.gw.settings.database_url, NOTIFY_CHANNEL,
-                                              lambda *_: self._wake.set())
+        self._pg = await listening_connection(self.gw.settings.database_url, NOTIFY_CHANNEL, self._on_events,
+                                              more={SWEEPS_CHANNEL: lambda *_: self._wake.set()})
+
+    def _on_events(self, *_: object) -> None:
+        if self.running:  # with no sweep running, a run's end concerns none
+            self._wake.set()
 
     async def _run(self) -> None:
         while True:
@@ -69,5 +77,6 @@ class SweepTracker(TaskService):
     async def pass_once(self) -> None:
         async with self.gw.sessionmaker() as session:
             running = list((await session.execute(select(Sweep.id).where(Sweep.status == "running"))).scalars())
+        self.running = bool(running)
         for sweep_id in running:
             await sweeps.advance(self.gw, sweep_id)

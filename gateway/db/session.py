@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import asyncpg
@@ -83,15 +83,18 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 
 
 async def listening_connection(database_url: str | None, channel: str, callback: Callable[..., Any], *,
-                               timeout_s: float = 60.0) -> asyncpg.Connection:
+                               timeout_s: float = 60.0, more: Mapping[str, Callable[..., Any]] | None = None,
+                               ) -> asyncpg.Connection:
     """A plain asyncpg connection (outside the pool) that LISTENs on `channel`, calling `callback` for each
-    notification; closed again when the LISTEN fails. `timeout_s` bounds the connect (asyncpg's default)."""
+    notification (and on each channel of `more` with its callback); closed again when a LISTEN fails.
+    `timeout_s` bounds the connect (asyncpg's default)."""
     if database_url is None:
         raise ValueError("no database URL is configured (TRAINFORGE_DATABASE_URL)")
     url = make_url(database_url).set(drivername="postgresql")
     conn = await asyncpg.connect(url.render_as_string(hide_password=False), timeout=timeout_s)
     try:
-        await conn.add_listener(channel, callback)
+        for name, heard in {channel: callback, **(more or {})}.items():
+            await conn.add_listener(name, heard)
     except BaseException:
         conn.terminate()
         raise

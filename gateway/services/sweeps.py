@@ -17,7 +17,7 @@ import random
 from typing import Any
 
 import msgspec
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from gateway.auth.caller import Caller
 from gateway.db.models import Run, Sweep, SweepTrial, User
@@ -29,6 +29,10 @@ from gateway.state import GatewayState
 from shared.contracts.common import TERMINAL_STATUSES, RunStatus, new_id, utcnow
 
 log = logging.getLogger(__name__)
+
+SWEEPS_CHANNEL = "trainforge_sweeps"
+"""Notified with a sweep's id in the transaction that creates it: the sweep trackers (`gateway.sweeps_tracker`)
+look at run events only while some sweep runs."""
 
 SPEC_FIELDS = frozenset({"lr0", "batch", "imgsz", "optimizer", "epochs"})
 """Searched settings that are fields of the yolo.train request; the others go into its `extra`."""
@@ -98,6 +102,7 @@ async def create_sweep(gw: GatewayState, ref: str, data: SweepCreate, caller: Ca
         session.add_all(SweepTrial(sweep_id=sweep.id, index=i, params=p, status="pending")
                         for i, p in enumerate(trials))
         audit.record(session, caller, "sweep.create", "sweep", sweep.id, project_id=project.id, trials=len(trials))
+        await session.execute(text("SELECT pg_notify(:channel, :id)"), {"channel": SWEEPS_CHANNEL, "id": sweep.id})
     await advance(gw, sweep.id)
     return await sweep_detail(gw, ref, sweep.id, caller)
 
