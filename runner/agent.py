@@ -739,13 +739,14 @@ class RunnerAgent:
                     return None
                 if waited == "canceled":
                     return Canceled(reason="requested")
-            await publisher.claimed(host=self.host, device=ctx.device)
-            try:
-                executor = await self.registry.executor_for(job.spec)
-            except ExecutorUnavailable as exc:
-                return Failed(FailureCause.INFRASTRUCTURE, "ExecutorUnavailable", str(exc))
-            ctx.resume = await self._resume_point(job)
-            await publisher.started(resumed_from=ctx.resume.checkpoint_id if ctx.resume else None)
+            async with publisher.pipelined():  # run.claimed in flight while the executor and resume point are found
+                await publisher.claimed(host=self.host, device=ctx.device)
+                try:
+                    executor = await self.registry.executor_for(job.spec)
+                except ExecutorUnavailable as exc:
+                    return Failed(FailureCause.INFRASTRUCTURE, "ExecutorUnavailable", str(exc))
+                ctx.resume = await self._resume_point(job)
+                await publisher.started(resumed_from=ctx.resume.checkpoint_id if ctx.resume else None)
             return await self._execute(active, executor)
         except PublishError as exc:
             return Failed(FailureCause.INFRASTRUCTURE, "PublishError", str(exc))
@@ -895,15 +896,17 @@ class RunnerAgent:
 
     async def _already_ended(self, project_id: str, run_id: str) -> bool:
         """Whether a terminal event of the run is in the stream already (this delivery's ack was lost)."""
-        assert self._js is not None
-        for event_type in sorted(TERMINAL_EVENT_TYPES):
-            subject = self.subjects.run_event(project_id, run_id, event_type)
+        js = self._js
+        assert js is not None
+
+        async def stored(event_type: str) -> bool:
             try:
-                await self._js.get_last_msg(self.subjects.events_stream, subject)
+                await js.get_last_msg(self.subjects.events_stream, self.subjects.run_event(project_id, run_id, event_type))
             except NotFoundError:
-                continue
+                return False
             return True
-        return False
+
+        return any(await asyncio.gather(*(stored(t) for t in sorted(TERMINAL_EVENT_TYPES))))  # one round trip
 
     async def _resume_point(self, job: Job) -> ResumeFrom | None:
         """The newest resumable checkpoint an earlier attempt recorded, else the job's own resume source."""
