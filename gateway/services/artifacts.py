@@ -75,7 +75,12 @@ async def checked_image(upload: UploadedFile) -> tuple[str, int, int]:
     try:
         return await anyio.to_thread.run_sync(image_info, upload.path)
     except ValueError as exc:
-        raise Unprocessable(f"file: {exc}", errors=[{"field": "file", "message": str(exc)}]) from None
+        raise not_an_image(exc) from None
+
+
+def not_an_image(exc: ValueError) -> Unprocessable:
+    """The 422 for an uploaded `file` that `image_info` refused."""
+    return Unprocessable(f"file: {exc}", errors=[{"field": "file", "message": str(exc)}])
 
 
 async def put_upload(gw: GatewayState, upload: UploadedFile, caller: Caller, info: tuple[str, int, int]) -> Artifact:

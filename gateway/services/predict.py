@@ -37,7 +37,7 @@ from gateway.requestid import current_request_id
 from gateway.schemas import PROJECT_NAME_RE, Pool, ProjectCreate
 from gateway.services import audit
 from gateway.services import models as library
-from gateway.services.artifacts import delete_stored_files, image_info, put_upload
+from gateway.services.artifacts import delete_stored_files, image_info, not_an_image, put_upload
 from gateway.services.projects import create_project, find_project, get_project
 from gateway.services.runs import get_run, queued_event
 from gateway.state import GatewayState
@@ -106,7 +106,7 @@ async def predict(gw: GatewayState, ref: str, options: PredictOptions, image: Up
     try:
         info, data = await anyio.to_thread.run_sync(_read_image, image.path, inline_ok)
     except ValueError as exc:
-        raise Unprocessable(f"file: {exc}", errors=[{"field": "file", "message": str(exc)}]) from None
+        raise not_an_image(exc) from None
     spec = YoloPredictSpec(model=version.uri, sources=["upload"], conf=options.conf, iou=options.iou,
                            imgsz=options.imgsz, max_det=options.max_det, save=options.save)
     run_id = new_id()

@@ -11,6 +11,7 @@ from pathlib import Path
 import nats
 import nats.errors
 import pytest
+from nats.js import JetStreamContext
 
 from runner.publisher import RunPublisher
 from shared.bus import connect, ensure_topology
@@ -20,10 +21,16 @@ from tests.integration.runner_support import RunEvents, container_job
 from trainforge.embedded import nats_server_binary
 
 
-async def test_log_lines_are_batched_and_other_events_keep_their_place(settings: Settings) -> None:
+async def _bus(settings: Settings) -> tuple[nats.NATS, JetStreamContext]:
+    """A connection to the test's NATS with the streams in place."""
     nc = await nats.connect(settings.nats_url)
     js = nc.jetstream()
     await ensure_topology(js, settings)
+    return nc, js
+
+
+async def test_log_lines_are_batched_and_other_events_keep_their_place(settings: Settings) -> None:
+    nc, js = await _bus(settings)
     job = container_job("unused")
     publisher = RunPublisher(js, Subjects(settings.bus_prefix), job, attempt=3, runner_id="r1")
     async with RunEvents(js, settings, job) as events:
@@ -48,9 +55,7 @@ async def test_log_lines_are_batched_and_other_events_keep_their_place(settings:
 
 async def test_a_pipelined_block_sends_its_events_in_order_and_waits_for_all_of_them_at_its_end(
         settings: Settings) -> None:
-    nc = await nats.connect(settings.nats_url)
-    js = nc.jetstream()
-    await ensure_topology(js, settings)
+    nc, js = await _bus(settings)
     job = container_job("unused")
     publisher = RunPublisher(js, Subjects(settings.bus_prefix), job, attempt=1, runner_id="r1")
     async with RunEvents(js, settings, job) as events:
