@@ -119,6 +119,9 @@ async def test_with_three_replicas_a_run_survives_its_events_leader_being_killed
             cluster.kill(leader)
             done = await events.wait_for_type(*TERMINAL, timeout=120)
         assert done.type == "run.completed", done
+        # the killed node may also have led the cluster's JetStream metadata: until a new meta leader is
+        # elected (seconds on a loaded machine), making the replay's consumer times out
+        await jetstream_ready(cluster.url)
         async with RunEvents(js, settings, job) as replay:  # the stream as the surviving nodes hold it
             # read up to the terminal event, not until a message says nothing is pending: once, on a loaded
             # machine just after the election, that replay ended with 64 lines unread; this tells a short read
