@@ -43,19 +43,19 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
-from sqlalchemy import func, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import update
+from sqlalchemy.dialects.postgresql import JSONB
 
 from gateway.background import TaskService
-from gateway.db.models import Artifact, Checkpoint, Run
+from gateway.db.models import Run
+from gateway.db.session import driver_transaction
 from gateway.projection import RunRow, fold
 from gateway.state import GatewayState
 from shared.contracts import EventBase, FailureCause, RunFailed, RunnerHeartbeat, RunStatus, event_decoder
@@ -82,19 +82,40 @@ STOP_GRACE_S = 5.0
 TRAIN_KIND = "yolo.train"
 """Completed runs of this kind are handed to the weights registrar (`gw.registrar`) after commit."""
 
-_INSERT_EVENTS = text(
-    """
+_INSERT_EVENTS = """
     INSERT INTO events (event_id, run_id, project_id, attempt, seq, type, ts, body)
     SELECT e.event_id, e.run_id, e.project_id, e.attempt, e.seq, e.type, e.ts, e.body::jsonb
-    FROM unnest(CAST(:event_id AS text[]), CAST(:run_id AS text[]), CAST(:project_id AS text[]),
-                CAST(:attempt AS int[]), CAST(:seq AS int[]), CAST(:type AS text[]),
-                CAST(:ts AS timestamptz[]), CAST(:body AS text[]))
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::int[], $6::text[], $7::timestamptz[],
+                $8::text[])
          WITH ORDINALITY AS e(event_id, run_id, project_id, attempt, seq, type, ts, body, ord)
     ORDER BY e.ord
     ON CONFLICT (run_id, attempt, seq) DO NOTHING
     RETURNING run_id, attempt, seq, position
-    """
-)
+"""
+_LOCK_RUNS = f"""
+    SELECT id, owner_id, kind, registration IS NOT NULL AS registered, {", ".join(RunRow.columns())}
+    FROM runs WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
+"""
+_CHECKPOINT_COLUMNS = ("id", "run_id", "attempt", "uri", "step", "epoch", "size_bytes", "resumable", "meta",
+                       "created_at")
+_ARTIFACT_COLUMNS = ("id", "run_id", "project_id", "name", "kind", "uri", "size_bytes", "media_type", "meta",
+                     "created_at", "owner_id")
+_JSONB_RUN_COLUMNS = frozenset(c.name for c in Run.__table__.columns if isinstance(c.type, JSONB))
+"""Their parameters go as JSON text (SQLAlchemy's codec on the connection)."""
+
+
+def _insert_rows(table: str, columns: tuple[str, ...]) -> str:
+    values = ", ".join(f"${i}" + ("::jsonb" if name == "meta" else "") for i, name in enumerate(columns, 1))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) ON CONFLICT (id) DO NOTHING"
+
+
+def _update_run(columns: tuple[str, ...]) -> str:
+    sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(columns, 2))
+    return f"UPDATE runs SET {sets}, updated_at = now() WHERE id = $1"
+
+
+def _param(column: str, value: Any) -> Any:
+    return msgspec.json.encode(value).decode() if column in _JSONB_RUN_COLUMNS and value is not None else value
 
 
 STORE = "store"
@@ -107,13 +128,11 @@ DEFERRED = "deferred"
 DROPPED = "dropped"
 """Terminated as poison."""
 
-_STORED_SEQS = text(
-    """
+_STORED_SEQS = """
     SELECT g.run_id, g.attempt,
            (SELECT max(e.seq) FROM events e WHERE e.run_id = g.run_id AND e.attempt = g.attempt) AS seq
-    FROM unnest(CAST(:run_id AS text[]), CAST(:attempt AS int[])) AS g(run_id, attempt)
-    """
-)
+    FROM unnest($1::text[], $2::int[]) AS g(run_id, attempt)
+"""
 """The highest stored seq of each (run, attempt): one index probe each (`uq_events_run_attempt_seq`)."""
 
 
@@ -359,11 +378,10 @@ class Projector(TaskService):
         trained: list[str] = []
         completing: list[tuple[str, EventBase]] = []
         try:
-            async with self.gw.engine.begin() as conn:
+            async with driver_transaction(self.gw.engine) as conn:
                 await self._store_in(conn, items, trained, completing)
-        except DBAPIError as exc:
-            sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-            if sqlstate[:2] in ("22", "23", "54"):  # data exception, integrity violation, too large
+        except asyncpg.PostgresError as exc:
+            if (exc.sqlstate or "")[:2] in ("22", "23", "54"):  # data exception, integrity violation, too large
                 raise _Poison(str(exc)) from exc
             raise
         registrar = self.gw.registrar
@@ -372,28 +390,23 @@ class Projector(TaskService):
         for run_id, completion in completing:  # after the commit: the registrar reads the weights artifact
             registrar.prepare(run_id, completion)  # type: ignore[union-attr]
 
-    async def _store_in(self, conn: AsyncConnection, items: list[_Item], trained: list[str],
+    async def _store_in(self, conn: asyncpg.Connection, items: list[_Item], trained: list[str],
                         completing: list[tuple[str, EventBase]]) -> None:
         """Fold `items` in one transaction; `trained` gets the ids of `yolo.train` runs it completes without
-        registration, `completing` the completions held for the registrar."""
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": EVENTS_LOCK})
+        registration, `completing` the completions held for the registrar. Plain asyncpg statements (one
+        batch is about ten of them, and SQLAlchemy would double the CPU each costs)."""
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
         run_ids = sorted({item.event.run_id for item in items})
-        columns = [getattr(Run, name) for name in RunRow.columns()]
-        result = await conn.execute(
-            select(Run.id, Run.owner_id, Run.kind, Run.registration.is_not(None).label("registered"),
-                   *columns)
-            .where(Run.id.in_(run_ids)).order_by(Run.id).with_for_update()
-        )
         rows: dict[str, RunRow] = {}
         owners: dict[str, str | None] = {}
         kinds: dict[str, str] = {}
         registered: set[str] = set()
-        for row in result:
-            rows[row.id] = RunRow(**{name: getattr(row, name) for name in RunRow.columns()})
-            owners[row.id] = row.owner_id
-            kinds[row.id] = row.kind
-            if row.registered:
-                registered.add(row.id)
+        for row in await conn.fetch(_LOCK_RUNS, run_ids):
+            rows[row["id"]] = RunRow(**{name: row[name] for name in RunRow.columns()})
+            owners[row["id"]] = row["owner_id"]
+            kinds[row["id"]] = row["kind"]
+            if row["registered"]:
+                registered.add(row["id"])
 
         for item in items:
             deferred = item.event.run_id not in rows and _deliveries(item.msg) < MISSING_RUN_RETRIES
@@ -402,9 +415,8 @@ class Projector(TaskService):
         if not candidates:
             return
         groups = sorted({item.group for item in candidates})
-        stored = await conn.execute(_STORED_SEQS, {"run_id": [g[0] for g in groups],
-                                                   "attempt": [g[1] for g in groups]})
-        self._hold_gaps(candidates, {(r.run_id, r.attempt): r.seq for r in stored})
+        stored = await conn.fetch(_STORED_SEQS, [g[0] for g in groups], [g[1] for g in groups])
+        self._hold_gaps(candidates, {(r["run_id"], r["attempt"]): r["seq"] for r in stored})
         storing = self._in_seq_order(candidates)
         self._hold_completions(storing, rows, kinds, registered, completing)
         storing = [item for item in storing if item.outcome == STORE]
@@ -415,17 +427,14 @@ class Projector(TaskService):
                 log.warning("projector: event %s of unknown run %s stored without changing any run",
                             item.event.type, item.event.run_id)
 
-        inserted = await conn.execute(_INSERT_EVENTS, {
-            "event_id": [i.event.event_id for i in storing],
-            "run_id": [i.event.run_id for i in storing],
-            "project_id": [i.event.project_id for i in storing],
-            "attempt": [i.event.attempt for i in storing],
-            "seq": [i.event.seq for i in storing],
-            "type": [i.event.type for i in storing],
-            "ts": [i.event.ts for i in storing],
-            "body": [i.body for i in storing],
-        })
-        new: dict[tuple[str, int, int], int] = {(r.run_id, r.attempt, r.seq): r.position for r in inserted}
+        events = [item.event for item in storing]
+        inserted = await conn.fetch(
+            _INSERT_EVENTS, [e.event_id for e in events], [e.run_id for e in events],
+            [e.project_id for e in events], [e.attempt for e in events], [e.seq for e in events],
+            [e.type for e in events], [e.ts for e in events], [i.body for i in storing],
+        )
+        new: dict[tuple[str, int, int], int] = {(r["run_id"], r["attempt"], r["seq"]): r["position"]
+                                                 for r in inserted}
         if not new:
             return
         max_position = max(new.values())
@@ -453,18 +462,17 @@ class Projector(TaskService):
             if result_.artifact:
                 artifacts.append({**result_.artifact, "owner_id": owners[run_id]})
 
-        if checkpoints:
-            await conn.execute(pg_insert(Checkpoint).values(checkpoints).on_conflict_do_nothing(
-                index_elements=[Checkpoint.id]))
-        if artifacts:
-            await conn.execute(pg_insert(Artifact).values(artifacts).on_conflict_do_nothing(
-                index_elements=[Artifact.id]))
+        for table, columns, inserts in (("checkpoints", _CHECKPOINT_COLUMNS, checkpoints),
+                                        ("artifacts", _ARTIFACT_COLUMNS, artifacts)):
+            if inserts:
+                await conn.executemany(_insert_rows(table, columns), [
+                    tuple(msgspec.json.encode(r["meta"]).decode() if c == "meta" else r[c] for c in columns)
+                    for r in inserts])
         for run_id, values in changes.items():
             if values:
-                await conn.execute(
-                    update(Run).where(Run.id == run_id).values(**values, updated_at=func.now()))
-        await conn.execute(text("SELECT pg_notify(:channel, :payload)"),
-                           {"channel": NOTIFY_CHANNEL, "payload": str(max_position)})
+                names = tuple(values)
+                await conn.execute(_update_run(names), run_id, *(_param(c, values[c]) for c in names))
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(max_position))
 
     # -- order: seq gaps and registrations ------------------------------------------------------------------
     def _hold_gaps(self, items: list[_Item], stored: dict[tuple[str, int], int]) -> None:

@@ -14,8 +14,9 @@ connection a 503, and the pool is renewed as after a failed ping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import asyncpg
@@ -70,6 +71,26 @@ def create_engine(database_url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, po
 
     dialect.do_terminate = _terminate  # type: ignore[method-assign]
     return engine
+
+
+@contextlib.asynccontextmanager
+async def driver_transaction(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection's own asyncpg connection, in one transaction: for a hot path where SQLAlchemy's
+    cost per statement counts (compiling, result objects, a greenlet switch: about 0.2 ms of CPU each). The
+    pool's rules still apply (the idle ping on checkout, the return on exit); a connection that broke, or whose
+    state is unknown after a timeout or a cancellation mid-statement, is invalidated, as `handle_error` does
+    for SQLAlchemy's own statements. The codecs are SQLAlchemy's: jsonb parameters are JSON text, and jsonb
+    results come back decoded."""
+    async with engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        try:
+            async with driver.transaction():
+                yield driver
+        except BaseException as exc:
+            if driver.is_closed() or isinstance(exc, TimeoutError | asyncio.CancelledError):
+                await conn.invalidate()
+            raise
 
 
 def _describe(exc: BaseException) -> str:
