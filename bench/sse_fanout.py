@@ -44,43 +44,86 @@ def _ts(data: bytes) -> float:
     return datetime.fromisoformat(json.loads(data)["ts"].replace("Z", "+00:00")).timestamp()
 
 
-class Client:
-    """One SSE connection on a raw socket: HTTP/1.1 GET, then `data:` lines of `run.metrics` events."""
+class Client(asyncio.Protocol):
+    """One SSE connection on a raw socket: HTTP/1.1 GET, then `data:` lines of `run.metrics` events.
+
+    The measuring side must not add its own delay to what it measures: with a thousand connections in one
+    process, a client that parsed each line as it came would stamp the last connections late by the time spent
+    parsing the others. So a chunk is stamped with `time.time()` as it arrives, the lines are only split, and
+    the JSON is read once every event has come."""
 
     def __init__(self, url: str, path: str, token: str, last_event_id: int) -> None:
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.request = (f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nAccept: text/event-stream\r\n"
                         f"Authorization: {token}\r\nLast-Event-ID: {last_event_id}\r\n\r\n").encode()
-        self.latencies: list[float] = []
-        self.steps: list[int] = []
         self.status = 0
-        self._writer: asyncio.StreamWriter | None = None
+        self.expected = 0
+        self._transport: asyncio.Transport | None = None
+        self._buffer = b""
+        self._headers_done = False
+        self._event_type = b""
+        self._received: list[tuple[float, bytes]] = []
+        """(arrival time, the data of a run.metrics event), parsed after the run."""
+        self._responded: asyncio.Future[None] | None = None
+        self._done: asyncio.Future[None] | None = None
 
     async def connect(self) -> None:
-        reader, self._writer = await asyncio.open_connection(self.host, self.port)
-        self._writer.write(self.request)
-        status = await reader.readline()
-        self.status = int(status.split()[1])
-        while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-            pass  # headers
-        self._reader = reader
+        loop = asyncio.get_running_loop()
+        self._responded, self._done = loop.create_future(), loop.create_future()
+        await loop.create_connection(lambda: self, self.host, self.port)
+        await self._responded
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            if not self._headers_done:
+                if not self.status:
+                    self.status = int(line.split()[1])
+                elif line in (b"\r", b""):
+                    self._headers_done = True
+                    _settle(self._responded)
+            elif line.startswith(b"event:"):
+                self._event_type = line[6:].strip()
+            elif line.startswith(b"data:") and self._event_type == b"run.metrics":
+                self._received.append((now, line[5:]))
+                if len(self._received) >= self.expected > 0:
+                    _settle(self._done)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        _settle(self._responded)
+        _settle(self._done)
 
     async def follow(self, events: int) -> None:
-        event_type = b""
-        while len(self.latencies) < events:
-            line = await self._reader.readline()
-            if not line:
-                return
-            if line.startswith(b"event:"):
-                event_type = line[6:].strip()
-            elif line.startswith(b"data:") and event_type == b"run.metrics":
-                self.latencies.append(time.time() - _ts(line[5:]))
-                self.steps.append(json.loads(line[5:])["step"])
+        self.expected = events
+        if len(self._received) >= events:
+            return
+        assert self._done is not None
+        await self._done
+
+    @property
+    def latencies(self) -> list[float]:
+        return [at - _ts(data) for at, data in self._received]
+
+    @property
+    def steps(self) -> list[int]:
+        return [json.loads(data)["step"] for _, data in self._received]
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        if self._transport is not None:
+            self._transport.close()
+
+
+def _settle(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
 
 
 def gateway_rss(state_dir: Path) -> int:
