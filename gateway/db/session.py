@@ -93,6 +93,24 @@ async def driver_transaction(engine: AsyncEngine) -> AsyncIterator[asyncpg.Conne
             raise
 
 
+async def plain_fetch(session: AsyncSession, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """Run one plain statement on the asyncpg connection under `session`'s transaction (begun if it was not),
+    as part of that transaction: for a hot path where SQLAlchemy's cost per statement counts. A lost
+    connection is `DatabaseUnavailable` (503) and, like one whose state a timeout or a cancellation left
+    unknown, invalidated: what `handle_error` does for SQLAlchemy's own statements."""
+    conn = await session.connection()
+    driver = (await conn.get_raw_connection()).driver_connection
+    assert driver is not None
+    try:
+        return await driver.fetch(sql, *args)  # type: ignore[no-any-return]
+    except BaseException as exc:
+        if driver.is_closed() or isinstance(exc, TimeoutError | asyncio.CancelledError):
+            await conn.invalidate()
+        if isinstance(exc, CONNECTION_LOST | asyncpg.InterfaceError):
+            raise DatabaseUnavailable(_describe(exc)) from exc
+        raise
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "the database did not answer in time"

@@ -45,11 +45,22 @@ ACTION_PATTERN = r"^[a-z_]+(\.[a-z_]+)?$"
 
 def record(session: AsyncSession, caller: Caller | None, action: str, resource_type: str,
            resource_id: str | None, *, project_id: str | None = None, **detail: Any) -> None:
-    session.add(AuditEntry(
-        actor_id=caller.user_id if caller else None, actor=caller.username if caller else "system",
-        action=action, resource_type=resource_type, resource_id=resource_id, project_id=project_id,
-        client_address=caller.address if caller else None,
-        detail={k: v for k, v in detail.items() if v is not None}))
+    session.add(AuditEntry(**entry(caller, action, resource_type, resource_id, project_id=project_id, **detail)))
+
+
+def entry(caller: Caller | None, action: str, resource_type: str, resource_id: str | None, *,
+          project_id: str | None = None, **detail: Any) -> dict[str, Any]:
+    """An audit entry's columns (for a statement that writes it without the ORM: `ENTRY_COLUMNS`)."""
+    return {
+        "actor_id": caller.user_id if caller else None, "actor": caller.username if caller else "system",
+        "action": action, "resource_type": resource_type, "resource_id": resource_id, "project_id": project_id,
+        "client_address": caller.address if caller else None,
+        "detail": {k: v for k, v in detail.items() if v is not None},
+    }
+
+
+ENTRY_COLUMNS = ("actor_id", "actor", "action", "resource_type", "resource_id", "project_id", "client_address",
+                 "detail")
 
 
 async def record_now(gw: GatewayState, caller: Caller | None, action: str, resource_type: str,

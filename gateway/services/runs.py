@@ -20,7 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.auth.access import check_project
 from gateway.auth.caller import Caller
 from gateway.bus import GATEWAY_RUNNER_ID, PublishFailed, job_msg_id, publish_event, publish_job, signal_cancel
-from gateway.db.models import Artifact, Checkpoint, EventRecord, Project, Run
+from gateway.db.models import Artifact, AuditEntry, Checkpoint, EventRecord, Run
+from gateway.db.session import plain_fetch
+from gateway.db.statements import params, typed_placeholders
 from gateway.errors import BadRequest, Conflict, NotFound, Unavailable, Unprocessable
 from gateway.requestid import current_request_id
 from gateway.schemas import (
@@ -279,12 +281,6 @@ async def create_run(
             priority = resolved.priority if priority is None else priority
             _check_pool(pool)
             spec = await _with_dataset_archive(gw, spec)
-        counted = await session.execute(
-            update(Project).where(Project.id == project.id, Project.status == "active")
-            .values(runs_started=Project.runs_started + 1).returning(Project.id)
-        )
-        if counted.first() is None:
-            raise Conflict(f"project {project.name!r} is archived; unarchive it to start runs")
         now = utcnow()
         run = Run(  # every column set here: the row needs no re-read after the commit
             id=run_id,
@@ -297,6 +293,10 @@ async def create_run(
             owner_id=caller.user_id,
             status=RunStatus.QUEUED.value,
             spec=msgspec.to_builtins(spec),
+            progress=0.0,
+            latest_metrics={},
+            attempt=0,
+            cancel_requested=False,
             gateway_seq=1,
             resume_of=resume.source_run_id if resume else None,
             resume_checkpoint_id=resume.checkpoint_id if resume else None,
@@ -304,14 +304,20 @@ async def create_run(
             options=_with_request_id(options or {}),
             requirements=msgspec.to_builtins(requirements) if requirements is not None else None,
         )
-        session.add(run)
         if resume is not None:
-            audit.record(session, caller, "run.resume", "run", run_id, project_id=project.id, kind=run.kind,
-                         source_run_id=resume.source_run_id, checkpoint_id=resume.checkpoint_id)
+            entry = audit.entry(caller, "run.resume", "run", run_id, project_id=project.id, kind=run.kind,
+                                source_run_id=resume.source_run_id, checkpoint_id=resume.checkpoint_id)
         else:
             action = "model.export" if run.kind == "yolo.export" else "run.create"
-            audit.record(session, caller, action, "run", run_id, project_id=project.id, kind=run.kind,
-                         model=run.options.get("model"), format=run.spec.get("format"))
+            entry = audit.entry(caller, action, "run", run_id, project_id=project.id, kind=run.kind,
+                                model=run.options.get("model"), format=run.spec.get("format"))
+        created = await plain_fetch(
+            session, _CREATE_RUN, project.id,
+            *params(Run.__table__, _CREATE_COLUMNS, {name: getattr(run, name) for name in _CREATE_COLUMNS}),
+            *params(AuditEntry.__table__, audit.ENTRY_COLUMNS, entry),
+        )
+        if not created:
+            raise Conflict(f"project {project.name!r} is archived; unarchive it to start runs")
     dispatcher = gw.dispatcher
     if dispatcher is None:
         try:
@@ -325,6 +331,24 @@ async def create_run(
         async with gw.sessionmaker() as session:
             run = await get_run(session, run_id, None)
     return run
+
+
+_CREATE_COLUMNS = ("id", "created_at", "updated_at", "project_id", "kind", "pool", "priority", "owner_id", "status",
+                   "spec", "progress", "latest_metrics", "attempt", "cancel_requested", "gateway_seq", "resume_of",
+                   "resume_checkpoint_id", "job_msg_id", "options", "requirements")
+_CREATE_RUN = f"""
+    WITH counted AS (
+        UPDATE projects SET runs_started = runs_started + 1 WHERE id = $1 AND status = 'active' RETURNING id
+    ), created AS (
+        INSERT INTO runs ({", ".join(_CREATE_COLUMNS)})
+        SELECT {typed_placeholders(Run.__table__, _CREATE_COLUMNS, 2)} FROM counted RETURNING id
+    )
+    INSERT INTO audit_log ({", ".join(audit.ENTRY_COLUMNS)})
+    SELECT {typed_placeholders(AuditEntry.__table__, audit.ENTRY_COLUMNS, 2 + len(_CREATE_COLUMNS))} FROM created
+    RETURNING id
+"""
+"""A new run in one statement: its project counts it (only an active project), its row, its audit entry.
+No row back: the project is archived (or gone)."""
 
 
 def _check_pool(pool: str) -> None:
