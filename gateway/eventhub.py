@@ -5,6 +5,9 @@ One asyncpg connection LISTENs on the projector's channel. On a notification, an
 in ONE query for all subscribers, and puts each on the queues of the subscribers of its run and of its
 project. The projector commits positions in order, so `position > last` never skips a row.
 
+Events this gateway's own projector commits are handed to the hub right after the commit (`committed`), so
+its streams do not wait for the NOTIFY and the read; those of other gateways come by the read.
+
 A subscriber's queue is bounded: one that falls `QUEUE_MAX` events behind is dropped, its stream ends, and
 its client reconnects with `Last-Event-ID` (replayed from Postgres).
 """
@@ -13,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+import math
+import time
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +32,8 @@ from gateway.state import GatewayState
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0
+TICK_S = 0.25
+"""How often the subscriptions' waits are looked at for a passed timeout."""
 PAGE = 1000
 QUEUE_MAX = 2000
 RECONNECT_MAX_S = 5.0
@@ -45,35 +52,62 @@ class HubEvent:
 
 
 class Subscription:
-    """Live events of one run or one project, in position order. `await next()` → event, or None: ended."""
+    """Live events of one run or one project, in position order. `await next()` → event, or None: ended.
+
+    Made to be cheap per event with a thousand of them (one SSE stream each): the events wait in a deque, a
+    reader waits on one future, and a wait's timeout is no timer of its own: the hub's ticker wakes the waits
+    whose deadline has passed, every `TICK_S` (so a timeout fires up to `TICK_S` late)."""
+
+    __slots__ = ("_deadline", "_hub", "_items", "_waiter", "ended", "project_id", "run_id")
 
     def __init__(self, hub: EventHub, run_id: str | None, project_id: str | None) -> None:
         self.run_id = run_id
         self.project_id = project_id
         self._hub = hub
-        self._queue: asyncio.Queue[HubEvent | None] = asyncio.Queue(QUEUE_MAX)
+        self._items: deque[HubEvent] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._deadline = math.inf
         self.ended = False
         """Dropped (too slow) or the hub stopped: what is queued is still delivered, then `next()` is None."""
 
     def _offer(self, event: HubEvent) -> bool:
-        try:
-            self._queue.put_nowait(event)
-            return True
-        except asyncio.QueueFull:
+        if len(self._items) >= QUEUE_MAX:
             return False
+        self._items.append(event)
+        self._wake()
+        return True
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _end(self) -> None:
         self.ended = True
-        self._offer(None)  # type: ignore[arg-type] # wakes a waiting reader; a full queue wakes it anyway
+        self._wake()
+
+    def _expire(self, now: float) -> None:
+        if now >= self._deadline:
+            self._wake()
 
     async def next(self, timeout: float | None = None) -> HubEvent | None:
         """The next event; None once the subscription has ended. TimeoutError after `timeout` seconds."""
-        if self._queue.empty():
+        if not self._items:
             if self.ended:
                 return None
-            async with asyncio.timeout(timeout):  # no task per wait, unlike wait_for (a thousand streams)
-                return await self._queue.get()
-        return self._queue.get_nowait()
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            self._deadline = math.inf if timeout is None else loop.time() + timeout
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                self._deadline = math.inf
+            if not self._items:
+                if self.ended:
+                    return None
+                raise TimeoutError
+        return self._items.popleft()
 
     def close(self) -> None:
         self._hub._remove(self)
@@ -165,11 +199,17 @@ class EventHub(TaskService):
 
     async def _run(self) -> None:
         backoff = 0.2
+        next_poll = 0.0
         while not self._stopping.is_set():
             try:
-                await asyncio.wait_for(self._wake.wait(), POLL_S)
+                await asyncio.wait_for(self._wake.wait(), TICK_S)
             except TimeoutError:
                 pass
+            now = time.monotonic()
+            self._expire(asyncio.get_running_loop().time())
+            if not self._wake.is_set() and now < next_poll:
+                continue
+            next_poll = now + POLL_S
             self._wake.clear()
             try:
                 if self._conn is None or self._conn.is_closed():
@@ -194,11 +234,30 @@ class EventHub(TaskService):
                 "SELECT position, run_id, project_id, type, body::text AS data FROM events"
                 " WHERE position > $1 ORDER BY position LIMIT $2", self._last, PAGE)
             for row in rows:
-                self._fan_out(HubEvent(**row))
-            if rows:
-                self._last = rows[-1]["position"]
+                if row["position"] > self._last:  # else `committed` handed it over while this read ran
+                    self._fan_out(HubEvent(**row))
+                    self._last = row["position"]
             if len(rows) < PAGE:
                 return
+
+    def committed(self, events: list[tuple[int, str, str, str, str]]) -> None:
+        """Events this gateway's projector has just committed: (position, run id, project id, type, JSON), in
+        position order. They are fanned out now, without waiting for their NOTIFY and reading them back, when
+        nothing can lie between the last position the hub has seen and the first of them (every position in
+        between would be another gateway's commit, read as before); a gap inside them is positions nobody
+        took (a duplicate's, under the projector's lock, which orders every insert)."""
+        if not events or events[0][0] != self._last + 1:
+            return
+        if self._by_run or self._by_project:
+            for position, run_id, project_id, type_, data in events:
+                self._fan_out(HubEvent(position, run_id, project_id, type_, data))
+        self._last = events[-1][0]
+
+    def _expire(self, now: float) -> None:
+        """Wake the waits whose timeout has passed (`Subscription.next`)."""
+        for subs in (*self._by_run.values(), *self._by_project.values()):
+            for sub in subs:
+                sub._expire(now)
 
     def _fan_out(self, event: HubEvent) -> None:
         for subs in (self._by_run.get(event.run_id), self._by_project.get(event.project_id)):

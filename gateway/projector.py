@@ -377,13 +377,16 @@ class Projector(TaskService):
     async def _store(self, items: list[_Item]) -> None:
         trained: list[str] = []
         completing: list[tuple[str, EventBase]] = []
+        committed: list[tuple[int, str, str, str, str]] = []
         try:
             async with driver_transaction(self.gw.engine) as conn:
-                await self._store_in(conn, items, trained, completing)
+                await self._store_in(conn, items, trained, completing, committed)
         except asyncpg.PostgresError as exc:
             if (exc.sqlstate or "")[:2] in ("22", "23", "54"):  # data exception, integrity violation, too large
                 raise _Poison(str(exc)) from exc
             raise
+        if committed and self.gw.eventhub is not None:  # this gateway's streams need not wait for the NOTIFY
+            self.gw.eventhub.committed(sorted(committed))
         registrar = self.gw.registrar
         if trained and registrar is not None:
             registrar.submit(trained)
@@ -391,9 +394,11 @@ class Projector(TaskService):
             registrar.prepare(run_id, completion)  # type: ignore[union-attr]
 
     async def _store_in(self, conn: asyncpg.Connection, items: list[_Item], trained: list[str],
-                        completing: list[tuple[str, EventBase]]) -> None:
+                        completing: list[tuple[str, EventBase]],
+                        committed: list[tuple[int, str, str, str, str]]) -> None:
         """Fold `items` in one transaction; `trained` gets the ids of `yolo.train` runs it completes without
-        registration, `completing` the completions held for the registrar. Plain asyncpg statements (one
+        registration, `completing` the completions held for the registrar, `committed` the new events
+        (position, run, project, type, JSON) for the event hub. Plain asyncpg statements (one
         batch is about ten of them, and SQLAlchemy would double the CPU each costs)."""
         await conn.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
         run_ids = sorted({item.event.run_id for item in items})
@@ -444,7 +449,10 @@ class Projector(TaskService):
         artifacts: list[dict[str, Any]] = []
         for item in storing:
             run_id = item.event.run_id
-            if new.pop(item.key, None) is None or run_id not in rows:
+            position = new.pop(item.key, None)
+            if position is not None:
+                committed.append((position, run_id, item.event.project_id, item.event.type, item.body))
+            if position is None or run_id not in rows:
                 continue  # a duplicate, or a run that does not exist
             self.projected += 1
             result_ = fold(rows[run_id], item.event)
