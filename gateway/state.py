@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,13 @@ class GatewayState:
     supervisor: Supervisor | None = None
     export_formats: ExportFormatsCache | None = None
     """A runner's list of export formats, kept a few minutes (`gateway.controllers.export_formats`)."""
+
+    @functools.cached_property
+    def autocommit(self) -> async_sessionmaker[AsyncSession]:
+        """Sessions whose every statement commits on its own: no BEGIN and COMMIT round trips, for work whose
+        one write is a single statement (`services.runs.create_run`: reads, then one CTE)."""
+        return async_sessionmaker(self.engine.execution_options(isolation_level="AUTOCOMMIT"),
+                                  expire_on_commit=False)
 
     def background_services(self) -> list[tuple[str, BackgroundService]]:
         """(name, service) of the services built so far, in start order."""

@@ -270,7 +270,8 @@ async def create_run(
             project = await get_project(session, project_ref, caller, "member")
             spec = await prepare_container_spec(gw, project, spec, pool or "cpu", caller)
     run_id = new_id()
-    async with gw.sessionmaker() as session, session.begin():
+    # autocommit: the reads need no transaction around them, and the one write is one statement (_CREATE_RUN)
+    async with gw.autocommit() as session:
         project = await get_project(session, project_ref, caller, "member")
         if isinstance(spec, ContainerSpec) and spec.backend != "docker":  # no I/O: the caller's role only
             spec = await prepare_container_spec(gw, project, spec, pool or "cpu", caller)
