@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.auth.access import member_of, pick, require_role, with_role
 from gateway.auth.caller import Caller
 from gateway.db.models import Artifact, EventRecord, Project, ProjectMember, Run, User
+from gateway.db.session import plain_fetch
 from gateway.errors import BadRequest, Conflict, NotFound, Unprocessable
 from gateway.schemas import PROJECT_NAME_RE, ProjectCreate, ProjectUpdate
 from gateway.services import audit
@@ -50,6 +51,30 @@ async def get_project(session: AsyncSession, ref: str, caller: Caller, needed: s
     require_role(rows[project], needed, f"project {ref!r}")
     if for_update:
         await session.refresh(project, with_for_update=True)
+    return project
+
+
+_PROJECT_COLUMNS = ", ".join(f"p.{c.name}" for c in Project.__table__.columns)
+_READ_PROJECT_ADMIN = f"SELECT {_PROJECT_COLUMNS}, 'owner' AS role FROM projects p WHERE p.id = $1 OR p.name = $1"
+_READ_PROJECT_MEMBER = (f"SELECT {_PROJECT_COLUMNS}, m.role FROM projects p JOIN project_members m"
+                        " ON m.project_id = p.id AND m.user_id = $2 WHERE p.id = $1 OR p.name = $1")
+
+
+async def read_project(session: AsyncSession, ref: str, caller: Caller, needed: str = "viewer") -> Project:
+    """What `get_project` finds and checks, read by one plain statement (the run path: about half a
+    millisecond of CPU less than the ORM's query), as a copy outside the session: for reading only, a change
+    to it is never written."""
+    if not _REF_RE.fullmatch(ref):
+        raise NotFound(f"project {ref!r} not found")
+    if caller.is_admin:
+        rows = await plain_fetch(session, _READ_PROJECT_ADMIN, ref)
+    else:
+        rows = await plain_fetch(session, _READ_PROJECT_MEMBER, ref, caller.user_id)
+    found = [(Project(**{k: v for k, v in row.items() if k != "role"}), row["role"]) for row in rows]
+    project = pick([p for p, _ in found], ref, caller)
+    if project is None:
+        raise NotFound(f"project {ref!r} not found")
+    require_role(next(role for p, role in found if p is project), needed, f"project {ref!r}")
     return project
 
 

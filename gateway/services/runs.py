@@ -40,7 +40,7 @@ from gateway.schemas import (
 )
 from gateway.services import audit, yolo_specs
 from gateway.services.container_runs import prepare_container_spec
-from gateway.services.projects import check_text, get_project
+from gateway.services.projects import check_text, get_project, read_project
 from gateway.state import GatewayState
 from shared.contracts.commands import ContainerSpec, Job, Limits, Requirements, ResumeFrom, RunSpec, RunSpecBase
 from shared.contracts.common import TOKEN_RE, RunStatus, new_id, utcnow
@@ -272,7 +272,7 @@ async def create_run(
     run_id = new_id()
     # autocommit: the reads need no transaction around them, and the one write is one statement (_CREATE_RUN)
     async with gw.autocommit() as session:
-        project = await get_project(session, project_ref, caller, "member")
+        project = await read_project(session, project_ref, caller, "member")
         if isinstance(spec, ContainerSpec) and spec.backend != "docker":  # no I/O: the caller's role only
             spec = await prepare_container_spec(gw, project, spec, pool or "cpu", caller)
         if isinstance(spec, RunRequest):
