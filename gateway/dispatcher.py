@@ -61,12 +61,11 @@ from nats.aio.msg import Msg
 from nats.js import api as js_api
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
-from sqlalchemy import func, or_, select, text
 
 from gateway.background import TaskService
 from gateway.bus import PublishFailed, publish_event
 from gateway.db.models import ACTIVE_WHERE, Run
-from gateway.db.session import listening_connection
+from gateway.db.session import listening_connection, plain_fetch
 from gateway.projector import NOTIFY_CHANNEL
 from gateway.services.runs import enqueue, queued_event, resume_of
 from gateway.state import GatewayState
@@ -457,22 +456,19 @@ class Dispatcher(TaskService):
         return outcomes
 
     async def _active_rows(self) -> list[_Row]:
-        columns = (Run.id, Run.project_id, Run.owner_id, Run.pool, Run.kind, Run.priority, Run.status,
-                   Run.runner_id, Run.requirements, Run.created_at, Run.enqueued_at, Run.queue_position,
-                   Run.wait_reason)
-        async with self.gw.sessionmaker() as session:
-            result = await session.execute(select(*columns).where(text(ACTIVE_WHERE)))
+        async with self.gw.autocommit() as session:
+            result = await plain_fetch(session, _ACTIVE_ROWS)
         rows = []
         for r in result:
             try:
-                req = msgspec.convert(r.requirements, Requirements) if r.requirements else None
+                req = msgspec.convert(r["requirements"], Requirements) if r["requirements"] else None
             except msgspec.ValidationError:
                 req = None
             rows.append(_Row(
-                id=r.id, project_id=r.project_id, owner_id=r.owner_id, pool=r.pool, kind=r.kind,
-                priority=r.priority, status=r.status, runner_id=r.runner_id, requirements=req,
-                created_at=r.created_at, waiting=r.status == RunStatus.QUEUED and r.enqueued_at is None,
-                queue_position=r.queue_position, wait_reason=r.wait_reason,
+                id=r["id"], project_id=r["project_id"], owner_id=r["owner_id"], pool=r["pool"], kind=r["kind"],
+                priority=r["priority"], status=r["status"], runner_id=r["runner_id"], requirements=req,
+                created_at=r["created_at"], waiting=r["status"] == RunStatus.QUEUED and r["enqueued_at"] is None,
+                queue_position=r["queue_position"], wait_reason=r["wait_reason"],
             ))
         return rows
 
@@ -540,14 +536,9 @@ class Dispatcher(TaskService):
 
     async def _last_served(self, owners: set[str | None]) -> dict[str | None, datetime]:
         """When each of `owners` last had a job published."""
-        named = [o for o in owners if o is not None]
-        where = Run.owner_id.in_(named)
-        if None in owners:
-            where = or_(where, Run.owner_id.is_(None))
-        async with self.gw.sessionmaker() as session:
-            result = await session.execute(
-                select(Run.owner_id, func.max(Run.enqueued_at)).where(where).group_by(Run.owner_id))
-        return {owner: last for owner, last in result if last is not None}
+        async with self.gw.autocommit() as session:
+            result = await plain_fetch(session, _LAST_SERVED, [o for o in owners if o is not None], None in owners)
+        return {r["owner_id"]: r["last"] for r in result if r["last"] is not None}
 
     @staticmethod
     def _line(waiting: list[_Row], active_per_user: Counter[str | None],
@@ -605,8 +596,9 @@ class Dispatcher(TaskService):
 
     async def _publish(self, run: _Row, limits: Limits) -> bool:
         """Publish the run's job; False when NATS did not take it."""
-        async with self.gw.sessionmaker() as session:
-            row = await session.get(Run, run.id)
+        async with self.gw.autocommit() as session:
+            found = await plain_fetch(session, _RUN, run.id)
+            row = Run(**found[0]) if found else None  # a read-only copy: `enqueue` writes what changes
             if row is None or row.status != RunStatus.QUEUED or row.enqueued_at is not None:
                 return True  # canceled or published meanwhile: nothing to do, and not a NATS problem
             try:
@@ -647,21 +639,27 @@ class Dispatcher(TaskService):
         changed = [r.id for r in waiting if r.id in verdicts and (r.queue_position, r.wait_reason) != verdicts[r.id]]
         if not changed:
             return
-        async with self.gw.engine.begin() as conn:
-            await conn.execute(_NOTE, {
-                "id": changed,
-                "position": [verdicts[i][0] for i in changed],
-                "reason": [verdicts[i][1] for i in changed],
-            })
+        async with self.gw.autocommit() as session:
+            await plain_fetch(session, _NOTE, changed, [verdicts[i][0] for i in changed],
+                              [verdicts[i][1] for i in changed])
 
 
-_NOTE = text(
-    """
+_ACTIVE_ROWS = f"""
+    SELECT id, project_id, owner_id, pool, kind, priority, status, runner_id, requirements, created_at, enqueued_at,
+           queue_position, wait_reason
+    FROM runs WHERE {ACTIVE_WHERE}
+"""
+_LAST_SERVED = """
+    SELECT owner_id, max(enqueued_at) AS last FROM runs
+    WHERE owner_id = ANY($1::text[]) OR ($2 AND owner_id IS NULL) GROUP BY owner_id
+"""
+_RUN = f"SELECT {', '.join(c.name for c in Run.__table__.columns)} FROM runs WHERE id = $1"
+
+_NOTE = """
     UPDATE runs SET queue_position = v.position, wait_reason = v.reason
-    FROM unnest(CAST(:id AS text[]), CAST(:position AS int[]), CAST(:reason AS text[])) AS v(id, position, reason)
+    FROM unnest($1::text[], $2::int[], $3::text[]) AS v(id, position, reason)
     WHERE runs.id = v.id AND runs.enqueued_at IS NULL
-    """
-)
+"""
 
 
 def _row_of(run: Run) -> _Row:

@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 import msgspec
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.auth.access import check_project
@@ -390,12 +390,15 @@ async def enqueue(gw: GatewayState, run: Run, *, resume: ResumeFrom | None, limi
         await publish_job(gw, job, run.job_msg_id or run.id)
         if announce:
             await publish_event(gw, queued_event(run))
-    async with gw.sessionmaker() as session, session.begin():
-        enqueued = await session.execute(
-            update(Run).where(Run.id == run.id, Run.enqueued_at.is_(None))
-            .values(enqueued_at=func.now(), queue_position=None, wait_reason=None).returning(Run.enqueued_at)
-        )
-        run.enqueued_at = enqueued.scalar_one_or_none() or run.enqueued_at
+    async with gw.autocommit() as session:
+        enqueued = await plain_fetch(session, _ENQUEUED, run.id)
+    run.enqueued_at = enqueued[0]["enqueued_at"] if enqueued else run.enqueued_at
+
+
+_ENQUEUED = """
+    UPDATE runs SET enqueued_at = now(), queue_position = NULL, wait_reason = NULL
+    WHERE id = $1 AND enqueued_at IS NULL RETURNING enqueued_at
+"""
 
 
 async def resume_of(session: AsyncSession, run: Run) -> ResumeFrom | None:
