@@ -725,6 +725,10 @@ class RunnerAgent:
         """Run one attempt; the outcome to report, or None when there is nothing to report."""
         job, ctx, publisher = active.job, active.ctx, active.publisher
         log.info("run %s attempt %d: claimed (kind %s)", job.run_id, ctx.attempt, spec_kind(job.spec))
+        # The cancel bucket is read while the terminal events are looked for and the claim is taken: a cancel
+        # recorded after this read still reaches the run, by its signal (`_on_cancel` sets cancel_requested
+        # of a run in `_active`, which this one is already).
+        cancel_look = asyncio.create_task(self._cancel_recorded(job.run_id), name=f"cancel look {job.run_id}")
         try:
             if await self._already_ended(job.project_id, job.run_id):
                 log.warning("run %s already ended (an ack was lost); acknowledging the redelivery", job.run_id)
@@ -735,7 +739,7 @@ class RunnerAgent:
             if taken == "canceled":
                 return Canceled(reason="requested while its command was left running by runner "
                                        f"{active.detached_holder}; that command was not stopped from here")
-            if ctx.cancel_requested.is_set() or await self._cancel_recorded(job.run_id):
+            if ctx.cancel_requested.is_set() or await cancel_look:
                 return Canceled(reason="requested")
             if (full := await self._take_leases(active)) is not None:
                 waited = await self._wait_for_leases(active, full)
@@ -757,6 +761,10 @@ class RunnerAgent:
         except Exception as exc:  # noqa: BLE001 - an executor or platform bug must end the run, not the runner
             log.exception("run %s attempt %d: unexpected error", job.run_id, ctx.attempt)
             return Failed(FailureCause.INFRASTRUCTURE, type(exc).__name__, str(exc) or repr(exc))
+        finally:
+            cancel_look.cancel()  # done by now, unless the attempt ended before it was needed
+            if cancel_look.done() and not cancel_look.cancelled():
+                cancel_look.exception()  # retrieved: an error of a look nobody needed is not worth a warning
 
     async def _execute(self, active: ActiveJob, executor: Executor) -> Outcome:
         """Run the executor; heartbeat the job meanwhile; make sure a cancel ends it."""
