@@ -38,8 +38,8 @@ from gateway.schemas import PROJECT_NAME_RE, Pool, ProjectCreate
 from gateway.services import audit
 from gateway.services import models as library
 from gateway.services.artifacts import delete_stored_files, image_info, not_an_image, put_upload
-from gateway.services.projects import create_project, find_project, get_project
-from gateway.services.runs import get_run, queued_event
+from gateway.services.projects import create_project, find_project, read_project
+from gateway.services.runs import get_run, insert_run, queued_event
 from gateway.state import GatewayState
 from gateway.uploads import UploadedFile
 from shared.contracts.common import RunStatus, new_id, utcnow
@@ -160,15 +160,15 @@ def _recorded(task: asyncio.Task[None]) -> None:
 async def _lookups(gw: GatewayState, ref: str, options: PredictOptions, caller: Caller
                    ) -> tuple[Any, Any, Project | None]:
     """The model, its version and the project the prediction runs in (None for a `predict` project not made
-    yet), read on one connection."""
-    async with gw.sessionmaker() as session:
+    yet), read on one connection, with no transaction around the reads."""
+    async with gw.autocommit() as session:
         model = await library.resolve_model(session, ref, caller)
         version = (await library.get_version(session, model, options.version) if options.version
                    else await library.latest_version(session, model))
         if version is None:
             raise Conflict(f"model {model.name!r} has no versions")
         try:
-            project = await get_project(session, options.project, caller)
+            project = await read_project(session, options.project, caller)
         except NotFound:
             if options.project != DEFAULT_PROJECT:
                 raise Unprocessable(f"project {options.project!r} not found",
@@ -219,15 +219,11 @@ async def _record_run(gw: GatewayState, project: Project, run_id: str, spec: Yol
               options={**options, **({"request_id": request_id} if request_id else {})})
     try:
         async with gw.sessionmaker() as session, session.begin():
-            session.add(upload)
-            counted = await session.execute(
-                update(Project).where(Project.id == project.id, Project.status == "active")
-                .values(runs_started=Project.runs_started + 1).returning(Project.id))
-            if counted.first() is None:
+            session.add(upload)  # written at the commit, with the run
+            entry = audit.entry(caller, "run.create", "run", run_id, project_id=project.id, kind="yolo.predict",
+                                model=options["model"], format=None)
+            if not await insert_run(session, run, entry):
                 raise Conflict(f"project {project.name!r} is archived; unarchive it to start runs")
-            session.add(run)
-            audit.record(session, caller, "run.create", "run", run_id, project_id=project.id, kind="yolo.predict",
-                         model=options["model"], format=None)
     except BaseException:
         with anyio.CancelScope(shield=True):  # no row points at the stored image: do not keep it
             await delete_stored_files(gw, [upload.uri])

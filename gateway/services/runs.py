@@ -312,12 +312,7 @@ async def create_run(
             action = "model.export" if run.kind == "yolo.export" else "run.create"
             entry = audit.entry(caller, action, "run", run_id, project_id=project.id, kind=run.kind,
                                 model=run.options.get("model"), format=run.spec.get("format"))
-        created = await plain_fetch(
-            session, _CREATE_RUN, project.id,
-            *params(Run.__table__, _CREATE_COLUMNS, {name: getattr(run, name) for name in _CREATE_COLUMNS}),
-            *params(AuditEntry.__table__, audit.ENTRY_COLUMNS, entry),
-        )
-        if not created:
+        if not await insert_run(session, run, entry):
             raise Conflict(f"project {project.name!r} is archived; unarchive it to start runs")
     dispatcher = gw.dispatcher
     if dispatcher is None:
@@ -336,7 +331,7 @@ async def create_run(
 
 _CREATE_COLUMNS = ("id", "created_at", "updated_at", "project_id", "kind", "pool", "priority", "owner_id", "status",
                    "spec", "progress", "latest_metrics", "attempt", "cancel_requested", "gateway_seq", "resume_of",
-                   "resume_checkpoint_id", "job_msg_id", "options", "requirements")
+                   "resume_checkpoint_id", "job_msg_id", "options", "requirements", "enqueued_at")
 _CREATE_RUN = f"""
     WITH counted AS (
         UPDATE projects SET runs_started = runs_started + 1 WHERE id = $1 AND status = 'active' RETURNING id
@@ -350,6 +345,25 @@ _CREATE_RUN = f"""
 """
 """A new run in one statement: its project counts it (only an active project), its row, its audit entry.
 No row back: the project is archived (or gone)."""
+
+
+async def insert_run(session: AsyncSession, run: Run, entry: dict[str, Any]) -> bool:
+    """Count `run` in its project (an active one only), insert its row and its audit entry (`audit.entry`):
+    one statement, on the session's connection. The columns the ORM or the server would default are filled in
+    `run` first.
+    False: the project is archived (or gone), and nothing was written."""
+    run.created_at = run.created_at or utcnow()
+    run.updated_at = run.updated_at or run.created_at  # what the server defaults give them
+    for name in _CREATE_COLUMNS:
+        default = Run.__table__.columns[name].default
+        if getattr(run, name) is None and default is not None:
+            setattr(run, name, default.arg(None) if default.is_callable else default.arg)  # type: ignore[attr-defined]
+    created = await plain_fetch(
+        session, _CREATE_RUN, run.project_id,
+        *params(Run.__table__, _CREATE_COLUMNS, {name: getattr(run, name) for name in _CREATE_COLUMNS}),
+        *params(AuditEntry.__table__, audit.ENTRY_COLUMNS, entry),
+    )
+    return bool(created)
 
 
 def _check_pool(pool: str) -> None:
