@@ -240,17 +240,26 @@ class EventHub(TaskService):
             if len(rows) < PAGE:
                 return
 
-    def committed(self, events: list[tuple[int, str, str, str, str]]) -> None:
-        """Events this gateway's projector has just committed: (position, run id, project id, type, JSON), in
-        position order. They are fanned out now, without waiting for their NOTIFY and reading them back, when
-        nothing can lie between the last position the hub has seen and the first of them (every position in
-        between would be another gateway's commit, read as before); a gap inside them is positions nobody
-        took (a duplicate's, under the projector's lock, which orders every insert)."""
+    @property
+    def listening(self) -> bool:
+        """Whether any stream follows events now."""
+        return bool(self._by_run or self._by_project)
+
+    def committed(self, events: list[tuple[int, str, str, str, str | None]]) -> None:
+        """Events this gateway's projector has just committed: (position, run id, project id, type, JSON as
+        Postgres stores it, or None when nobody listened as they were stored), in position order. They are
+        fanned out now, without waiting for their NOTIFY and reading them back, when nothing can lie between
+        the last position the hub has seen and the first of them (every position in between would be another
+        gateway's commit, read as before); a gap inside them is positions nobody took (a duplicate's, under
+        the projector's lock, which orders every insert). Without their JSON, the hub only moves on past them
+        while nobody listens; a stream that joined meanwhile gets them by the read, as before."""
         if not events or events[0][0] != self._last + 1:
             return
-        if self._by_run or self._by_project:
+        if self.listening:
+            if any(data is None for *_, data in events):
+                return
             for position, run_id, project_id, type_, data in events:
-                self._fan_out(HubEvent(position, run_id, project_id, type_, data))
+                self._fan_out(HubEvent(position, run_id, project_id, type_, data))  # type: ignore[arg-type]
         self._last = events[-1][0]
 
     def _expire(self, now: float) -> None:

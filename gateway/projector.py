@@ -90,8 +90,12 @@ _INSERT_EVENTS = """
          WITH ORDINALITY AS e(event_id, run_id, project_id, attempt, seq, type, ts, body, ord)
     ORDER BY e.ord
     ON CONFLICT (run_id, attempt, seq) DO NOTHING
-    RETURNING run_id, attempt, seq, position
+    RETURNING run_id, attempt, seq, position{}
 """
+_INSERT_EVENTS_FOR_HUB = _INSERT_EVENTS.format(", project_id, type, body::text AS data")
+"""The same, with each new event's JSON as Postgres stores it, for the event hub's live streams (so that an
+event sent live reads exactly as when it is replayed)."""
+_INSERT_EVENTS = _INSERT_EVENTS.format("")
 _LOCK_RUNS = f"""
     SELECT id, owner_id, kind, registration IS NOT NULL AS registered, {", ".join(RunRow.columns())}
     FROM runs WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
@@ -377,7 +381,7 @@ class Projector(TaskService):
     async def _store(self, items: list[_Item]) -> None:
         trained: list[str] = []
         completing: list[tuple[str, EventBase]] = []
-        committed: list[tuple[int, str, str, str, str]] = []
+        committed: list[tuple[int, str, str, str, str | None]] = []
         try:
             async with driver_transaction(self.gw.engine) as conn:
                 await self._store_in(conn, items, trained, completing, committed)
@@ -395,7 +399,7 @@ class Projector(TaskService):
 
     async def _store_in(self, conn: asyncpg.Connection, items: list[_Item], trained: list[str],
                         completing: list[tuple[str, EventBase]],
-                        committed: list[tuple[int, str, str, str, str]]) -> None:
+                        committed: list[tuple[int, str, str, str, str | None]]) -> None:
         """Fold `items` in one transaction; `trained` gets the ids of `yolo.train` runs it completes without
         registration, `completing` the completions held for the registrar, `committed` the new events
         (position, run, project, type, JSON) for the event hub. Plain asyncpg statements (one
@@ -433,26 +437,29 @@ class Projector(TaskService):
                             item.event.type, item.event.run_id)
 
         events = [item.event for item in storing]
+        hub = self.gw.eventhub
+        for_hub = hub is not None and hub.listening
         inserted = await conn.fetch(
-            _INSERT_EVENTS, [e.event_id for e in events], [e.run_id for e in events],
-            [e.project_id for e in events], [e.attempt for e in events], [e.seq for e in events],
-            [e.type for e in events], [e.ts for e in events], [i.body for i in storing],
+            _INSERT_EVENTS_FOR_HUB if for_hub else _INSERT_EVENTS, [e.event_id for e in events],
+            [e.run_id for e in events], [e.project_id for e in events], [e.attempt for e in events],
+            [e.seq for e in events], [e.type for e in events], [e.ts for e in events], [i.body for i in storing],
         )
         new: dict[tuple[str, int, int], int] = {(r["run_id"], r["attempt"], r["seq"]): r["position"]
                                                  for r in inserted}
         if not new:
             return
         max_position = max(new.values())
+        if for_hub:
+            committed.extend((r["position"], r["run_id"], r["project_id"], r["type"], r["data"]) for r in inserted)
+        else:  # nobody listened: the hub moves on (or, if a stream joined since, reads them as usual)
+            committed.extend((r["position"], r["run_id"], "", "", None) for r in inserted)
 
         changes: dict[str, dict[str, Any]] = defaultdict(dict)
         checkpoints: list[dict[str, Any]] = []
         artifacts: list[dict[str, Any]] = []
         for item in storing:
             run_id = item.event.run_id
-            position = new.pop(item.key, None)
-            if position is not None:
-                committed.append((position, run_id, item.event.project_id, item.event.type, item.body))
-            if position is None or run_id not in rows:
+            if new.pop(item.key, None) is None or run_id not in rows:
                 continue  # a duplicate, or a run that does not exist
             self.projected += 1
             result_ = fold(rows[run_id], item.event)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from sqlalchemy import text
+
 from gateway.eventhub import QUEUE_MAX, EventHub, HubEvent, Subscription
 from gateway.projector import Projector
 from shared.contracts import RunProgress
@@ -70,3 +72,32 @@ async def test_a_subscriber_that_falls_too_far_behind_is_dropped_after_what_it_h
             await hub.stop()
             await projector.stop()
         assert await fast.next() is None  # the hub stopped: every stream ends
+
+
+async def test_what_this_gateways_projector_commits_reaches_its_streams_without_a_read_and_reads_as_stored(
+    settings: Settings,
+) -> None:
+    async with gateway_state(settings) as gw:
+        project_id, (run_id,) = await add_project_and_runs(gw)
+        projector, hub = Projector(gw), EventHub(gw)
+        gw.eventhub = hub  # as the gateway's lifespan wires them
+        await hub.start()
+        await projector.start()
+
+        async def no_read() -> None:  # the NOTIFY path brings nothing: only the projector's handoff can
+            return None
+
+        hub._read_new = no_read  # type: ignore[method-assign]
+        try:
+            sub = hub.subscribe(run_id=run_id)
+            await publish(gw, *[RunProgress(run_id=run_id, project_id=project_id, attempt=1, runner_id="w", seq=s,
+                                            progress=s / 10, message="époque  spaced") for s in range(1, 6)])
+            got = await drain(sub, 5)
+            async with gw.engine.connect() as conn:
+                stored = (await conn.execute(text(
+                    "SELECT position, type, body::text FROM events WHERE run_id = :run ORDER BY position"),
+                    {"run": run_id})).all()
+            assert [(e.position, e.type, e.data) for e in got] == [tuple(row) for row in stored]
+        finally:
+            await projector.stop()
+            await hub.stop()
