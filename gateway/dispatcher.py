@@ -650,9 +650,12 @@ _ACTIVE_ROWS = f"""
     FROM runs WHERE {ACTIVE_WHERE}
 """
 _LAST_SERVED = """
-    SELECT owner_id, max(enqueued_at) AS last FROM runs
-    WHERE owner_id = ANY($1::text[]) OR ($2 AND owner_id IS NULL) GROUP BY owner_id
+    SELECT o.owner_id, (SELECT max(r.enqueued_at) FROM runs r WHERE r.owner_id = o.owner_id) AS last
+    FROM unnest($1::text[]) AS o(owner_id)
+    UNION ALL
+    SELECT NULL, (SELECT max(r.enqueued_at) FROM runs r WHERE r.owner_id IS NULL) WHERE $2
 """
+"""One probe of `ix_runs_owner_enqueued` per owner (however many runs they have had)."""
 _RUN = f"SELECT {', '.join(c.name for c in Run.__table__.columns)} FROM runs WHERE id = $1"
 
 _NOTE = """

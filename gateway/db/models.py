@@ -121,6 +121,7 @@ class Run(Base):
         Index("ix_runs_unregistered", "finished_at",
               postgresql_where=text("kind = 'yolo.train' AND status = 'completed' AND registration IS NULL")),
         Index("ix_runs_active", "pool", postgresql_where=text(ACTIVE_WHERE)),
+        Index("ix_runs_owner_enqueued", "owner_id", "enqueued_at"),
     )
 
 
