@@ -5,6 +5,7 @@ weights in the library. Training itself runs in tests/e2e/test_yolo.py."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import AsyncIterator
@@ -103,6 +104,9 @@ async def test_a_train_request_names_a_dataset_and_gets_its_prepared_data_in_the
     assert spec["dataset_version"] == 1  # registration made version 1
     assert run["registration"] is None
     names = Subjects(settings.bus_prefix)
+    async with asyncio.timeout(30):  # the job goes out after the answer; the run notes it once it is stored
+        while (await client.get(f"/api/v1/runs/{run['id']}")).json()["enqueued_at"] is None:
+            await asyncio.sleep(0.05)
     async with bus(settings) as nc:
         job = job_decoder.decode((await nc.jetstream().get_last_msg(names.jobs_stream, names.job("gpu-a"))).data)
     assert job.spec.data == spec["data"] and job.spec.dataset_id == dataset["id"]
