@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
@@ -205,8 +204,8 @@ class EventHub(TaskService):
                 await asyncio.wait_for(self._wake.wait(), TICK_S)
             except TimeoutError:
                 pass
-            now = time.monotonic()
-            self._expire(asyncio.get_running_loop().time())
+            now = asyncio.get_running_loop().time()  # the clock `Subscription.next` sets deadlines by
+            self._expire(now)
             if not self._wake.is_set() and now < next_poll:
                 continue
             next_poll = now + POLL_S

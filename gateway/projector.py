@@ -51,11 +51,11 @@ from nats.aio.subscription import Subscription
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
 from sqlalchemy import update
-from sqlalchemy.dialects.postgresql import JSONB
 
 from gateway.background import TaskService
-from gateway.db.models import Run
+from gateway.db.models import Artifact, Checkpoint, Run
 from gateway.db.session import driver_transaction
+from gateway.db.statements import params
 from gateway.projection import RunRow, fold
 from gateway.state import GatewayState
 from shared.contracts import EventBase, FailureCause, RunFailed, RunnerHeartbeat, RunStatus, event_decoder
@@ -100,26 +100,16 @@ _LOCK_RUNS = f"""
     SELECT id, owner_id, kind, registration IS NOT NULL AS registered, {", ".join(RunRow.columns())}
     FROM runs WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
 """
-_CHECKPOINT_COLUMNS = ("id", "run_id", "attempt", "uri", "step", "epoch", "size_bytes", "resumable", "meta",
-                       "created_at")
-_ARTIFACT_COLUMNS = ("id", "run_id", "project_id", "name", "kind", "uri", "size_bytes", "media_type", "meta",
-                     "created_at", "owner_id")
-_JSONB_RUN_COLUMNS = frozenset(c.name for c in Run.__table__.columns if isinstance(c.type, JSONB))
-"""Their parameters go as JSON text (SQLAlchemy's codec on the connection)."""
 
 
 def _insert_rows(table: str, columns: tuple[str, ...]) -> str:
-    values = ", ".join(f"${i}" + ("::jsonb" if name == "meta" else "") for i, name in enumerate(columns, 1))
+    values = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) ON CONFLICT (id) DO NOTHING"
 
 
 def _update_run(columns: tuple[str, ...]) -> str:
     sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(columns, 2))
     return f"UPDATE runs SET {sets}, updated_at = now() WHERE id = $1"
-
-
-def _param(column: str, value: Any) -> Any:
-    return msgspec.json.encode(value).decode() if column in _JSONB_RUN_COLUMNS and value is not None else value
 
 
 STORE = "store"
@@ -477,16 +467,15 @@ class Projector(TaskService):
             if result_.artifact:
                 artifacts.append({**result_.artifact, "owner_id": owners[run_id]})
 
-        for table, columns, inserts in (("checkpoints", _CHECKPOINT_COLUMNS, checkpoints),
-                                        ("artifacts", _ARTIFACT_COLUMNS, artifacts)):
+        for model, inserts in ((Checkpoint, checkpoints), (Artifact, artifacts)):
             if inserts:
-                await conn.executemany(_insert_rows(table, columns), [
-                    tuple(msgspec.json.encode(r["meta"]).decode() if c == "meta" else r[c] for c in columns)
-                    for r in inserts])
+                columns = tuple(inserts[0])  # the fold's rows all have the same keys
+                await conn.executemany(_insert_rows(model.__tablename__, columns),
+                                       [params(model.__table__, columns, row) for row in inserts])
         for run_id, values in changes.items():
             if values:
                 names = tuple(values)
-                await conn.execute(_update_run(names), run_id, *(_param(c, values[c]) for c in names))
+                await conn.execute(_update_run(names), run_id, *params(Run.__table__, names, values))
         await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(max_position))
 
     # -- order: seq gaps and registrations ------------------------------------------------------------------

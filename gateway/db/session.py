@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy import event, exc, make_url
 from sqlalchemy.engine import Dialect, ExceptionContext
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from gateway.errors import CONNECTION_LOST, DatabaseUnavailable
@@ -91,8 +91,7 @@ async def driver_transaction(engine: AsyncEngine) -> AsyncIterator[asyncpg.Conne
             async with driver.transaction():
                 yield driver
         except BaseException as exc:
-            if driver.is_closed() or isinstance(exc, TimeoutError | asyncio.CancelledError):
-                await conn.invalidate()
+            await _invalidate_if_unsure(conn, driver, exc)
             raise
 
 
@@ -107,11 +106,17 @@ async def plain_fetch(session: AsyncSession, sql: str, *args: Any) -> list[async
     try:
         return await driver.fetch(sql, *args)  # type: ignore[no-any-return]
     except BaseException as exc:
-        if driver.is_closed() or isinstance(exc, TimeoutError | asyncio.CancelledError):
-            await conn.invalidate()
+        await _invalidate_if_unsure(conn, driver, exc)
         if isinstance(exc, CONNECTION_LOST | asyncpg.InterfaceError):
             raise DatabaseUnavailable(_describe(exc)) from exc
         raise
+
+
+async def _invalidate_if_unsure(conn: AsyncConnection, driver: asyncpg.Connection, exc: BaseException) -> None:
+    """After a plain statement failed: never lend again a connection that broke, or whose state a timeout or
+    a cancellation mid-statement left unknown."""
+    if driver.is_closed() or isinstance(exc, TimeoutError | asyncio.CancelledError):
+        await conn.invalidate()
 
 
 def _describe(exc: BaseException) -> str:

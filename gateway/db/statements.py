@@ -1,5 +1,5 @@
 """Plain SQL for the hot paths that skip SQLAlchemy's execution (`session.driver_transaction`,
-`session.driver_of`): typed placeholders and parameters made from the ORM's table definitions, so a column's
+`session.plain_fetch`): typed placeholders and parameters made from the ORM's table definitions, so a column's
 type is written once, in `gateway.db.models`."""
 
 from __future__ import annotations

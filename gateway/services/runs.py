@@ -283,7 +283,7 @@ async def create_run(
             _check_pool(pool)
             spec = await _with_dataset_archive(gw, spec)
         now = utcnow()
-        run = Run(  # every column set here: the row needs no re-read after the commit
+        run = Run(  # with the defaults insert_run fills in, every column is set: no re-read after the commit
             id=run_id,
             created_at=now,
             updated_at=now,
@@ -294,10 +294,6 @@ async def create_run(
             owner_id=caller.user_id,
             status=RunStatus.QUEUED.value,
             spec=msgspec.to_builtins(spec),
-            progress=0.0,
-            latest_metrics={},
-            attempt=0,
-            cancel_requested=False,
             gateway_seq=1,
             resume_of=resume.source_run_id if resume else None,
             resume_checkpoint_id=resume.checkpoint_id if resume else None,
