@@ -18,6 +18,7 @@ from gateway.errors import BadRequest, Conflict, NotFound, Unprocessable
 from gateway.schemas import PROJECT_NAME_RE, ProjectCreate, ProjectUpdate
 from gateway.services import audit
 from gateway.state import GatewayState
+from gateway.webhooks.consumer import narrow_for_webhooks
 from shared.contracts.common import TERMINAL_STATUSES, new_id
 
 _REF_RE = re.compile(PROJECT_NAME_RE)
@@ -153,7 +154,8 @@ async def delete_project(gw: GatewayState, ref: str, caller: Caller) -> None:
             raise Conflict(f"project {project.name!r} has {active} active run(s); cancel them first")
         await session.execute(delete(EventRecord).where(EventRecord.project_id == project.id))
         await session.execute(delete(Artifact).where(Artifact.project_id == project.id))
-        await session.execute(delete(Project).where(Project.id == project.id))
+        await session.execute(delete(Project).where(Project.id == project.id))  # its webhooks with it
+        await narrow_for_webhooks(gw, session)
         audit.record(session, caller, "project.delete", "project", project.id, project_id=project.id,
                      name=project.name)
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import nats.errors
 from sqlalchemy import delete, func, select
 
 from gateway.auth.caller import Caller
 from gateway.db.models import Webhook, WebhookDelivery
-from gateway.errors import NotFound, Unprocessable
+from gateway.errors import RETRY_AFTER_S, NotFound, Unavailable, Unprocessable
 from gateway.schemas import WebhookCreate
 from gateway.services import audit
 from gateway.services.projects import get_project
 from gateway.state import GatewayState
+from gateway.webhooks.consumer import filter_for_webhooks, narrow_for_webhooks
 from gateway.webhooks.signing import new_secret
 from gateway.webhooks.urls import RefusedURL, UrlPolicy
 from shared.contracts.common import new_id
@@ -41,6 +43,12 @@ async def create_webhook(gw: GatewayState, ref: str, data: WebhookCreate, caller
     async with gw.sessionmaker() as session, session.begin():
         session.add(hook)
         audit.record(session, caller, "webhook.create", "webhook", hook.id, project_id=project.id, url=data.url)
+        await session.flush()
+        try:  # before the answer: an event published after it is handed to the deliverer
+            await filter_for_webhooks(gw, session)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise Unavailable("NATS did not take the webhook's event filter; nothing was created, try again",
+                              headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
     async with gw.sessionmaker() as session:
         return (await session.execute(select(Webhook).where(Webhook.id == hook.id))).scalar_one()
 
@@ -71,6 +79,7 @@ async def delete_webhook(gw: GatewayState, ref: str, webhook_id: str, caller: Ca
     async with gw.sessionmaker() as session, session.begin():
         await session.execute(delete(Webhook).where(Webhook.id == hook.id))
         audit.record(session, caller, "webhook.delete", "webhook", hook.id, project_id=hook.project_id)
+        await narrow_for_webhooks(gw, session)
 
 
 async def list_deliveries(gw: GatewayState, ref: str, webhook_id: str, caller: Caller, *, limit: int,

@@ -27,7 +27,6 @@ import httpx
 import msgspec
 import nats.errors
 from nats.aio.msg import Msg
-from nats.js import api as js_api
 from nats.js.errors import BadRequestError
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -38,6 +37,7 @@ from gateway.db.models import Webhook, WebhookDelivery
 from gateway.state import GatewayState
 from gateway.webhooks import signing
 from gateway.webhooks.cache import WebhookCache
+from gateway.webhooks.consumer import NOTHING, consumer_config, current_subjects, filter_for_webhooks
 from gateway.webhooks.urls import RefusedURL, Target, UrlPolicy
 from shared.contracts.common import new_id, utcnow
 from shared.contracts.events import EventBase, event_decoder
@@ -92,18 +92,16 @@ class WebhookDeliverer(TaskService):
 
     async def start(self) -> None:
         names = self.gw.subjects
-        config = js_api.ConsumerConfig(
-            durable_name=names.webhooks_consumer,
-            filter_subject=names.events_all,
-            ack_policy=js_api.AckPolicy.EXPLICIT,
-            deliver_policy=js_api.DeliverPolicy.NEW,  # webhooks are for what happens from now on
-            ack_wait=self.timeout_s * 2 + 10,
-            max_deliver=-1,  # bounded per delivery (webhook_max_attempts), not per message
-        )
-        try:
-            await self.gw.js.add_consumer(names.events_stream, config)
-        except BadRequestError as exc:  # exists with other settings: keep it
+        try:  # only the events some webhook wants (gateway.webhooks.consumer)
+            async with self.gw.sessionmaker() as session, session.begin():
+                subjects = await filter_for_webhooks(self.gw, session)
+            log.info("webhooks: the consumer takes %s", _filter_text(subjects))
+        except BadRequestError as exc:  # exists with settings that cannot change (an operator's): keep it
             log.warning("webhooks: kept consumer %s as it is (%s)", names.webhooks_consumer, exc.description)
+        except Exception as exc:  # noqa: BLE001 - the database is away: take every event until the next start
+            log.warning("webhooks: the consumer's filter was not set (%r); it takes every event", exc)
+            if await current_subjects(self.gw) is None:
+                await self.gw.js.add_consumer(names.events_stream, consumer_config(self.gw, [names.events_all]))
         self._sub = await PullConsumer.bind(self.gw.nc, names.events_stream, names.webhooks_consumer)
         self._client = httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, trust_env=False)
         self._stopping.clear()
@@ -269,6 +267,14 @@ async def _quietly(awaitable: Any) -> None:
         await awaitable
     except Exception as exc:  # noqa: BLE001 - e.g. the connection closed while acking: JetStream redelivers
         log.debug("webhooks: ack/nak failed: %s", exc)
+
+
+def _filter_text(subjects: list[str]) -> str:
+    if len(subjects) == 1 and subjects[0].endswith(".>"):
+        return "every event"
+    if len(subjects) == 1 and subjects[0].endswith(NOTHING):
+        return "no events (no webhooks)"
+    return f"{len(subjects)} (project, event type) subjects"
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

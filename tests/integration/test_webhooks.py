@@ -17,6 +17,7 @@ import asyncpg
 import msgspec
 import uvicorn
 
+from gateway.webhooks.consumer import NOTHING, consumer_config, current_subjects
 from shared.settings import Settings
 from tests.auth_support import bearer, create_user
 from tests.conftest import _asyncpg_dsn
@@ -170,24 +171,9 @@ async def test_the_deliverer_reads_a_projects_webhooks_once_until_a_change_is_no
     settings = allowing_loopback(settings)
     async with receiving() as receiver, api(settings) as client:
         cache = client.app.state.gw.webhooks.cache
-        project = await new_project(client, "cached")
-        first_run = await canceled_run(client, "cached")  # no webhook yet: the project's empty list is cached
-        while (await client.get(f"/api/v1/runs/{first_run}")).json()["status"] != "canceled":
-            await asyncio.sleep(0.05)
-        await until(lambda: cache.cached(project["id"]) == [], "cached")
-        gw = client.app.state.gw
-
-        async def deliverer_idle() -> bool:
-            state = await gw.js.consumer_info(gw.subjects.events_stream, gw.subjects.webhooks_consumer)
-            return not state.num_pending and not state.num_ack_pending
-
-        while not in_app(client, deliverer_idle):  # that run's events all handled before the webhook exists
-            await asyncio.sleep(0.05)
-        before = cache.generation
-
+        await new_project(client, "cached")
         first = (await client.post("/api/v1/projects/cached/webhooks",
                                    json={"url": receiver.url, "event_types": ["run.canceled"]})).json()
-        await until(lambda: cache.generation > before, "notified of the new webhook")
         run = await canceled_run(client, "cached")
         _, body, _ = await receiver.next()
         assert json.loads(body)["run_id"] == run and json.loads(body)["webhook_id"] == first["id"]
@@ -196,7 +182,7 @@ async def test_the_deliverer_reads_a_projects_webhooks_once_until_a_change_is_no
             run = await canceled_run(client, "cached")
             _, body, _ = await receiver.next()
             assert json.loads(body)["run_id"] == run
-        assert cache.reads == reads  # three runs' events (queued, cancel, canceled), not one read
+        assert cache.reads == reads  # three runs' run.canceled, not one read
 
         # the listening connection dies (a database restart, say): the next batch listens again, then reads
         lost = cache.generation
@@ -214,6 +200,48 @@ async def test_the_deliverer_reads_a_projects_webhooks_once_until_a_change_is_no
         got = [json.loads((await receiver.next())[1]) for _ in range(2)]
         assert {g["webhook_id"] for g in got} == {first["id"], second["id"]} and {g["run_id"] for g in got} == {run}
         assert cache.listening
+
+
+async def test_the_deliverers_consumer_takes_only_the_events_some_webhook_wants(settings: Settings) -> None:
+    """Events of a project without webhooks, and types no webhook wants, are not handed to the deliverer at
+    all: its consumer's filter follows the webhooks as they are created and deleted (gateway.webhooks.consumer),
+    and a consumer of an earlier version, which took every event, is narrowed when the deliverer starts."""
+    settings = allowing_loopback(settings)
+    async with receiving() as receiver, api(settings) as client:
+        gw = client.app.state.gw
+        base = gw.subjects.events_all[:-1]
+
+        async def handed_out() -> int:
+            info = await gw.js.consumer_info(gw.subjects.events_stream, gw.subjects.webhooks_consumer)
+            return int(info.delivered.consumer_seq)
+
+        assert in_app(client, current_subjects, gw) == [base + NOTHING]  # no webhook: no event
+        wanted = await new_project(client, "wanted")
+        await new_project(client, "quiet")
+        hook = (await client.post("/api/v1/projects/wanted/webhooks",
+                                  json={"url": receiver.url, "event_types": ["run.canceled"]})).json()
+        assert in_app(client, current_subjects, gw) == [f"{base}{wanted['id']}.*.run.canceled"]
+        before = in_app(client, handed_out)
+        await canceled_run(client, "quiet")  # published first: passed over before the one below
+        run = await canceled_run(client, "wanted")
+        _, body, _ = await receiver.next()
+        assert json.loads(body)["run_id"] == run
+        assert in_app(client, handed_out) - before == 1  # not run.queued, not the quiet project's events
+
+        assert (await client.delete(f"/api/v1/projects/wanted/webhooks/{hook['id']}")).status_code == 204
+        assert in_app(client, current_subjects, gw) == [base + NOTHING]
+
+        await client.post("/api/v1/projects/wanted/webhooks", json={"url": receiver.url})
+        everything = consumer_config(gw, [gw.subjects.events_all])
+        everything.filter_subjects, everything.filter_subject = None, gw.subjects.events_all  # as an earlier version made it
+        in_app(client, gw.js.add_consumer, gw.subjects.events_stream, everything)
+        assert in_app(client, current_subjects, gw) == [gw.subjects.events_all]
+        in_app(client, gw.webhooks.stop)
+        in_app(client, gw.webhooks.start)
+        assert in_app(client, current_subjects, gw) == sorted(
+            f"{base}{wanted['id']}.*.{t}" for t in ("run.canceled", "run.completed", "run.failed"))
+        assert (await client.delete("/api/v1/projects/wanted")).status_code == 204  # its webhooks go with it
+        assert in_app(client, current_subjects, gw) == [base + NOTHING]
 
 
 async def test_urls_the_operator_has_not_allowed_are_refused(settings: Settings) -> None:
