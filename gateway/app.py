@@ -114,7 +114,8 @@ def create_app(settings: Settings) -> Litestar:
         finally:
             if gw.supervisor is not None:
                 await gw.supervisor.stop()
-            await nc.drain()
+            if not nc.is_closed:  # closed already: it gave up reconnecting, nothing left to drain
+                await nc.drain()
             await engine.dispose()
 
     def provide_state() -> GatewayState:

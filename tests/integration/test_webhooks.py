@@ -244,6 +244,17 @@ async def test_the_deliverers_consumer_takes_only_the_events_some_webhook_wants(
         assert in_app(client, current_subjects, gw) == [base + NOTHING]
 
 
+async def test_a_webhook_is_not_created_while_nats_cannot_take_its_filter(settings: Settings) -> None:
+    settings = allowing_loopback(settings)
+    async with receiving() as receiver, api(settings) as client:
+        gw = client.app.state.gw
+        await new_project(client, "cut-off")
+        in_app(client, gw.nc.close)  # the gateway's bus connection is gone
+        refused = problem(await client.post("/api/v1/projects/cut-off/webhooks", json={"url": receiver.url}), 503)
+        assert "nothing was created" in refused["detail"]
+        assert (await client.get("/api/v1/projects/cut-off/webhooks")).json()["total"] == 0
+
+
 async def test_urls_the_operator_has_not_allowed_are_refused(settings: Settings) -> None:
     async with api(settings) as client:  # no allow-list: public addresses only
         await new_project(client, "guarded")
