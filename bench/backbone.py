@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import time
 from datetime import datetime
 from pathlib import Path
@@ -73,7 +74,15 @@ async def connect_bus(info: dict) -> nats.aio.client.Client:
     return await nats.connect(info["nats_url"])
 
 
-async def projection_rate(api: httpx.AsyncClient, info: dict, project: str, events: int) -> dict[str, Any]:
+async def projection_rate(api: httpx.AsyncClient, info: dict, project: str, events: int,
+                          frozen_pid: int | None = None) -> dict[str, Any]:
+    """`events` run.metrics events of one run published as fast as JetStream takes them; the seconds until
+    Postgres holds them all. The publisher shares the machine with the projector, so on a small machine the
+    rate is bounded by the publishing too (`publish_s`).
+
+    With `frozen_pid` (the gateway's process), that process is stopped (SIGSTOP) while the events are
+    published and continued (SIGCONT) once JetStream holds them all: `events_per_s` is then the rate at which
+    the projector folds a backlog, timed from the SIGCONT, with the machine to itself."""
     run = (await api.post(f"/projects/{project}/runs", json={"kind": "container", "backend": "local",
                                                              "start_command": "sleep 3600"})).json()
     await api.post(f"/runs/{run['id']}/cancel")
@@ -83,24 +92,35 @@ async def projection_rate(api: httpx.AsyncClient, info: dict, project: str, even
     db = await asyncpg.connect(info["database_url"].replace("postgresql+asyncpg", "postgresql"))
     attempt = 99
     subject = names.run_event(run["project_id"], run["id"], "run.metrics")
-    started = time.perf_counter()
-    pending: list[asyncio.Future[Any]] = []
-    for seq in range(1, events + 1):
-        event = RunMetrics(run_id=run["id"], project_id=run["project_id"], attempt=attempt, runner_id="bench",
-                           seq=seq, metrics={"loss": 1.0 / seq, "step": float(seq)}, step=seq)
-        pending.append(await js.publish_async(subject, msgspec.json.encode(event),
-                                              headers={"Nats-Msg-Id": event.msg_id}))
-        if len(pending) >= 2000:
-            await asyncio.gather(*pending)
-            pending.clear()
-    await asyncio.gather(*pending)
-    published = time.perf_counter() - started
-    while True:
-        count = await db.fetchval("select count(*) from events where run_id=$1 and attempt=$2", run["id"], attempt)
-        if count >= events:
+    if frozen_pid is not None:
+        os.kill(frozen_pid, signal.SIGSTOP)
+    try:
+        started = time.perf_counter()
+        pending: list[asyncio.Future[Any]] = []
+        for seq in range(1, events + 1):
+            event = RunMetrics(run_id=run["id"], project_id=run["project_id"], attempt=attempt, runner_id="bench",
+                               seq=seq, metrics={"loss": 1.0 / seq, "step": float(seq)}, step=seq)
+            pending.append(await js.publish_async(subject, msgspec.json.encode(event),
+                                                  headers={"Nats-Msg-Id": event.msg_id}))
+            if len(pending) >= 2000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+        published = time.perf_counter() - started
+    finally:
+        if frozen_pid is not None:
+            os.kill(frozen_pid, signal.SIGCONT)
+    if frozen_pid is not None:
+        started = time.perf_counter()
+    while True:  # one index probe per look (a count would read the index on every look, competing for the CPU):
+        stored = await db.fetchval(  # the projector stores a run's events in seq order, with no gap
+            "select max(seq) from events where run_id=$1 and attempt=$2", run["id"], attempt)
+        if stored is not None and stored >= events:
             break
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.02)
     elapsed = time.perf_counter() - started
+    count = await db.fetchval("select count(*) from events where run_id=$1 and attempt=$2", run["id"], attempt)
+    assert count == events, f"{count} of {events} events stored"
     await db.close()
     await nc.close()
     return {"events": events, "publish_s": round(published, 2), "projected_s": round(elapsed, 2),

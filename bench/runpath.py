@@ -11,6 +11,9 @@ Prints one JSON report (and writes it with `--report PATH`):
 - `projection`: events per second folded into Postgres (`bench.backbone.projection_rate`), with the gateway's
   CPU per event until they are (`gateway_cpu_us_per_event`) and until its other reader of every event, the
   webhook deliverer, has caught up too (`webhooks_behind_s` later: `gateway_cpu_us_per_event_all_readers`);
+  the publisher runs on the same machine meanwhile, so this rate is bounded by publishing too (`publish_s`);
+- `projection_backlog`: the rate at which the projector folds a backlog of as many events, published while the
+  gateway's process was stopped (SIGSTOP) and timed from its SIGCONT, with the machine to itself;
 - `peer`: the same for Celery + Redis (`bash -c <command>` in a prefork worker of `--slots` processes), when
   the optional extra is installed (`pip install -e '.[peer]'`) and `redis-server` is on the PATH (it is
   started on a private port for the bench only) or `--redis URL` points at one; `ratios` divides
@@ -164,6 +167,10 @@ async def trainforge_side(args: argparse.Namespace) -> dict[str, Any]:
                 out["projection"]["webhooks_behind_s"] = await consumer_caught_up(stack["info"], webhooks)
                 out["projection"]["gateway_cpu_us_per_event_all_readers"] = gateway_us_per_event()
                 stop_profilers(profilers)
+                gateway_cpu0 = cpu_seconds(pids["gateway"])
+                out["projection_backlog"] = await projection_rate(api, stack["info"], "bench", args.events,
+                                                                  frozen_pid=pids["gateway"])
+                out["projection_backlog"]["gateway_cpu_us_per_event"] = gateway_us_per_event()
     return out
 
 
