@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,8 +195,9 @@ class PredictService:
 
         return resolve_device(requested, self._device)
 
-    async def _model(self, ref: str, device: str, resolver: InputResolver) -> tuple[_Loaded, bool]:
-        """The loaded model of `ref` on `device`, and whether it was loaded already."""
+    async def _model(self, ref: str, device: str, resolver: Callable[[], InputResolver]) -> tuple[_Loaded, bool]:
+        """The loaded model of `ref` on `device`, and whether it was loaded already (`resolver` is called only to
+        fetch it)."""
         key = (ref, device)
         if (loaded := self.cache.get(key)) is not None:
             return loaded, True
@@ -203,7 +205,7 @@ class PredictService:
         async with lock:  # two first requests for one model load it once
             if (loaded := self.cache.get(key)) is not None:
                 return loaded, True
-            source = await resolver.model(ref)
+            source = await resolver().model(ref)
             model = await anyio.to_thread.run_sync(_load, source.source)
             loaded = _Loaded(model=model, size_bytes=model_bytes(model, source.source))
             self.cache.put(key, loaded)
@@ -218,7 +220,21 @@ class PredictService:
             await self._respond(msg, PredictReply(status="unavailable", error=f"bad predict request: {exc}"))
             return
         spec = request.spec
-        folder = Path(tempfile.mkdtemp(prefix=f"predict-{request.run_id}-", dir=self._work_root()))
+        folder: Path | None = None
+
+        def workdir() -> Path:  # made only when needed: a loaded model and an inline image need none
+            nonlocal folder
+            if folder is None:
+                folder = Path(tempfile.mkdtemp(prefix=f"predict-{request.run_id}-", dir=self._work_root()))
+            return folder
+
+        resolvers: list[InputResolver] = []
+
+        def resolver() -> InputResolver:
+            if not resolvers:
+                resolvers.append(InputResolver(self._settings, self._store, workdir()))
+            return resolvers[0]
+
         outcome: tuple[str, Any] | None = None
         results: list[Any] = []
         try:
@@ -227,11 +243,10 @@ class PredictService:
 
                 await anyio.to_thread.run_sync(prepare_ultralytics, self._settings.state_dir)
                 self._prepared = True
-            resolver = InputResolver(self._settings, self._store, folder)
             device = self._device_of(spec.device)
             loaded, cached = await self._model(spec.model, device, resolver)
             images: list[Any] = (request.images if request.images  # decoded in the thread that predicts
-                                 else [await resolver.image(ref, index) for index, ref in enumerate(spec.sources)])
+                                 else [await resolver().image(ref, index) for index, ref in enumerate(spec.sources)])
             results, entries = await anyio.to_thread.run_sync(_predict_all, loaded, images, spec, device)
             body = {"task": loaded.model.task, "images": entries, "count": len(entries),
                     "elapsed_s": round(time.monotonic() - started, 3)}
@@ -246,11 +261,12 @@ class PredictService:
                                                   error=f"the runner failed: {type(exc).__name__}: {exc}"))
             outcome = ("failed", (FailureCause.INFRASTRUCTURE, exc))
         try:
-            await self._record(request, outcome, results, folder)
+            await self._record(request, outcome, results, workdir)
         except Exception:  # noqa: BLE001 - the answer is out; the run stays as the gateway left it
             log.exception("synchronous predict: recording run %s failed", request.run_id)
         finally:
-            await anyio.to_thread.run_sync(shutil.rmtree, folder, True)
+            if folder is not None:
+                await anyio.to_thread.run_sync(shutil.rmtree, folder, True)
 
     def _work_root(self) -> str:
         root = Path(self._settings.work_root) / "predict"
@@ -266,7 +282,7 @@ class PredictService:
             log.warning("synchronous predict: cannot answer on %s: %r", msg.subject, exc)
 
     async def _record(self, request: PredictRequest, outcome: tuple[str, Any] | None, results: list[Any],
-                      folder: Path) -> None:
+                      workdir: Callable[[], Path]) -> None:
         """The run's events, as a `yolo.predict` job would have published them (attempt 1)."""
         job = Job(run_id=request.run_id, project_id=request.project_id, pool=self._pool, spec=request.spec)
         publisher = RunPublisher(self._js, self._subjects, job, attempt=1, runner_id=self._runner_id)
@@ -283,7 +299,7 @@ class PredictService:
                     return
                 for entry, result in zip(detail["images"], results, strict=True):
                     if "annotated_artifact_id" in entry:
-                        await self._annotated(publisher, request, entry, result, folder)
+                        await self._annotated(publisher, request, entry, result, workdir())
                 await publisher.completed(result=detail)
         finally:
             await publisher.close()

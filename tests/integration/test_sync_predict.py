@@ -5,15 +5,19 @@ result, annotated image) through the usual events and projector."""
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 import pytest
 from litestar.testing import AsyncTestClient
+from PIL import Image
 
+from gateway.services.predict import INLINE_MAX_BYTES
 from runner.yolo.serve_predict import ModelCache, PredictService, _Loaded
 from shared.bus import connect
 from shared.settings import Settings
@@ -97,8 +101,15 @@ async def test_a_runner_answers_predict_from_a_loaded_model_and_records_the_run(
     assert quick.status_code == 200, quick.text
     assert "annotated_artifact_id" not in quick.json()["images"][0] and service.cache.loads == 1
     await _until(client, f"/api/v1/runs/{quick.json()['run_id']}", lambda r: r["status"] == "completed")
+    noise = io.BytesIO()  # too large to travel in the request: the runner reads it from the artifact store
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (640, 480, 3), dtype=np.uint8)).save(noise, "PNG")
+    assert len(noise.getvalue()) > INLINE_MAX_BYTES
+    large = await client.post("/api/v1/models/fast/predict", files={"file": ("noise.png", noise.getvalue(), "image/png")},
+                              data={"imgsz": "64", "save": "false"})
+    assert large.status_code == 200, large.text
+    assert (large.json()["images"][0]["width"], large.json()["images"][0]["height"]) == (480, 640)
     runs = (await client.get("/api/v1/projects/predict/runs")).json()
-    assert runs["total"] == 4
+    assert runs["total"] == 5
 
     bad = await client.post("/api/v1/models/fast/predict", files=image, data={"imgsz": "7"})
     assert bad.status_code == 422  # refused by the gateway, no run
