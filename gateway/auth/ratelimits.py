@@ -144,7 +144,7 @@ def _user(request: Request[Any, Any, Any]) -> str:
 
 
 # The checks are coroutines: Litestar runs a plain function given as `check_throttle_handler` in a worker
-# thread, a thread hop per middleware on every request (about a third of a millisecond each here).
+# thread: a thread hop per limit on every request (about 0.15 ms of CPU each on the 2-core machine).
 async def _is_login(request: Request[Any, Any, Any]) -> bool:
     return request.method == "POST" and request.url.path in LOGIN_PATHS
 

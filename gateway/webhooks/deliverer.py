@@ -54,6 +54,8 @@ deliverer then takes them in big batches (one pull request, one look at the cach
 time, in a race with the projector for the CPU. Webhooks are not that urgent."""
 CONCURRENCY = 16
 """Messages handled at once (each sends to its webhooks in parallel)."""
+FILTER_TIMEOUT_S = 10.0
+"""How long starting waits to set the consumer's filter (a frozen database must not hold the gateway's start)."""
 ERROR_MAX = 500
 """Characters of an error kept in the delivery log."""
 
@@ -93,12 +95,12 @@ class WebhookDeliverer(TaskService):
     async def start(self) -> None:
         names = self.gw.subjects
         try:  # only the events some webhook wants (gateway.webhooks.consumer)
-            async with self.gw.sessionmaker() as session, session.begin():
+            async with asyncio.timeout(FILTER_TIMEOUT_S), self.gw.sessionmaker() as session, session.begin():
                 subjects = await filter_for_webhooks(self.gw, session)
             log.info("webhooks: the consumer takes %s", _filter_text(subjects))
         except BadRequestError as exc:  # exists with settings that cannot change (an operator's): keep it
             log.warning("webhooks: kept consumer %s as it is (%s)", names.webhooks_consumer, exc.description)
-        except Exception as exc:  # noqa: BLE001 - the database is away: take every event until the next start
+        except Exception as exc:  # noqa: BLE001 - the database is away or frozen: every event, until the next start
             log.warning("webhooks: the consumer's filter was not set (%r); it takes every event", exc)
             if await current_subjects(self.gw) is None:
                 await self.gw.js.add_consumer(names.events_stream, consumer_config(self.gw, [names.events_all]))
