@@ -84,11 +84,13 @@ def test_a_browser_event_source_survives_a_gateway_kill_and_gets_every_event_onc
     env = {**stack_env(settings), "TRAINFORGE_CORS_ORIGINS": page_origin}
     stack = Stack(state_dir=tmp_path / "state", env=env).start()
     try:
+        go_on = tmp_path / "go-on"  # the run logs until the gateway is back, then 20 more lines: no race with its end
         with stack.api() as api:
             assert api.post("/projects", json={"name": "browser"}).status_code == 201
             run = api.post("/projects/browser/runs", json={
                 "kind": "container", "backend": "local",
-                "start_command": "for i in $(seq 1 300); do echo line $i; sleep 0.03; done"}).json()
+                "start_command": f"i=0; until [ -e {go_on} ]; do i=$((i+1)); echo line $i; sleep 0.03; done; "
+                                 "for j in $(seq 1 20); do echo after $j; sleep 0.03; done"}).json()
         query = urlencode({"api": stack.url + "/api/v1", "run": run["id"], "token": stack.token})
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(chromium), args=LAUNCH_ARGS)
@@ -101,6 +103,7 @@ def test_a_browser_event_source_survives_a_gateway_kill_and_gets_every_event_onc
                 gateway = stack.child("gateway")
                 os.kill(gateway["pid"], signal.SIGKILL)  # mid-stream
                 wait_ready(stack)  # `up` starts it again on the same port
+                go_on.touch()
                 page.wait_for_function("window.got.some(([, t]) => t === 'run.completed')", timeout=120_000)
                 # The stream ends with 200; EventSource reconnects with Last-Event-ID, gets 204, stops.
                 page.wait_for_function("window.es.readyState === EventSource.CLOSED", timeout=60_000)
@@ -124,4 +127,6 @@ def test_a_browser_event_source_survives_a_gateway_kill_and_gets_every_event_onc
     assert status == 204
     assert opens >= 2, "the page reconnected after the kill"
     log_lines = [line for e in replay if e.event == "run.log" for line in json.loads(e.data)["lines"]]
-    assert [x["text"] for x in log_lines if x["stream"] == "stdout"] == [f"line {i}" for i in range(1, 301)]
+    texts = [x["text"] for x in log_lines if x["stream"] == "stdout"]
+    before = sum(1 for t in texts if t.startswith("line "))
+    assert texts == [f"line {i}" for i in range(1, before + 1)] + [f"after {j}" for j in range(1, 21)]
