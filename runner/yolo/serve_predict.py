@@ -228,12 +228,13 @@ class PredictService:
                 folder = Path(tempfile.mkdtemp(prefix=f"predict-{request.run_id}-", dir=self._work_root()))
             return folder
 
-        resolvers: list[InputResolver] = []
+        inputs: InputResolver | None = None
 
-        def resolver() -> InputResolver:
-            if not resolvers:
-                resolvers.append(InputResolver(self._settings, self._store, workdir()))
-            return resolvers[0]
+        def resolver() -> InputResolver:  # one per request, made with the folder
+            nonlocal inputs
+            if inputs is None:
+                inputs = InputResolver(self._settings, self._store, workdir())
+            return inputs
 
         outcome: tuple[str, Any] | None = None
         results: list[Any] = []
