@@ -10,6 +10,7 @@ from litestar import Controller, get
 from litestar.openapi import ResponseSpec
 from litestar.response import Response
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from gateway.state import Gateway, GatewayState
 
@@ -63,9 +64,21 @@ async def _check(probe: Callable[[GatewayState], Awaitable[str]], gw: GatewaySta
 
 
 async def _database(gw: GatewayState) -> str:
+    """`ok` once `select 1` answers. A pooled connection that the server dropped (it restarted within the pool's
+    ping window, `gateway.db.session`) is no verdict on the server: its failure renews the pool, and the
+    probe asks once more, on a new connection."""
+    try:
+        await _select_one(gw)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        await _select_one(gw)
+    return "ok"
+
+
+async def _select_one(gw: GatewayState) -> None:
     async with gw.engine.connect() as conn:
         await conn.execute(text("select 1"))
-    return "ok"
 
 
 async def _nats(gw: GatewayState) -> str:

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 TIMEOUT_S = 2.0
 """The gateway's `database_timeout_s` here."""
 READY_WITHIN_S = 2.0
+READY_AGAIN_S = 15.0
 
 
 @pytest.fixture
@@ -56,6 +57,18 @@ async def _not_ready(client: Any) -> dict[str, Any]:
     return ready.json()["checks"]
 
 
+async def _ready_again(client: Any) -> None:
+    """`/ready` says 200 again by itself, within READY_AGAIN_S of the database being back (a background service
+    that met the outage mid-way may take its next turn first); what it said meanwhile is in the message."""
+    seen = []
+    with anyio.move_on_after(READY_AGAIN_S):
+        while (ready := await client.get("/ready")).status_code != 200:
+            seen.append(ready.text)
+            await anyio.sleep(0.2)
+        return
+    raise AssertionError(f"not ready {READY_AGAIN_S} s after the database came back: {seen[-3:]}")
+
+
 async def test_frozen_postgres_is_a_quick_503_and_reads_work_again_once_it_continues(
     settings: Settings, own_postgres: tuple[EmbeddedPostgres, str]
 ) -> None:
@@ -77,7 +90,7 @@ async def test_frozen_postgres_is_a_quick_503_and_reads_work_again_once_it_conti
         response = await client.get(path)
         assert response.status_code == 200, response.text
         assert response.json()["id"] == run["id"]
-        assert (await client.get("/ready")).status_code == 200
+        await _ready_again(client)
 
 
 async def test_stopped_postgres_is_a_503_not_a_500_and_a_restarted_one_serves_again(
@@ -101,4 +114,4 @@ async def test_stopped_postgres_is_a_503_not_a_500_and_a_restarted_one_serves_ag
         assert await anyio.to_thread.run_sync(server.start) == url  # same socket: the pool reconnects by itself
         response = await client.get(path)
         assert response.status_code == 200, response.text
-        assert (await client.get("/ready")).status_code == 200
+        await _ready_again(client)

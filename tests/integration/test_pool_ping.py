@@ -10,6 +10,8 @@ from sqlalchemy.exc import DBAPIError
 
 from gateway.db import session as db_session
 from gateway.db.session import create_engine
+from shared.settings import Settings
+from tests.integration.rest_helpers import api
 
 
 async def _backend_pid(engine) -> int:  # type: ignore[no-untyped-def]
@@ -52,3 +54,23 @@ async def test_a_connection_dropped_while_in_recent_use_fails_one_statement_then
         assert await _backend_pid(engine) != first
     finally:
         await engine.dispose()
+
+
+async def test_readiness_is_not_fooled_by_a_pooled_connection_the_server_dropped(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restart inside the ping window leaves dead connections in the pool; `/ready` meets one, the pool is
+    renewed, and the probe's second try, on a new connection, says `ok`: no false "not ready"."""
+    monkeypatch.setattr(db_session, "PING_IDLE_S", 3600.0)  # no ping: /ready takes the dead connection as is
+    async with api(settings) as client:
+        assert (await client.get("/ready")).status_code == 200
+        other = create_engine(settings.database_url, pool_size=1)
+        try:
+            async with other.connect() as conn:
+                ended = (await conn.execute(text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"))).scalar_one()
+        finally:
+            await other.dispose()
+        assert ended > 0
+        ready = await client.get("/ready")
+        assert ready.status_code == 200, ready.text
