@@ -424,7 +424,8 @@ class Dispatcher(TaskService):
         verdicts: dict[str, tuple[int, str]] = {}
         positions: Counter[str] = Counter()
         nats_down = False
-        last_served = await self._last_served({r.owner_id for r in waiting})
+        owners = {r.owner_id for r in waiting}
+        last_served = await self._last_served(owners) if len(owners) > 1 else {}  # one user: no turns to order
         for run in self._line(waiting, per_user, last_served):
             reason = self._limit_reason(run, limits, total, per_user, per_project)
             pool = pools.get(run.pool) or _Pool()

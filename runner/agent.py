@@ -362,6 +362,7 @@ class RunnerAgent:
             for task in self._jobs:  # only left when we are cancelled ourselves: stop their processes
                 task.cancel()
             await asyncio.gather(*self._jobs, *self._finishing, return_exceptions=True)
+            await self.registry.aclose()
             # Our own subscriptions first: a drain waits for their queues, which a fetch that found a stale
             # status message leaves unfinished (nats-py), so draining them would take its full timeout.
             closers = (

@@ -201,6 +201,8 @@ class AttemptClaims:
         """`ledger`: a file naming the runs this runner id holds claims of, read by its next process."""
         self._ledger = ledger
         self._ledger_lock = threading.Lock()
+        self._held: set[str] | None = None
+        """The ledger's content, read once; every change rewrites the file (a next process reads it)."""
         self._js = js
         self._kv = kv
         self._subjects = subjects
@@ -258,11 +260,23 @@ class AttemptClaims:
     # -- what an earlier process of this runner id held (a file in the state folder) -------------------------
     def remember(self, run_id: str) -> None:
         with self._ledger_lock:  # jobs of several slots write it from worker threads at once
-            self._write_ledger(self._read_ledger() | {run_id})
+            held = self._held_runs()
+            if run_id not in held:
+                held.add(run_id)
+                self._write_ledger(held)
 
     def forget(self, run_id: str) -> None:
         with self._ledger_lock:
-            self._write_ledger(self._read_ledger() - {run_id})
+            held = self._held_runs()
+            if run_id in held:
+                held.discard(run_id)
+                self._write_ledger(held)
+
+    def _held_runs(self) -> set[str]:
+        if self._held is None:
+            self._held = self._read_ledger()
+            self._ledger.parent.mkdir(parents=True, exist_ok=True)
+        return self._held
 
     def _read_ledger(self) -> set[str]:
         try:
@@ -271,7 +285,6 @@ class AttemptClaims:
             return set()
 
     def _write_ledger(self, runs: set[str]) -> None:
-        self._ledger.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._ledger.with_suffix(".tmp")
         tmp.write_text(json.dumps(sorted(runs)))
         tmp.replace(self._ledger)
@@ -283,7 +296,10 @@ class AttemptClaims:
             current = await _read(self._kv, run_id)
             if current is not None and current[0].runner_id == self.runner_id and current[0].instance != self.instance:
                 found.append(current)
-        self._write_ledger(set())
+        with self._ledger_lock:
+            self._held = set()
+            self._ledger.parent.mkdir(parents=True, exist_ok=True)
+            self._write_ledger(self._held)
         return found
 
     async def drop(self, record: ClaimRecord, revision: int) -> None:

@@ -6,8 +6,9 @@ job gets its own session and process group, so a cancel, a timeout or the end of
 process it started: SIGTERM to the group, SIGKILL after `Settings.cancel_grace_s`, until none is left.
 
 A runner that dies (kill -9) takes the job with it, so that a next attempt on another host never runs beside
-an orphan: bash gets `PR_SET_PDEATHSIG` = SIGKILL, and a small watchdog (`bash`, its own parent-death signal
-SIGTERM) SIGKILLs the whole group when the runner is gone; it exits by itself once the group is empty.
+an orphan: bash gets `PR_SET_PDEATHSIG` = SIGKILL, and the runner's watchdog (`group_watchdog`: one small
+`bash` beside the runner that knows the group of every job running now) SIGKILLs the whole group when the
+runner is gone.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, Literal
 
 from runner.executors.base import Canceled, Completed, ExecutorError, Failed, Outcome, RunContext
+from runner.executors.group_watchdog import GroupWatchdog
 from runner.executors.pipes import WatchedPipe, drain
 from shared.contracts import ContainerSpec, FailureCause
 from shared.settings import Settings
@@ -40,12 +42,6 @@ PIPE_DRAIN_S = 5.0
 """After the process group is gone, how long a reader may wait on a pipe that gives nothing more (a stray pipe
 holder) before it is given up on; a reader still publishing what it read is waited for (`pipes.drain`)."""
 PR_SET_PDEATHSIG = 1
-WATCHDOG = r"""trap 'kill -KILL -- "-$1" 2>/dev/null; exit 0' TERM
-kill -0 "$2" 2>/dev/null || { kill -KILL -- "-$1" 2>/dev/null; exit 0; }
-while kill -0 -- "-$1" 2>/dev/null; do sleep 1 & wait $!; done
-"""
-"""$1: the job's process group, $2: the runner's pid. SIGTERM (the runner died: parent-death signal) kills the
-group; the loop ends when the group is gone. (The pid check covers a runner that died before the prctl.)"""
 JOB_RECORD = ".trainforge-job.json"
 """In the run's working folder while its command runs: process group and start time, so that the next
 attempt on this host can end what an attempt whose runner died (kill -9) left running."""
@@ -73,28 +69,6 @@ def _die_with_parent(sig: signal.Signals) -> None:
     libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
 
-async def start_watchdog(pgid: int) -> asyncio.subprocess.Process | None:
-    """A process that ends group `pgid` when this runner dies; None if it cannot start (logged by caller)."""
-    try:
-        argv, options = _spawn_options(["bash", "-c", WATCHDOG, "trainforge-watchdog", str(pgid), str(os.getpid())],
-                                       signal.SIGTERM)
-        return await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            start_new_session=True, **options,
-        )
-    except OSError:
-        return None
-
-
-async def stop_watchdog(watchdog: asyncio.subprocess.Process | None) -> None:
-    if watchdog is None or watchdog.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        watchdog.kill()
-    await watchdog.wait()
-
-
 def _start_time(pid: int) -> str | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -117,7 +91,7 @@ async def end_leftover_job(ctx: RunContext, workdir: Path, grace_s: float) -> No
     except (OSError, ValueError, KeyError, TypeError):
         return
     # The same pid with the same start time is the same process, not a recycled pid.
-    if await asyncio.to_thread(group_members, pgid) and (started is None or _start_time(pgid) in (started, None)):
+    if await group_alive(pgid) and (started is None or _start_time(pgid) in (started, None)):
         await ctx.emit.log(
             f"ending process group {pgid} left running by attempt {record.get('attempt')} (its runner stopped)",
             "system",
@@ -165,6 +139,11 @@ class LocalExecutor:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._watchdog = GroupWatchdog(_spawn_options)
+
+    async def aclose(self) -> None:
+        """The runner stops (no job of this executor runs any more)."""
+        await self._watchdog.aclose()
 
     async def run(self, ctx: RunContext) -> Outcome:
         spec = ctx.job.spec
@@ -202,12 +181,14 @@ class LocalExecutor:
         except OSError as exc:
             return Failed(FailureCause.INFRASTRUCTURE, type(exc).__name__, f"cannot start bash: {exc}")
         record_job(workdir, process.pid, ctx.attempt)
-        watchdog = await start_watchdog(process.pid)
+        if not await self._watchdog.guard(process.pid):
+            await ctx.emit.log("no watchdog: if this runner is killed, what the command started may outlive it",
+                               "system")
         try:
             return await self._supervise(ctx, spec, process)
         finally:
-            await asyncio.shield(stop_watchdog(watchdog))
-            if not await asyncio.to_thread(group_members, process.pid):
+            if not await group_alive(process.pid):
+                self._watchdog.release(process.pid)
                 (workdir / JOB_RECORD).unlink(missing_ok=True)
 
     async def _supervise(self, ctx: RunContext, spec: ContainerSpec, process: asyncio.subprocess.Process) -> Outcome:
@@ -349,9 +330,21 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+async def group_alive(pgid: int) -> bool:
+    """Whether a live process of group `pgid` is left: one `killpg(pgid, 0)` here when the group is empty (the
+    usual case once a job ended), the /proc scan of `group_members` in a worker thread otherwise."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return bool(await asyncio.to_thread(group_members, pgid))
+
+
 async def stop_process_group(pgid: int, grace_s: float) -> None:
     """SIGTERM the group, SIGKILL what is left after `grace_s`, and wait until no process of it remains."""
-    if not await asyncio.to_thread(group_members, pgid):
+    if not await group_alive(pgid):
         return
     _signal_group(pgid, signal.SIGTERM)
     _signal_group(pgid, signal.SIGCONT)  # a paused (stopped) group gets its SIGTERM only once continued
@@ -383,7 +376,7 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 async def _wait_group_gone(pgid: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     delay = 0.02
-    while await asyncio.to_thread(group_members, pgid):
+    while await group_alive(pgid):
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(delay)

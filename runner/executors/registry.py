@@ -61,6 +61,7 @@ class ExecutorRegistry:
         self._table = executor_table() if table is None else table
         self._instances: dict[str, Executor] = {}
         self._js: JetStreamContext | None = None
+        self._kinds: list[str] | None = None
 
     def bind_bus(self, js: JetStreamContext) -> None:
         """The runner's JetStream connection, given to executors that keep artifacts in a store on the bus
@@ -68,8 +69,23 @@ class ExecutorRegistry:
         self._js = js
 
     def kinds(self) -> list[str]:
-        """The kinds this runner accepts (those whose executor module, or one of them, is present)."""
-        return sorted(kind for kind, ref in self._table.items() if _any_module_present(ref))
+        """The kinds this runner accepts (those whose executor module, or one of them, is present). Looked up
+        once per process (asked for on every job and heartbeat): a module installed later counts after a
+        restart."""
+        if self._kinds is None:
+            self._kinds = sorted(kind for kind, ref in self._table.items() if _any_module_present(ref))
+        return list(self._kinds)
+
+    async def aclose(self) -> None:
+        """The runner stops: executors that keep something running beside it (`aclose()`) end it."""
+        instances, self._instances = list(self._instances.values()), {}
+        for executor in instances:
+            close = getattr(executor, "aclose", None)
+            if close is not None:
+                try:
+                    await close()
+                except Exception:  # noqa: BLE001 - one executor's failure does not keep the others open
+                    log.exception("executor %s did not close", type(executor).__name__)
 
     async def executor_for(self, spec: RunSpec) -> Executor:
         kind = spec_kind(spec)
