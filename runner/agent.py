@@ -141,6 +141,9 @@ class ActiveJob:
     """Canceled because the runner stops (not because someone asked)."""
     detached_holder: str | None = None
     """The runner id whose detached claim this attempt stood by on (`runner.claims`)."""
+    remembering: asyncio.Future[None] | None = None
+    """The claims ledger noting this run (in a worker thread, while the attempt goes on to its leases and
+    run.claimed): done before the command starts, and before the ledger forgets the run."""
 
     @property
     def job(self) -> Job:
@@ -626,7 +629,7 @@ class RunnerAgent:
                 got = None
             if isinstance(got, Claim):
                 active.claim = got
-                await anyio.to_thread.run_sync(self._claims.remember, job.run_id)
+                active.remembering = asyncio.ensure_future(anyio.to_thread.run_sync(self._claims.remember, job.run_id))
                 keeper = asyncio.create_task(self._hold_claim(active), name=f"claim {job.run_id}")
                 self._claim_keepers[job.run_id] = keeper
                 return "held"
@@ -720,6 +723,8 @@ class RunnerAgent:
         if active.claim is not None:
             await active.claim.release()
             assert self._claims is not None
+            if active.remembering is not None:
+                await asyncio.shield(active.remembering)  # noted before it is forgotten, never after
             await anyio.to_thread.run_sync(self._claims.forget, active.job.run_id)
 
     async def _attempt(self, active: ActiveJob) -> Outcome | None:
@@ -730,12 +735,22 @@ class RunnerAgent:
         # recorded after this read still reaches the run, by its signal (`_on_cancel` sets cancel_requested
         # of a run in `_active`, which this one is already).
         cancel_look = asyncio.create_task(self._cancel_recorded(job.run_id), name=f"cancel look {job.run_id}")
+        # The look for terminal events goes out with the first try for the claim (one round trip for both). It
+        # holds when that try finds the key never written (`Claim.first`: no attempt ran the run); after any
+        # other take, it is made again now that the claim is held (an earlier holder cannot end the run after
+        # it). A claim taken for a run that has ended is released when the delivery is done with.
+        ended_look = asyncio.create_task(self._already_ended(job.project_id, job.run_id), name=f"ended {job.run_id}")
         try:
-            if await self._already_ended(job.project_id, job.run_id):
+            taken = await self._take_claim(active)
+            if taken == "gone":
+                return None
+            first = active.claim is not None and active.claim.first
+            if not first:
+                _drop_look(ended_look)
+                ended_look = asyncio.create_task(self._already_ended(job.project_id, job.run_id))
+            if await ended_look:
                 log.warning("run %s already ended (an ack was lost); acknowledging the redelivery", job.run_id)
                 await self._ack(active)
-                return None
-            if (taken := await self._take_claim(active)) == "gone":
                 return None
             if taken == "canceled":
                 return Canceled(reason="requested while its command was left running by runner "
@@ -754,8 +769,10 @@ class RunnerAgent:
                     executor = await self.registry.executor_for(job.spec)
                 except ExecutorUnavailable as exc:
                     return Failed(FailureCause.INFRASTRUCTURE, "ExecutorUnavailable", str(exc))
-                ctx.resume = await self._resume_point(job)
+                ctx.resume = job.resume if first else await self._resume_point(job)  # first: no checkpoint of its own
                 await publisher.started(resumed_from=ctx.resume.checkpoint_id if ctx.resume else None)
+            if active.remembering is not None:
+                await active.remembering
             return await self._execute(active, executor)
         except PublishError as exc:
             return Failed(FailureCause.INFRASTRUCTURE, "PublishError", str(exc))
@@ -763,9 +780,8 @@ class RunnerAgent:
             log.exception("run %s attempt %d: unexpected error", job.run_id, ctx.attempt)
             return Failed(FailureCause.INFRASTRUCTURE, type(exc).__name__, str(exc) or repr(exc))
         finally:
-            cancel_look.cancel()  # done by now, unless the attempt ended before it was needed
-            if cancel_look.done() and not cancel_look.cancelled():
-                cancel_look.exception()  # retrieved: an error of a look nobody needed is not worth a warning
+            _drop_look(cancel_look)  # done by now, unless the attempt ended before it was needed
+            _drop_look(ended_look)
 
     async def _execute(self, active: ActiveJob, executor: Executor) -> Outcome:
         """Run the executor; heartbeat the job meanwhile; make sure a cancel ends it."""
@@ -1040,3 +1056,10 @@ class RunnerAgent:
             )
         except RETRYABLE as exc:
             log.warning("runner %s: heartbeat not published (%r)", self.runner_id, exc)
+
+
+def _drop_look(look: asyncio.Task[bool]) -> None:
+    """Let go of a look whose answer is not needed (an error it met is not worth a warning)."""
+    look.cancel()
+    if look.done() and not look.cancelled():
+        look.exception()

@@ -24,7 +24,11 @@ holds key `<run_id>` of the attempts bucket, `ClaimRecord` as value, the key's r
   at start and reattaches on the next delivery); another runner id stands by on it however long it is silent,
   and hands its delivery back when the owner is live again (`takeover` is the rule). An operator who knows the
   detached host is gone for good cancels the run (or restarts that runner id);
-- the key is deleted after the attempt's terminal event and ack; the bucket forgets keys after 7 days.
+- the key is deleted after the attempt's terminal event and ack (a delete marker stays); the bucket forgets keys
+  after 7 days. A key never written at all (`Claim.first`) tells the new attempt that no attempt ran the run
+  before it: it needs no look for an earlier attempt's checkpoint, and its look for terminal events may go out
+  with the claim; after any other take that look is made once the claim is held (an earlier holder cannot end
+  the run after it).
 """
 
 from __future__ import annotations
@@ -108,6 +112,9 @@ class Claim:
     """`time.monotonic()` at which the last rewrite that succeeded was *sent*."""
     lost: str | None = None
     """Why the claim is gone (another attempt took it, or the bus was unreachable too long)."""
+    first: bool = False
+    """The key had never been written: no attempt of the run held it before this one, so none ran it (what
+    the gateway alone can publish, a cancel of the queued run, is still looked for)."""
 
     @property
     def value(self) -> bytes:
@@ -214,6 +221,14 @@ class AttemptClaims:
     async def try_take(self, record: ClaimRecord) -> Claim | Standby:
         """Take the run's claim now, or say who holds it. Raises nats errors when the bus cannot be reached."""
         key = record.run_id
+        sent = time.monotonic()
+        try:  # a run's first attempt, the common case: one round trip (`last=0`: the key was never written)
+            revision = await asyncio.wait_for(self._kv.update(key, msgspec.json.encode(record), last=0),
+                                              CALL_TIMEOUT_S)
+        except KeyWrongLastSequenceError:
+            pass  # held, or released (its delete marker stays with the bucket's TTL): look who had it
+        else:
+            return Claim(self._kv, key, record, revision, sent, first=True)
         while True:
             sent = time.monotonic()
             current = await _read(self._kv, key)

@@ -16,7 +16,7 @@ from nats.js import JetStreamContext
 from runner.executors.base import Outcome, RunContext
 from runner.executors.registry import ExecutorRegistry
 from shared.bus import ensure_topology
-from shared.contracts import FailureCause, RunnerHeartbeat, event_decoder
+from shared.contracts import FailureCause, RunCanceled, RunCompleted, RunnerHeartbeat, event_decoder
 from shared.jobsign import JobSigner
 from shared.settings import Settings
 from shared.subjects import Subjects
@@ -114,6 +114,32 @@ async def test_a_job_canceled_before_it_is_claimed_ends_canceled_without_startin
         await publish_job(js, settings, job)
         await events.wait_for_type("run.completed", "run.failed", "run.canceled")
     assert events.types() == ["run.canceled"]
+    assert not (settings.work_root / job.run_id / "ran").exists()
+
+
+@pytest.mark.parametrize("earlier", ["an attempt that released its claim", "the gateway only (no claim ever)"])
+async def test_a_job_whose_run_already_ended_is_acknowledged_without_running(settings: Settings, bus,
+                                                                            earlier: str) -> None:
+    """A delivery whose ack was lost: the run's terminal event is in the stream already. With a claim key an
+    earlier attempt wrote and released, the runner looks for it once it holds the claim; with none ever
+    written, the look that went out with the claim counts. Either way nothing runs and the job is acked."""
+    nc, js = bus
+    names = Subjects(settings.bus_prefix)
+    job = container_job("touch ran")
+    if earlier.startswith("an attempt"):
+        claims = await js.key_value(names.attempts_bucket)
+        await claims.delete(job.run_id, last=await claims.create(job.run_id, b"{}"))
+        ended = RunCompleted(run_id=job.run_id, project_id=job.project_id, attempt=1, runner_id="gone", seq=3,
+                             exit_code=0)
+    else:
+        ended = RunCanceled(run_id=job.run_id, project_id=job.project_id, attempt=0, runner_id="gateway", seq=2)
+    await js.publish(names.run_event(job.project_id, job.run_id, ended.type), msgspec.json.encode(ended))
+    async with RunEvents(js, settings, job) as events, running_agent(settings):
+        await publish_job(js, settings, job)
+        async with asyncio.timeout(30):
+            while (await js.stream_info(names.jobs_stream)).state.messages:  # acked: gone from the work queue
+                await asyncio.sleep(0.05)
+        assert [e.type for e in await events.read_all()] == [ended.type]
     assert not (settings.work_root / job.run_id / "ran").exists()
 
 
