@@ -114,6 +114,8 @@ class _Row:
     """Held by the dispatcher (no job published yet)."""
     queue_position: int | None
     wait_reason: str | None
+    full: Run | None = None
+    """A waiting run's whole row as the pass read it (a read-only copy: `enqueue` writes what changes)."""
 
 
 @dataclass(slots=True)
@@ -424,6 +426,7 @@ class Dispatcher(TaskService):
         verdicts: dict[str, tuple[int, str]] = {}
         positions: Counter[str] = Counter()
         nats_down = False
+        published: list[str] = []
         owners = {r.owner_id for r in waiting}
         last_served = await self._last_served(owners) if len(owners) > 1 else {}  # one user: no turns to order
         for run in self._line(waiting, per_user, last_served):
@@ -434,9 +437,9 @@ class Dispatcher(TaskService):
             if reason is None and nats_down:
                 reason = "NATS does not take jobs now; retrying"
             if reason is None:
-                if await self._publish(run, limits):
+                if await self._publish(run, limits, published):
                     outcomes[run.id] = "published"
-                    run.waiting = False
+                    run.waiting, run.full = False, None
                     if run.id not in self._ended:
                         self._view[run.id] = run
                     total += 1
@@ -451,7 +454,7 @@ class Dispatcher(TaskService):
                 outcomes.setdefault(run.id, "waiting")
             positions[run.pool] += 1
             verdicts[run.id] = (positions[run.pool], reason)
-        await self._note(waiting, verdicts)
+        await self._note(waiting, verdicts, published)
         self._outcomes = outcomes
         self._announced.difference_update(r for r, o in outcomes.items() if o == "published")
         return outcomes
@@ -465,11 +468,12 @@ class Dispatcher(TaskService):
                 req = msgspec.convert(r["requirements"], Requirements) if r["requirements"] else None
             except msgspec.ValidationError:
                 req = None
+            waiting = r["status"] == RunStatus.QUEUED and r["enqueued_at"] is None
             rows.append(_Row(
                 id=r["id"], project_id=r["project_id"], owner_id=r["owner_id"], pool=r["pool"], kind=r["kind"],
                 priority=r["priority"], status=r["status"], runner_id=r["runner_id"], requirements=req,
-                created_at=r["created_at"], waiting=r["status"] == RunStatus.QUEUED and r["enqueued_at"] is None,
-                queue_position=r["queue_position"], wait_reason=r["wait_reason"],
+                created_at=r["created_at"], waiting=waiting, queue_position=r["queue_position"],
+                wait_reason=r["wait_reason"], full=Run(**r) if waiting else None,
             ))
         return rows
 
@@ -595,25 +599,26 @@ class Dispatcher(TaskService):
             return f"all runners of pool {run.pool} that fit are busy"
         return None
 
-    async def _publish(self, run: _Row, limits: Limits) -> bool:
-        """Publish the run's job; False when NATS did not take it."""
-        async with self.gw.autocommit() as session:
-            found = await plain_fetch(session, _RUN, run.id)
-            row = Run(**found[0]) if found else None  # a read-only copy: `enqueue` writes what changes
-            if row is None or row.status != RunStatus.QUEUED or row.enqueued_at is not None:
-                return True  # canceled or published meanwhile: nothing to do, and not a NATS problem
-            try:
-                resume = await resume_of(session, row)
-                spec_ok = True
-            except LookupError as exc:
-                log.error("run %s cannot be published: %s", run.id, exc)
-                spec_ok = False
-        if not spec_ok:
-            return True
+    async def _publish(self, run: _Row, limits: Limits, published: list[str]) -> bool:
+        """Publish the run's job (its id joins `published`: the pass notes them all enqueued in one statement);
+        False when NATS did not take it. The row is the pass's read, not read again: a run canceled since is
+        still published, and its runner finds it ended (the gateway's run.canceled) and runs nothing."""
+        row = run.full
+        assert row is not None
+        resume = None
+        if row.resume_of:
+            async with self.gw.autocommit() as session:
+                try:
+                    resume = await resume_of(session, row)
+                except LookupError as exc:
+                    log.error("run %s cannot be published: %s", run.id, exc)
+                    return True
         has_limits = limits.total or limits.per_user or limits.per_project
         try:
             announce = run.id not in self._announced and not await self._queued_event_stored(row)
-            await enqueue(self.gw, row, resume=resume, limits=limits if has_limits else None, announce=announce)
+            await enqueue(self.gw, row, resume=resume, limits=limits if has_limits else None, announce=announce,
+                          note=False)
+            published.append(run.id)
         except msgspec.ValidationError as exc:
             log.error("run %s cannot be published: its spec is not valid (%s)", run.id, exc)
             return True
@@ -635,21 +640,26 @@ class Dispatcher(TaskService):
             return False
         return True
 
-    async def _note(self, waiting: list[_Row], verdicts: dict[str, tuple[int, str]]) -> None:
-        """Store each waiting run's place and reason, where they changed (one statement)."""
+    async def _note(self, waiting: list[_Row], verdicts: dict[str, tuple[int, str]], published: list[str]) -> None:
+        """Store that the `published` runs are enqueued, and each waiting run's place and reason where they
+        changed (one statement)."""
         changed = [r.id for r in waiting if r.id in verdicts and (r.queue_position, r.wait_reason) != verdicts[r.id]]
-        if not changed:
+        if not changed and not published:
             return
         async with self.gw.autocommit() as session:
-            await plain_fetch(session, _NOTE, changed, [verdicts[i][0] for i in changed],
+            await plain_fetch(session, _NOTE, published, changed, [verdicts[i][0] for i in changed],
                               [verdicts[i][1] for i in changed])
 
 
+_WAITING = "status = 'queued' AND enqueued_at IS NULL"
+_BULKY = frozenset({"spec", "progress_detail", "latest_metrics", "result", "options", "registration"})
+"""Columns only a waiting run's publication needs: left NULL for the other active runs."""
 _ACTIVE_ROWS = f"""
-    SELECT id, project_id, owner_id, pool, kind, priority, status, runner_id, requirements, created_at, enqueued_at,
-           queue_position, wait_reason
+    SELECT {", ".join(f"CASE WHEN {_WAITING} THEN {c.name} END AS {c.name}" if c.name in _BULKY else c.name
+                      for c in Run.__table__.columns)}
     FROM runs WHERE {ACTIVE_WHERE}
 """
+"""Every active run, and whole rows of the waiting ones (the pass publishes from them: no read per run)."""
 _LAST_SERVED = """
     SELECT o.owner_id, (SELECT max(r.enqueued_at) FROM runs r WHERE r.owner_id = o.owner_id) AS last
     FROM unnest($1::text[]) AS o(owner_id)
@@ -657,13 +667,17 @@ _LAST_SERVED = """
     SELECT NULL, (SELECT max(r.enqueued_at) FROM runs r WHERE r.owner_id IS NULL) WHERE $2
 """
 """One probe of `ix_runs_owner_enqueued` per owner (however many runs they have had)."""
-_RUN = f"SELECT {', '.join(c.name for c in Run.__table__.columns)} FROM runs WHERE id = $1"
-
 _NOTE = """
+    WITH enqueued AS (
+        UPDATE runs SET enqueued_at = now(), queue_position = NULL, wait_reason = NULL
+        WHERE id = ANY($1::text[]) AND status = 'queued' AND enqueued_at IS NULL
+    )
     UPDATE runs SET queue_position = v.position, wait_reason = v.reason
-    FROM unnest($1::text[], $2::int[], $3::text[]) AS v(id, position, reason)
-    WHERE runs.id = v.id AND runs.enqueued_at IS NULL
+    FROM unnest($2::text[], $3::int[], $4::text[]) AS v(id, position, reason)
+    WHERE runs.id = v.id AND runs.enqueued_at IS NULL AND runs.id <> ALL($1::text[])
 """
+"""The pass's one write: its published runs enqueued (what `enqueue` notes for one run), the places and
+reasons of those that wait."""
 
 
 def _row_of(run: Run) -> _Row:

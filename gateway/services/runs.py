@@ -382,10 +382,11 @@ def _with_request_id(options: dict[str, Any]) -> dict[str, Any]:
 
 
 async def enqueue(gw: GatewayState, run: Run, *, resume: ResumeFrom | None, limits: Limits | None = None,
-                  announce: bool = True, announce_first: bool = False) -> None:
+                  announce: bool = True, announce_first: bool = False, note: bool = True) -> None:
     """Publish a run's job (and, with `announce`, its run.queued again), then note `enqueued_at` and clear
-    the run's place in the gateway's line. With `announce_first` (a new run's first publication), run.queued
-    goes out just before the job, both in flight at once (one round trip); else after the job.
+    the run's place in the gateway's line (not with `note=False`: the dispatcher's pass notes all its runs in
+    one statement). With `announce_first` (a new run's first publication), run.queued goes out just before
+    the job, both in flight at once (one round trip); else after the job.
 
     Safe to repeat: the job's and the event's `Nats-Msg-Id` stay the same, so JetStream drops a duplicate.
     """
@@ -400,6 +401,8 @@ async def enqueue(gw: GatewayState, run: Run, *, resume: ResumeFrom | None, limi
         await publish_job(gw, job, run.job_msg_id or run.id)
         if announce:
             await publish_event(gw, queued_event(run))
+    if not note:
+        return
     async with gw.autocommit() as session:
         enqueued = await plain_fetch(session, _ENQUEUED, run.id)
     run.enqueued_at = enqueued[0]["enqueued_at"] if enqueued else run.enqueued_at
