@@ -333,7 +333,7 @@ class RunnerAgent:
                 self._js, await self._js.key_value(self.subjects.attempts_bucket), self.subjects,
                 runner_id=self.runner_id, instance=self.instance, hold_s=self.settings.attempt_hold_s,
                 takeover_margin_s=self.takeover_margin_s,
-                ledger=self.settings.state_dir / "runners" / f"{self.runner_id}.claims.json",
+                ledger=self.settings.state_dir / "runners" / f"{self.runner_id}.claims",
             )
             await self._release_predecessors()
             durable = await ensure_pool_consumer(self._js, self.settings, self.pool)

@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -50,6 +48,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
+from runner.claims_ledger import ClaimsLedger
 from shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
@@ -206,10 +205,7 @@ class AttemptClaims:
     def __init__(self, js: JetStreamContext, kv: KeyValue, subjects: Subjects, *, runner_id: str, instance: str,
                  hold_s: float, takeover_margin_s: float, ledger: Path) -> None:
         """`ledger`: a file naming the runs this runner id holds claims of, read by its next process."""
-        self._ledger = ledger
-        self._ledger_lock = threading.Lock()
-        self._held: set[str] | None = None
-        """The ledger's content, read once; every change rewrites the file (a next process reads it)."""
+        self._ledger = ClaimsLedger(ledger)
         self._js = js
         self._kv = kv
         self._subjects = subjects
@@ -272,49 +268,21 @@ class AttemptClaims:
             return None
         return (now.time - entry.time).total_seconds()
 
-    # -- what an earlier process of this runner id held (a file in the state folder) -------------------------
+    # -- what an earlier process of this runner id held (a file in the state folder: `runner.claims_ledger`) ----
     def remember(self, run_id: str) -> None:
-        with self._ledger_lock:  # jobs of several slots write it from worker threads at once
-            held = self._held_runs()
-            if run_id not in held:
-                held.add(run_id)
-                self._write_ledger(held)
+        self._ledger.add(run_id)
 
     def forget(self, run_id: str) -> None:
-        with self._ledger_lock:
-            held = self._held_runs()
-            if run_id in held:
-                held.discard(run_id)
-                self._write_ledger(held)
-
-    def _held_runs(self) -> set[str]:
-        if self._held is None:
-            self._held = self._read_ledger()
-            self._ledger.parent.mkdir(parents=True, exist_ok=True)
-        return self._held
-
-    def _read_ledger(self) -> set[str]:
-        try:
-            return set(json.loads(self._ledger.read_text()))
-        except (OSError, ValueError, TypeError):
-            return set()
-
-    def _write_ledger(self, runs: set[str]) -> None:
-        tmp = self._ledger.with_suffix(".tmp")
-        tmp.write_text(json.dumps(sorted(runs)))
-        tmp.replace(self._ledger)
+        self._ledger.discard(run_id)
 
     async def predecessors(self) -> list[tuple[ClaimRecord, int]]:
         """Claims an earlier process of this runner id still holds (it is dead: this process has the id now)."""
         found = []
-        for run_id in sorted(self._read_ledger()):
+        for run_id in sorted(self._ledger.read()):
             current = await _read(self._kv, run_id)
             if current is not None and current[0].runner_id == self.runner_id and current[0].instance != self.instance:
                 found.append(current)
-        with self._ledger_lock:
-            self._held = set()
-            self._ledger.parent.mkdir(parents=True, exist_ok=True)
-            self._write_ledger(self._held)
+        self._ledger.reset()
         return found
 
     async def drop(self, record: ClaimRecord, revision: int) -> None:
