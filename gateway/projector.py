@@ -37,6 +37,7 @@ runner finished within `job_max_deliver` attempts fails its run with cause `infr
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -55,7 +56,7 @@ from sqlalchemy import update
 from gateway.background import TaskService
 from gateway.db.models import Artifact, Checkpoint, Run
 from gateway.db.session import driver_transaction
-from gateway.db.statements import params
+from gateway.db.statements import params, unnest_column
 from gateway.projection import RunRow, fold
 from gateway.state import GatewayState
 from shared.contracts import EventBase, FailureCause, RunFailed, RunnerHeartbeat, RunStatus, event_decoder
@@ -107,9 +108,14 @@ def _insert_rows(table: str, columns: tuple[str, ...]) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) ON CONFLICT (id) DO NOTHING"
 
 
-def _update_run(columns: tuple[str, ...]) -> str:
-    sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(columns, 2))
-    return f"UPDATE runs SET {sets}, updated_at = now() WHERE id = $1"
+@functools.cache
+def _update_runs(columns: tuple[str, ...]) -> str:
+    """One UPDATE for every run of a batch whose fold changed the same `columns` (an array per column)."""
+    typed = [unnest_column(Run.__table__, name) for name in columns]
+    arrays = ", ".join(f"${i}::{array}" for i, (array, _) in enumerate(typed, 2))
+    sets = ", ".join(f"{name} = {read}" for name, (_, read) in zip(columns, typed, strict=True))
+    return (f"UPDATE runs SET {sets}, updated_at = now() FROM unnest($1::text[], {arrays}) "
+            f"AS v(id, {', '.join(columns)}) WHERE runs.id = v.id")
 
 
 STORE = "store"
@@ -472,10 +478,13 @@ class Projector(TaskService):
                 columns = tuple(inserts[0])  # the fold's rows all have the same keys
                 await conn.executemany(_insert_rows(model.__tablename__, columns),
                                        [params(model.__table__, columns, row) for row in inserts])
+        alike: dict[tuple[str, ...], list[str]] = defaultdict(list)  # runs whose fold changed the same columns
         for run_id, values in changes.items():
             if values:
-                names = tuple(values)
-                await conn.execute(_update_run(names), run_id, *params(Run.__table__, names, values))
+                alike[tuple(sorted(values))].append(run_id)
+        for names, ids in alike.items():
+            by_column = zip(*(params(Run.__table__, names, changes[run_id]) for run_id in ids), strict=True)
+            await conn.execute(_update_runs(names), ids, *(list(column) for column in by_column))
         await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(max_position))
 
     # -- order: seq gaps and registrations ------------------------------------------------------------------

@@ -21,6 +21,15 @@ def typed_placeholders(table: Table, columns: tuple[str, ...], first: int) -> st
     return ", ".join(f"CAST(${n} AS {_sql_type(table.columns[name].type)})" for n, name in enumerate(columns, first))
 
 
+def unnest_column(table: Table, name: str) -> tuple[str, str]:
+    """(array type of the parameter, the expression that reads column `name` from `v`) for an `unnest` of
+    parameters, one array per column: jsonb ones travel as TEXT[] (JSON text, as `params` gives them)."""
+    type_ = table.columns[name].type
+    if isinstance(type_, JSONB):
+        return "TEXT[]", f"v.{name}::jsonb"
+    return f"{_sql_type(type_)}[]", f"v.{name}"
+
+
 def _sql_type(type_: Any) -> str:
     # a string as TEXT: a cast to VARCHAR(n) would cut a longer value, where the insert refuses it
     return "TEXT" if isinstance(type_, String) else str(type_.compile(dialect=_DIALECT))

@@ -85,6 +85,29 @@ async def test_projector_stores_each_event_once_and_folds_the_run(settings: Sett
             assert log_body["lines"][0]["text"] == "bad \ufffd byte"
 
 
+async def test_runs_folded_in_one_batch_each_keep_their_own_values(settings: Settings) -> None:
+    """Runs whose events change the same columns are updated by one statement: none gets another's values."""
+    async with gateway_state(settings) as gw:
+        project_id, run_ids = await add_project_and_runs(gw, runs=5)
+        events: list[EventBase] = []
+        for n, run_id in enumerate(run_ids):
+            base = {"run_id": run_id, "project_id": project_id, "attempt": 1, "runner_id": f"w{n}"}
+            events += [RunClaimed(**base, seq=1), RunStarted(**base, seq=2),
+                       RunMetrics(**base, seq=3, metrics={"loss": n / 10}),
+                       RunCompleted(**base, seq=4, exit_code=n, result={"run": n})]
+        await publish(gw, *events)  # stored before the projector starts: its first batches hold several runs
+        projector = Projector(gw)
+        await projector.start()
+        try:
+            await wait_for(lambda: _is(event_count(gw), len(events)), what="all events stored")
+        finally:
+            await projector.stop()
+        for n, run_id in enumerate(run_ids):
+            run = await run_row(gw, run_id)
+            assert (run.status, run.runner_id, run.exit_code, run.result) == ("completed", f"w{n}", n, {"run": n})
+            assert run.latest_metrics == {"loss": n / 10} and run.finished_at is not None
+
+
 async def test_events_of_a_presumed_dead_attempt_are_stored_but_change_no_status(settings: Settings) -> None:
     async with gateway_state(settings) as gw:
         project_id, (run_id,) = await add_project_and_runs(gw)
