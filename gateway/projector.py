@@ -379,8 +379,10 @@ class Projector(TaskService):
         completing: list[tuple[str, EventBase]] = []
         committed: list[tuple[int, str, str, str, str | None]] = []
         try:
-            async with driver_transaction(self.gw.engine) as conn:
-                await self._store_in(conn, items, trained, completing, committed)
+            async with driver_transaction(self.gw.engine, opening=f"SELECT pg_advisory_xact_lock({EVENTS_LOCK:d})") as tx:
+                max_position = await self._store_in(tx.conn, items, trained, completing, committed)
+                if max_position is not None:
+                    tx.closing = f"SELECT pg_notify('{NOTIFY_CHANNEL}', '{max_position:d}')"
         except asyncpg.PostgresError as exc:
             if (exc.sqlstate or "")[:2] in ("22", "23", "54"):  # data exception, integrity violation, too large
                 raise _Poison(str(exc)) from exc
@@ -395,12 +397,12 @@ class Projector(TaskService):
 
     async def _store_in(self, conn: asyncpg.Connection, items: list[_Item], trained: list[str],
                         completing: list[tuple[str, EventBase]],
-                        committed: list[tuple[int, str, str, str, str | None]]) -> None:
-        """Fold `items` in one transaction; `trained` gets the ids of `yolo.train` runs it completes without
+                        committed: list[tuple[int, str, str, str, str | None]]) -> int | None:
+        """Fold `items` in one transaction (its advisory lock taken); the highest position stored, None when
+        nothing new was stored (the commit notifies `NOTIFY_CHANNEL` of it). `trained` gets the ids of `yolo.train` runs it completes without
         registration, `completing` the completions held for the registrar, `committed` the new events
         (position, run, project, type, JSON) for the event hub. Plain asyncpg statements (one
         batch is about ten of them, and SQLAlchemy would double the CPU each costs)."""
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
         run_ids = sorted({item.event.run_id for item in items})
         rows: dict[str, RunRow] = {}
         owners: dict[str, str | None] = {}
@@ -418,7 +420,7 @@ class Projector(TaskService):
             item.outcome = DEFERRED if deferred else ""
         candidates = [item for item in items if item.outcome != DEFERRED]
         if not candidates:
-            return
+            return None
         groups = sorted({item.group for item in candidates})
         stored = await conn.fetch(_STORED_SEQS, [g[0] for g in groups], [g[1] for g in groups])
         self._hold_gaps(candidates, {(r["run_id"], r["attempt"]): r["seq"] for r in stored})
@@ -426,7 +428,7 @@ class Projector(TaskService):
         self._hold_completions(storing, rows, kinds, registered, completing)
         storing = [item for item in storing if item.outcome == STORE]
         if not storing:
-            return
+            return None
         for item in storing:
             if item.event.run_id not in rows:
                 log.warning("projector: event %s of unknown run %s stored without changing any run",
@@ -443,7 +445,7 @@ class Projector(TaskService):
         new: dict[tuple[str, int, int], int] = {(r["run_id"], r["attempt"], r["seq"]): r["position"]
                                                  for r in inserted}
         if not new:
-            return
+            return None
         max_position = max(new.values())
         if for_hub:
             committed.extend((r["position"], r["run_id"], r["project_id"], r["type"], r["data"]) for r in inserted)
@@ -485,7 +487,7 @@ class Projector(TaskService):
         for names, ids in alike.items():
             by_column = zip(*(params(Run.__table__, names, changes[run_id]) for run_id in ids), strict=True)
             await conn.execute(_update_runs(names), ids, *(list(column) for column in by_column))
-        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(max_position))
+        return max_position
 
     # -- order: seq gaps and registrations ------------------------------------------------------------------
     def _hold_gaps(self, items: list[_Item], stored: dict[tuple[str, int], int]) -> None:
