@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +23,6 @@ from tests.integration.runner_support import (
     TERMINAL,
     RunEvents,
     container_job,
-    free_port,
     publish_job,
     running_agent,
 )
@@ -30,18 +31,41 @@ from trainforge.embedded import nats_server_binary
 pytestmark = pytest.mark.slow
 
 
+def distinct_free_ports(count: int) -> list[int]:
+    """`count` ports free on loopback, all different (each socket stays bound until all are picked)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+
+
 class Cluster:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.ports = [free_port() for _ in range(3)]
-        self.routes = [free_port() for _ in range(3)]
+        self.ports: list[int] = []
+        self.routes: list[int] = []
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     @property
     def url(self) -> str:
         return ",".join(f"nats://127.0.0.1:{port}" for port in self.ports)
 
-    def start(self) -> Cluster:
+    def start(self, tries: int = 3) -> Cluster:
+        """Three nodes, each listening; a node that exits while starting (a port taken meanwhile by another
+        test's process) makes the whole cluster start again on fresh ports."""
+        for attempt in range(1, tries + 1):
+            self._launch()
+            if self._all_listening():
+                return self
+            self.stop()
+            if attempt == tries:
+                raise RuntimeError(f"the NATS cluster did not start:\n{self.log_tails()}")
+        return self
+
+    def _launch(self) -> None:
+        ports = distinct_free_ports(6)
+        self.ports, self.routes = ports[:3], ports[3:]
         routes = ",".join(f"nats://127.0.0.1:{port}" for port in self.routes)
         for i, (port, route) in enumerate(zip(self.ports, self.routes, strict=True)):
             name = f"n{i}"
@@ -53,7 +77,28 @@ class Cluster:
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
             log.close()
-        return self
+
+    def _all_listening(self, timeout: float = 60.0) -> bool:
+        """Whether every node accepts connections on its client port (False as soon as one has exited)."""
+        waiting = dict(zip(self.processes, self.ports, strict=True))
+        deadline = time.monotonic() + timeout
+        while waiting and time.monotonic() < deadline:
+            for name, port in list(waiting.items()):
+                if self.processes[name].poll() is not None:
+                    return False
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                    del waiting[name]
+            if waiting:
+                time.sleep(0.05)
+        return not waiting
+
+    def log_tails(self, lines: int = 15) -> str:
+        tails = []
+        for name, process in self.processes.items():
+            log = self.folder / f"{name}.log"
+            text = log.read_text(errors="replace").splitlines()[-lines:] if log.exists() else []
+            tails.append(f"--- {name} (exit code {process.poll()}) ---\n" + "\n".join(text))
+        return "\n".join(tails)
 
     def kill(self, name: str) -> None:
         self.processes[name].kill()
@@ -80,25 +125,29 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         cluster.stop()
 
 
-async def jetstream_ready(url: str, timeout: float = 60.0) -> None:
-    """Until the cluster has elected its JetStream meta leader (a stream can be made)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            with contextlib.suppress(Exception):
-                nc = await nats.connect(url.split(","), connect_timeout=1, max_reconnect_attempts=0)
-                try:
-                    await nc.jetstream().account_info()
-                    return
-                finally:
-                    await nc.close()
-            await asyncio.sleep(0.2)
+async def jetstream_ready(cluster: Cluster, timeout: float = 60.0) -> None:
+    """Until the cluster has elected its JetStream meta leader (a stream can be made); on a timeout the
+    failure shows each node's exit code and last log lines."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                with contextlib.suppress(Exception):
+                    nc = await nats.connect(cluster.url.split(","), connect_timeout=1, max_reconnect_attempts=0)
+                    try:
+                        await nc.jetstream().account_info()
+                        return
+                    finally:
+                        await nc.close()
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        raise AssertionError(f"no JetStream meta leader within {timeout} s:\n{cluster.log_tails()}") from None
 
 
 async def test_with_three_replicas_a_run_survives_its_events_leader_being_killed_and_loses_no_event(
     settings: Settings, cluster: Cluster
 ) -> None:
     settings = msgspec.structs.replace(settings, nats_url=cluster.url, nats_replicas=3)
-    await jetstream_ready(cluster.url)
+    await jetstream_ready(cluster)
     nc = await nats.connect(cluster.url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     try:
         js = nc.jetstream()
@@ -121,7 +170,7 @@ async def test_with_three_replicas_a_run_survives_its_events_leader_being_killed
         assert done.type == "run.completed", done
         # the killed node may also have led the cluster's JetStream metadata: until a new meta leader is
         # elected (seconds on a loaded machine), making the replay's consumer times out
-        await jetstream_ready(cluster.url)
+        await jetstream_ready(cluster)
         async with RunEvents(js, settings, job) as replay:  # the stream as the surviving nodes hold it
             # read up to the terminal event, not until a message says nothing is pending: once, on a loaded
             # machine just after the election, that replay ended with 64 lines unread; this tells a short read
