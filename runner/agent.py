@@ -188,6 +188,8 @@ class RunnerAgent:
         self._target_names: list[str] = []
         """The container targets of the targets file (sent with every heartbeat)."""
         self._beat_lock = asyncio.Lock()
+        self._extra_beat_due = False
+        """An extra heartbeat is on its way and has not read the runner's state yet: later changes ride on it."""
         self.registry = registry or ExecutorRegistry(settings)
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
@@ -987,12 +989,14 @@ class RunnerAgent:
         """An extra heartbeat after a state change, so the fleet view sees it at once (with the devices and
         host figures of the last periodic beat: sampling them costs more than the beat itself)."""
         if self._js is not None:
-            await self._publish_heartbeat(sample=False)
+            await self._publish_heartbeat(sample=False, refresh=False)
 
     def _beat_soon(self) -> None:
-        """An extra heartbeat in the background: the runs on this runner changed."""
-        if self._js is None:
+        """An extra heartbeat in the background: the runs on this runner changed. One that is due already and
+        has not read the state yet carries this change too (jobs that start and end together cost one beat)."""
+        if self._js is None or self._extra_beat_due:
             return
+        self._extra_beat_due = True
         task = asyncio.create_task(self._beat_quietly(), name="heartbeat now")
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
@@ -1016,16 +1020,20 @@ class RunnerAgent:
             await self._heartbeat_now()
         except nats.errors.Error as exc:  # closing: the periodic beat or the next process tells the fleet
             log.debug("runner %s: extra heartbeat not published (%r)", self.runner_id, exc)
+        finally:
+            self._extra_beat_due = False  # (cleared by the beat already, unless it never got that far)
 
-    async def _publish_heartbeat(self, *, sample: bool = True) -> None:
+    async def _publish_heartbeat(self, *, sample: bool = True, refresh: bool = True) -> None:
+        """`refresh`: renew the runs' leases too (the periodic beat; an extra one only tells of a change)."""
         async with self._beat_lock:  # one at a time: two lease renewals at once would lose a lease
-            await self._publish_heartbeat_locked(sample=sample or self._host_stats is None)
+            await self._publish_heartbeat_locked(sample=sample or self._host_stats is None, refresh=refresh)
 
-    async def _publish_heartbeat_locked(self, *, sample: bool = True) -> None:
+    async def _publish_heartbeat_locked(self, *, sample: bool = True, refresh: bool = True) -> None:
         assert self._js is not None
-        for active in list(self._active.values()):
-            if active.leases is not None:
-                await active.leases.refresh()
+        if refresh:
+            for active in list(self._active.values()):
+                if active.leases is not None:
+                    await active.leases.refresh()
         if sample:
             try:
                 self._devices, self._host_stats = await anyio.to_thread.run_sync(self._sample)
@@ -1034,6 +1042,7 @@ class RunnerAgent:
             except OSError as exc:  # psutil could not read the host: beat without the numbers
                 log.warning("runner %s: host not sampled (%r)", self.runner_id, exc)
         self._heartbeat_seq += 1
+        self._extra_beat_due = False  # this beat reads the state now: a change from here on needs another
         beat = RunnerHeartbeat(
             runner_id=self.runner_id,
             seq=self._heartbeat_seq,
