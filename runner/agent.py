@@ -1016,12 +1016,14 @@ class RunnerAgent:
         return [device], host
 
     async def _beat_quietly(self) -> None:
+        seq = self._heartbeat_seq
         try:
             await self._heartbeat_now()
         except nats.errors.Error as exc:  # closing: the periodic beat or the next process tells the fleet
             log.debug("runner %s: extra heartbeat not published (%r)", self.runner_id, exc)
         finally:
-            self._extra_beat_due = False  # (cleared by the beat already, unless it never got that far)
+            if self._heartbeat_seq == seq:  # no beat read the state since: the due flag is still this one's
+                self._extra_beat_due = False
 
     async def _publish_heartbeat(self, *, sample: bool = True, refresh: bool = True) -> None:
         """`refresh`: renew the runs' leases too (the periodic beat; an extra one only tells of a change)."""

@@ -54,14 +54,12 @@ class Cluster:
     def start(self, tries: int = 3) -> Cluster:
         """Three nodes, each listening; a node that exits while starting (a port taken meanwhile by another
         test's process) makes the whole cluster start again on fresh ports."""
-        for attempt in range(1, tries + 1):
+        for _ in range(tries):
             self._launch()
             if self._all_listening():
                 return self
             self.stop()
-            if attempt == tries:
-                raise RuntimeError(f"the NATS cluster did not start:\n{self.log_tails()}")
-        return self
+        raise RuntimeError(f"the NATS cluster did not start in {tries} tries:\n{self.log_tails()}")
 
     def _launch(self) -> None:
         ports = distinct_free_ports(6)
