@@ -78,6 +78,8 @@ REGISTRATION_WAIT_S = 60.0
 MISSING_RUN_RETRIES = 5
 """An event whose run row does not exist (yet) is redelivered this often before it is stored unfolded."""
 MISSING_RUN_DELAY_S = 1.0
+EXPECTED_ROW_WAIT_S = 30.0
+"""Longest the events of a run are held for the row this gateway said it is writing (`Projector.expect`)."""
 BACKOFF_MAX_S = 10.0
 STOP_GRACE_S = 5.0
 TRAIN_KIND = "yolo.train"
@@ -185,6 +187,9 @@ class Projector(TaskService):
         """Set by `nudge()`: the held events are looked at again without waiting for the fetch."""
         self._registering: dict[str, float] = {}
         """Run id -> since when its completion waits for the registrar."""
+        self._expected: dict[str, float] = {}
+        """Run id -> since when this gateway is writing the run's row (`expect`): its events are held, not
+        deferred, until `written`."""
         self.projected = 0
         """New events stored since start (duplicates not counted)."""
         self.given_up = 0
@@ -280,6 +285,29 @@ class Projector(TaskService):
         events at once, not when the fetch under way ends (up to `FETCH_TIMEOUT_S` when it began before they
         were held)."""
         self._nudged.set()
+
+    def expect(self, run_id: str) -> None:
+        """This gateway is about to write the row of `run_id` while its events may already be on the way (a
+        synchronous prediction writes its run after the answer): hold those events in memory until `written`
+        (at most `EXPECTED_ROW_WAIT_S`), instead of handing them back to JetStream for `MISSING_RUN_DELAY_S`.
+        A projector of another gateway does not know of it and defers them as for any missing row."""
+        self._expected[run_id] = time.monotonic()
+
+    def written(self, run_id: str) -> None:
+        """The row of an `expect`ed run is committed (or will not be): its held events are stored now."""
+        if self._expected.pop(run_id, None) is not None:
+            self.nudge()
+
+    def _awaits_row(self, run_id: str) -> bool:
+        since = self._expected.get(run_id)
+        if since is None:
+            return False
+        if time.monotonic() - since < EXPECTED_ROW_WAIT_S:
+            return True
+        log.warning("projector: the row of run %s was not written within %.0fs; its events are deferred",
+                    run_id, EXPECTED_ROW_WAIT_S)
+        del self._expected[run_id]
+        return False
 
     async def _fetch(self) -> list[Msg]:
         return await self._sub.fetch(BATCH, timeout=HELD_RECHECK_S if self._held else FETCH_TIMEOUT_S)
@@ -416,9 +444,13 @@ class Projector(TaskService):
                 registered.add(row["id"])
 
         for item in items:
-            deferred = item.event.run_id not in rows and _deliveries(item.msg) < MISSING_RUN_RETRIES
-            item.outcome = DEFERRED if deferred else ""
-        candidates = [item for item in items if item.outcome != DEFERRED]
+            if item.event.run_id in rows:
+                item.outcome = ""
+            elif self._awaits_row(item.event.run_id):
+                item.outcome = HELD
+            else:
+                item.outcome = DEFERRED if _deliveries(item.msg) < MISSING_RUN_RETRIES else ""
+        candidates = [item for item in items if item.outcome not in (DEFERRED, HELD)]
         if not candidates:
             return None
         groups = sorted({item.group for item in candidates})

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, post
+from litestar import Controller, Request, Response, post
+from litestar.background_tasks import BackgroundTask
 
 from gateway.auth.caller import Me
 from gateway.controllers.artifacts import read_image_form
@@ -30,13 +31,17 @@ class PredictController(Controller):
 
     @post("/{ref:str}/predict", status_code=200, request_max_body_size=None, summary="Predict one image",
           description=DESCRIPTION)
-    async def predict(self, gw: Gateway, me: Me, request: Request[Any, Any, Any], ref: str) -> PredictResponse:
+    async def predict(self, gw: Gateway, me: Me, request: Request[Any, Any, Any], ref: str
+                      ) -> Response[PredictResponse]:
         form = await read_image_form(gw, request, FIELDS)
         try:
             try:
                 options = msgspec.convert(form.fields, PredictOptions, strict=False)
             except msgspec.ValidationError as exc:
                 raise Unprocessable("the form is invalid", errors=validation_errors(exc)) from None
-            return await service.predict(gw, ref, options, form.file, me)
+            prediction = await service.predict(gw, ref, options, form.file, me)
         finally:
             form.discard()
+        # what is left to record (the run's row) waits until the answer is sent
+        after = BackgroundTask(prediction.after) if prediction.after is not None else None
+        return Response(prediction.response, background=after)

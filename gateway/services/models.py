@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.auth.access import owned_by, owned_or_linked, pick
 from gateway.auth.caller import Caller
 from gateway.db.models import Model, ModelVersion, ProjectModel, Run
+from gateway.db.session import plain_fetch
 from gateway.errors import BadRequest, Conflict, NotFound, Unprocessable
 from gateway.services import audit
 from gateway.uploads import UploadedFile
@@ -243,6 +244,35 @@ async def get_version(session: AsyncSession, model: Model, version: int) -> Mode
 async def latest_version(session: AsyncSession, model: Model) -> ModelVersion | None:
     return (await session.execute(select(ModelVersion).where(ModelVersion.model_id == model.id)
                                   .order_by(ModelVersion.version.desc()).limit(1))).scalar_one_or_none()
+
+
+_MODEL_COLUMNS = tuple(column.name for column in Model.__table__.columns)
+_VERSION_COLUMNS = tuple(column.name for column in ModelVersion.__table__.columns)
+_READ_MODEL_VERSION = f"""
+    SELECT {", ".join(f"m.{c}" for c in _MODEL_COLUMNS)}, {", ".join(f"v.{c} AS v_{c}" for c in _VERSION_COLUMNS)}
+    FROM models m LEFT JOIN LATERAL (
+        SELECT * FROM model_versions mv WHERE mv.model_id = m.id AND ($2::int IS NULL OR mv.version = $2)
+        ORDER BY mv.version DESC LIMIT 1) v ON true
+    WHERE (m.id = $1 OR m.name = $1) AND ($3::text IS NULL OR m.owner_id = $3)
+"""
+
+
+async def read_model_version(session: AsyncSession, ref: str, caller: Caller,
+                             version: int | None = None) -> tuple[Model, ModelVersion]:
+    """What `resolve_model` and `get_version` (or `latest_version`) find, read by one plain statement (the
+    synchronous predict path), as copies outside the session: for reading only. NotFound for no model or no
+    such version, Conflict for a model with no versions at all."""
+    rows = await plain_fetch(session, _READ_MODEL_VERSION, ref, version, None if caller.is_admin else caller.user_id)
+    found = [(Model(**{c: row[c] for c in _MODEL_COLUMNS}), row) for row in rows]
+    model = pick([m for m, _ in found], ref, caller)
+    if model is None:
+        raise NotFound(f"no model {ref!r}")
+    row = next(r for m, r in found if m is model)
+    if row["v_id"] is None:
+        if version is not None:
+            raise NotFound(f"model {model.name!r} has no version {version}")
+        raise Conflict(f"model {model.name!r} has no versions")
+    return model, ModelVersion(**{c: row[f"v_{c}"] for c in _VERSION_COLUMNS})
 
 
 async def resolve_model_version(session: AsyncSession, ref: str, caller: Caller) -> ModelVersion:

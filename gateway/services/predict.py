@@ -3,11 +3,13 @@
 `POST /api/v1/models/{ref}/predict` stores the image like `POST /uploads` and asks a runner of the pool by
 request/reply (`Subjects.predict(pool)`, answered by `runner.yolo.serve_predict` with a model it keeps
 loaded): no job, no dispatcher pass and no projection on the way to the answer. The prediction is still a
-`yolo.predict` run of the request's `project` (by default `predict`, created on first use): the gateway
-writes its row while the runner predicts, and the runner records its events (claimed, started, the
-annotated image, completed) right after answering. With `save` (an annotated image asked for) the answer
-waits until the run is stored completed, so that its `annotated_artifact_id` can be downloaded at once;
-with `save=false` it does not wait for the record at all.
+`yolo.predict` run of the request's `project` (by default `predict`, created on first use): the runner
+records its events (claimed, started, the annotated image, completed) right after answering, and the
+gateway writes the run's row once the answer is in (not while the runner predicts: on a small machine both
+would share its cores); the projector holds the events that come before the row (`Projector.expect`).
+With `save` (an annotated image asked for) the answer waits until the run is stored completed, so that its
+`annotated_artifact_id` can be downloaded at once; with `save=false` it does not wait for the record at all.
+The request reads the model, its version and the project in two plain statements.
 
 With no runner of the pool answering predict requests (none online, or runners of an older version), the
 run waits in the queue like any other and the request waits for its terminal event through the event hub;
@@ -17,8 +19,11 @@ after `predict_timeout_s` it answers 504 with the run id: the run goes on and ca
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,11 +31,11 @@ import anyio
 import msgspec
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from gateway.auth.caller import Caller
 from gateway.bus import PublishFailed, job_msg_id, publish_event
-from gateway.db.models import Artifact, Project, Run
+from gateway.db.models import Artifact, Model, ModelVersion, Project, Run
 from gateway.errors import RETRY_AFTER_S, Conflict, GatewayError, NotFound, Unavailable, Unprocessable
 from gateway.eventhub import Subscription
 from gateway.requestid import current_request_id
@@ -94,9 +99,18 @@ _recording: set[asyncio.Task[None]] = set()
 """Runs being recorded after their answer (kept referenced until done)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    response: PredictResponse
+    after: Callable[[], Awaitable[None]] | None = None
+    """What the caller runs once the answer is sent (`save=false`: writing the run's row), if anything."""
+
+
 async def predict(gw: GatewayState, ref: str, options: PredictOptions, image: UploadedFile,
-                  caller: Caller) -> PredictResponse:
+                  caller: Caller) -> Prediction:
+    """The prediction; its run's row is written before it is returned, or by its `after`."""
     started = time.monotonic()
+    after: Callable[[], Awaitable[None]] | None = None
     model, version, project = await _lookups(gw, ref, options, caller)
     if project is None:
         project = await _create_project(gw, caller)
@@ -110,29 +124,41 @@ async def predict(gw: GatewayState, ref: str, options: PredictOptions, image: Up
     spec = YoloPredictSpec(model=version.uri, sources=["upload"], conf=options.conf, iou=options.iou,
                            imgsz=options.imgsz, max_det=options.max_det, save=options.save)
     run_id = new_id()
-    stored = asyncio.create_task(put_upload(gw, image, caller, info))
+    stored = asyncio.create_task(put_upload(gw, image, caller, info))  # a copy: done before the answer
     if data is None:  # too large to travel in the request: the runner reads it from the store
         spec = msgspec.structs.replace(spec, sources=[(await stored).uri])
-    recording = asyncio.create_task(_record_run(gw, project, run_id, spec, stored, options.pool, caller,
-                                                {"model": f"library:{version.id}"}))
+    # The run's row is written once the runner has answered, not while it predicts (on a small machine the
+    # two would share its cores); the runner's events that come first wait for it in the projector.
+    projector = gw.projector
+    if projector is not None:
+        projector.expect(run_id)
+    record = functools.partial(_record_run, gw, project, run_id, spec, stored, options.pool, caller,
+                               {"model": f"library:{version.id}"}, current_request_id())
     try:
-        reply = await _ask_runner(gw, PredictRequest(run_id=run_id, project_id=project.id, spec=spec,
-                                                     images=[data] if data is not None else []), options.pool)
-    except BaseException:
-        await asyncio.gather(recording, return_exceptions=True)
-        raise
-    if reply is None:  # no runner answers predict requests: the run waits in line like any other
-        await recording
-        await _hand_to_dispatcher(gw, run_id)
-        return await _answer_from_run(gw, run_id, model.name, version.version, started)
-    if options.save and reply.status == "ok":
-        # The annotated image must be downloadable once answered: wait until the run is stored completed
-        # (its run.artifact events come first), which the runner records right after answering.
-        await recording
-        await wait_for_run(gw, run_id, max(0.0, gw.settings.predict_timeout_s - (time.monotonic() - started)))
-    else:  # the answer does not wait for the run's row; the row is written regardless
-        _recording.add(recording)
-        recording.add_done_callback(_recorded)
+        try:
+            reply = await _ask_runner(gw, PredictRequest(run_id=run_id, project_id=project.id, spec=spec,
+                                                         images=[data] if data is not None else []), options.pool)
+        except Exception:  # a timeout or an unreadable answer: the run goes on and must be readable
+            await record(handed=True)
+            raise
+        except BaseException:  # cancelled (the client left): the runner may have the request; record it anyway
+            _in_background(record(handed=True))
+            raise
+        if reply is None:  # no runner answers predict requests: the run waits in line like any other
+            await record(handed=False)
+            await _hand_to_dispatcher(gw, run_id)
+            return Prediction(await _answer_from_run(gw, run_id, model.name, version.version, started))
+        if options.save and reply.status == "ok":
+            # The annotated image must be downloadable once answered: wait until the run is stored completed
+            # (its run.artifact events come first), which the runner records right after answering.
+            await record(handed=True)
+            await wait_for_run(gw, run_id, max(0.0, gw.settings.predict_timeout_s - (time.monotonic() - started)))
+        else:  # the answer does not wait for the run's row: the caller writes it once the answer is out
+            await asyncio.wait([stored])  # the uploaded file is read (the caller deletes it once answered)
+            after = functools.partial(_record_quietly, functools.partial(record, handed=True))
+    finally:
+        if not stored.done():
+            await asyncio.gather(stored, return_exceptions=True)
     if reply.status == "failed":
         raise Unprocessable(f"prediction run {run_id} failed: {reply.error}")
     if reply.status != "ok" or reply.result is None:
@@ -141,9 +167,22 @@ async def predict(gw: GatewayState, ref: str, options: PredictOptions, image: Up
     images = [dict(entry) for entry in reply.result.get("images") or []]
     for entry in images:
         entry.pop("source", None)  # a server path
-    return PredictResponse(run_id=run_id, model=model.name, version=version.version,
-                           task=reply.result.get("task"), images=images,
-                           elapsed_s=round(time.monotonic() - started, 3))
+    return Prediction(PredictResponse(run_id=run_id, model=model.name, version=version.version,
+                                      task=reply.result.get("task"), images=images,
+                                      elapsed_s=round(time.monotonic() - started, 3)), after)
+
+
+def _in_background(coro: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.create_task(coro)
+    _recording.add(task)
+    task.add_done_callback(_recorded)
+
+
+async def _record_quietly(record: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await record()
+    except Exception as exc:  # noqa: BLE001 - the answer is out; the runner's events are stored unfolded
+        log.error("predict: recording a run failed: %r", exc)
 
 
 def _read_image(path: Path, inline: bool) -> tuple[tuple[str, int, int], bytes | None]:
@@ -158,15 +197,11 @@ def _recorded(task: asyncio.Task[None]) -> None:
 
 
 async def _lookups(gw: GatewayState, ref: str, options: PredictOptions, caller: Caller
-                   ) -> tuple[Any, Any, Project | None]:
+                   ) -> tuple[Model, ModelVersion, Project | None]:
     """The model, its version and the project the prediction runs in (None for a `predict` project not made
-    yet), read on one connection, with no transaction around the reads."""
+    yet): two plain statements on one connection, with no transaction around them."""
     async with gw.autocommit() as session:
-        model = await library.resolve_model(session, ref, caller)
-        version = (await library.get_version(session, model, options.version) if options.version
-                   else await library.latest_version(session, model))
-        if version is None:
-            raise Conflict(f"model {model.name!r} has no versions")
+        model, version = await library.read_model_version(session, ref, caller, options.version)
         try:
             project = await read_project(session, options.project, caller)
         except NotFound:
@@ -205,24 +240,34 @@ async def _ask_runner(gw: GatewayState, request: PredictRequest, pool: str) -> A
 
 
 async def _record_run(gw: GatewayState, project: Project, run_id: str, spec: YoloPredictSpec,
-                      stored: asyncio.Task[Artifact], pool: str, caller: Caller, options: dict[str, Any]) -> None:
-    """The upload's row and the run's, in one transaction: the run handed to a runner already
-    (`enqueued_at` set: the dispatcher leaves it alone), with the stored upload as its source; the runner's
-    events fold into it as for any run. Then its run.queued, built from the row written (no read back)."""
-    request_id = current_request_id()
+                      stored: asyncio.Task[Artifact], pool: str, caller: Caller, options: dict[str, Any],
+                      request_id: str | None, *, handed: bool) -> None:
+    """The upload's row and the run's, in one transaction, with the stored upload as the run's source: the
+    run handed to a runner already (`handed`: `enqueued_at` set, the dispatcher leaves it alone) or waiting
+    for the dispatcher. The runner's events fold into it as for any run (the projector holds those that came
+    first: `Projector.expect`). Then its run.queued, built from the row written (no read back)."""
+    try:
+        await _write_run(gw, project, run_id, spec, stored, pool, caller, options, request_id, handed)
+    finally:
+        if gw.projector is not None:
+            gw.projector.written(run_id)
+
+
+async def _write_run(gw: GatewayState, project: Project, run_id: str, spec: YoloPredictSpec,
+                     stored: asyncio.Task[Artifact], pool: str, caller: Caller, options: dict[str, Any],
+                     request_id: str | None, handed: bool) -> None:
     upload = await stored
     spec = msgspec.structs.replace(spec, sources=[upload.uri])
     options = {**options, "images": [upload.id]}
     run = Run(id=run_id, project_id=project.id, kind="yolo.predict", pool=pool, priority=50, owner_id=caller.user_id,
               status=RunStatus.QUEUED.value, spec=msgspec.to_builtins(spec), gateway_seq=1, resume_of=None,
-              job_msg_id=job_msg_id(run_id, None), enqueued_at=utcnow(), created_at=utcnow(),
+              job_msg_id=job_msg_id(run_id, None), enqueued_at=utcnow() if handed else None, created_at=utcnow(),
               options={**options, **({"request_id": request_id} if request_id else {})})
     try:
-        async with gw.sessionmaker() as session, session.begin():
-            session.add(upload)  # written at the commit, with the run
-            entry = audit.entry(caller, "run.create", "run", run_id, project_id=project.id, kind="yolo.predict",
-                                model=options["model"], format=None)
-            if not await insert_run(session, run, entry):
+        entry = audit.entry(caller, "run.create", "run", run_id, project_id=project.id, kind="yolo.predict",
+                            model=options["model"], format=None)
+        async with gw.autocommit() as session:  # one statement: the run, its audit entry, the upload's row
+            if not await insert_run(session, run, entry, upload=upload):
                 raise Conflict(f"project {project.name!r} is archived; unarchive it to start runs")
     except BaseException:
         with anyio.CancelScope(shield=True):  # no row points at the stored image: do not keep it
@@ -235,9 +280,7 @@ async def _record_run(gw: GatewayState, project: Project, run_id: str, spec: Yol
 
 
 async def _hand_to_dispatcher(gw: GatewayState, run_id: str) -> None:
-    """No runner took the request: the run waits in line, the dispatcher publishes its job."""
-    async with gw.sessionmaker() as session, session.begin():
-        await session.execute(update(Run).where(Run.id == run_id).values(enqueued_at=None))
+    """No runner took the request: the run (written waiting) waits in line, the dispatcher publishes its job."""
     if gw.dispatcher is not None:
         gw.dispatcher.announced(run_id)
         await gw.dispatcher.admit(run_id)

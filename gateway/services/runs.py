@@ -341,12 +341,20 @@ _CREATE_RUN = f"""
 """
 """A new run in one statement: its project counts it (only an active project), its row, its audit entry.
 No row back: the project is archived (or gone)."""
+_UPLOAD_COLUMNS = tuple(column.name for column in Artifact.__table__.columns)
+_UPLOAD_FIRST = 2 + len(_CREATE_COLUMNS) + len(audit.ENTRY_COLUMNS)
+_CREATE_RUN_WITH_UPLOAD = _CREATE_RUN.replace("    INSERT INTO audit_log", f"""    , uploaded AS (
+        INSERT INTO artifacts ({", ".join(_UPLOAD_COLUMNS)})
+        SELECT {typed_placeholders(Artifact.__table__, _UPLOAD_COLUMNS, _UPLOAD_FIRST)} FROM created
+    )
+    INSERT INTO audit_log""", 1)
+"""The same with the row of an uploaded image the run reads (written only with the run)."""
 
 
-async def insert_run(session: AsyncSession, run: Run, entry: dict[str, Any]) -> bool:
-    """Count `run` in its project (an active one only), insert its row and its audit entry (`audit.entry`):
-    one statement, on the session's connection. The columns the ORM or the server would default are filled in
-    `run` first.
+async def insert_run(session: AsyncSession, run: Run, entry: dict[str, Any], *, upload: Artifact | None = None) -> bool:
+    """Count `run` in its project (an active one only), insert its row and its audit entry (`audit.entry`),
+    and the row of the `upload` it reads if any: one statement, on the session's connection. The columns the
+    ORM or the server would default are filled in `run` first.
     False: the project is archived (or gone), and nothing was written."""
     run.created_at = run.created_at or utcnow()
     run.updated_at = run.updated_at or run.created_at  # what the server defaults give them
@@ -354,10 +362,12 @@ async def insert_run(session: AsyncSession, run: Run, entry: dict[str, Any]) -> 
         default = Run.__table__.columns[name].default
         if getattr(run, name) is None and default is not None:
             setattr(run, name, default.arg(None) if default.is_callable else default.arg)  # type: ignore[attr-defined]
+    uploaded = () if upload is None else params(
+        Artifact.__table__, _UPLOAD_COLUMNS, {name: getattr(upload, name) for name in _UPLOAD_COLUMNS})
     created = await plain_fetch(
-        session, _CREATE_RUN, run.project_id,
+        session, _CREATE_RUN if upload is None else _CREATE_RUN_WITH_UPLOAD, run.project_id,
         *params(Run.__table__, _CREATE_COLUMNS, {name: getattr(run, name) for name in _CREATE_COLUMNS}),
-        *params(AuditEntry.__table__, audit.ENTRY_COLUMNS, entry),
+        *params(AuditEntry.__table__, audit.ENTRY_COLUMNS, entry), *uploaded,
     )
     return bool(created)
 

@@ -148,6 +148,63 @@ async def test_an_event_whose_run_row_appears_later_is_folded_once_it_exists(set
         assert (await run_row(gw, run_id)).status == "running"
 
 
+async def test_events_of_a_row_this_gateway_is_writing_wait_in_memory_and_are_stored_once_it_is(
+        settings: Settings) -> None:
+    """A synchronous prediction writes its run's row after the runner answered, and the runner's events may
+    come first: the projector holds them (no redelivery, no `MISSING_RUN_DELAY_S`) until `written`."""
+    async with gateway_state(settings) as gw:
+        project_id, _ = await add_project_and_runs(gw, runs=0)
+        from gateway.db.models import Run
+        from shared.contracts.common import new_id
+
+        run_id = new_id()
+        projector = Projector(gw)
+        await projector.start()
+        try:
+            projector.expect(run_id)
+            await publish(gw, *run_events(project_id, run_id, progress_steps=0))
+            await wait_for(lambda: _held(projector, run_id, 2), what="the events held for the row")
+            assert await event_count(gw, run_id) == 0
+            async with gw.sessionmaker.begin() as session:
+                session.add(Run(id=run_id, project_id=project_id, kind="yolo.predict", pool="cpu", spec={}))
+            projector.written(run_id)
+            await wait_for(lambda: _is(event_count(gw, run_id), 2), what="the held events stored")
+            names = gw.subjects
+            info = await gw.js.consumer_info(names.events_stream, names.projector_consumer)
+            assert info.num_redelivered == 0  # held in memory, never handed back
+        finally:
+            await projector.stop()
+        assert (await run_row(gw, run_id)).status == "running"
+
+
+async def test_a_row_announced_but_never_written_leaves_its_events_to_the_usual_deferral(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with gateway_state(settings) as gw:
+        project_id, _ = await add_project_and_runs(gw, runs=0)
+        from gateway import projector as projector_module
+        from shared.contracts.common import new_id
+
+        monkeypatch.setattr(projector_module, "EXPECTED_ROW_WAIT_S", 0.0)
+        run_id = new_id()
+        projector = Projector(gw)
+        await projector.start()
+        try:
+            projector.expect(run_id)
+            await publish(gw, *run_events(project_id, run_id, progress_steps=0))
+            await wait_for(lambda: _forgotten(projector, run_id), what="the announcement given up")
+            assert await event_count(gw, run_id) == 0  # deferred (redelivered later), not stored unfolded
+        finally:
+            await projector.stop()
+
+
+async def _held(projector: Projector, run_id: str, count: int) -> bool:
+    return sum(item.event.run_id == run_id for item in projector._held) == count
+
+
+async def _forgotten(projector: Projector, run_id: str) -> bool:
+    return run_id not in projector._expected
+
+
 @pytest.mark.slow
 async def test_restarting_the_projector_mid_stream_loses_and_doubles_nothing(settings: Settings) -> None:
     async with gateway_state(settings) as gw:
