@@ -32,8 +32,8 @@ from shared.settings import Settings
 from shared.subjects import Subjects
 from tests.auth_support import authorize
 from tests.datagen import make_detect_dataset
+from tests.integration.nats_support import jetstream_ready
 from tests.integration.runner_support import TERMINAL, RunEvents, settings_env
-from tests.integration.test_nats_cluster import jetstream_ready
 from tests.netns_support import Hosts, NamespacesUnavailable
 from trainforge.busauth import BusCredentials
 from trainforge.embedded import nats_server_binary

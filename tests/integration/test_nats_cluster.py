@@ -4,7 +4,6 @@ events stream's leader, is killed with -9: no event is lost or doubled."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import subprocess
@@ -19,6 +18,7 @@ import pytest
 from shared.bus import ensure_topology
 from shared.settings import Settings
 from shared.subjects import Subjects
+from tests.integration.nats_support import jetstream_ready
 from tests.integration.runner_support import (
     TERMINAL,
     RunEvents,
@@ -123,30 +123,11 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         cluster.stop()
 
 
-async def jetstream_ready(url: str, timeout: float = 60.0, *, cluster: Cluster | None = None) -> None:
-    """Until the cluster at `url` has elected its JetStream meta leader (a stream can be made); on a timeout
-    the failure shows each node of `cluster` (when given) with its exit code and last log lines."""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                with contextlib.suppress(Exception):
-                    nc = await nats.connect(url.split(","), connect_timeout=1, max_reconnect_attempts=0)
-                    try:
-                        await nc.jetstream().account_info()
-                        return
-                    finally:
-                        await nc.close()
-                await asyncio.sleep(0.2)
-    except TimeoutError:
-        nodes = cluster.log_tails() if cluster is not None else ""
-        raise AssertionError(f"no JetStream meta leader at {url} within {timeout} s\n{nodes}") from None
-
-
 async def test_with_three_replicas_a_run_survives_its_events_leader_being_killed_and_loses_no_event(
     settings: Settings, cluster: Cluster
 ) -> None:
     settings = msgspec.structs.replace(settings, nats_url=cluster.url, nats_replicas=3)
-    await jetstream_ready(cluster.url, cluster=cluster)
+    await jetstream_ready(cluster.url, describe=cluster.log_tails)
     nc = await nats.connect(cluster.url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     try:
         js = nc.jetstream()
@@ -169,7 +150,7 @@ async def test_with_three_replicas_a_run_survives_its_events_leader_being_killed
         assert done.type == "run.completed", done
         # the killed node may also have led the cluster's JetStream metadata: until a new meta leader is
         # elected (seconds on a loaded machine), making the replay's consumer times out
-        await jetstream_ready(cluster.url, cluster=cluster)
+        await jetstream_ready(cluster.url, describe=cluster.log_tails)
         async with RunEvents(js, settings, job) as replay:  # the stream as the surviving nodes hold it
             # read up to the terminal event, not until a message says nothing is pending: once, on a loaded
             # machine just after the election, that replay ended with 64 lines unread; this tells a short read
