@@ -153,9 +153,11 @@ async def predict(gw: GatewayState, ref: str, options: PredictOptions, image: Up
             # (its run.artifact events come first), which the runner records right after answering.
             await record(handed=True)
             await wait_for_run(gw, run_id, max(0.0, gw.settings.predict_timeout_s - (time.monotonic() - started)))
-        else:  # the answer does not wait for the run's row: the caller writes it once the answer is out
+        elif reply.status == "ok":  # the answer does not wait for the run's row: the caller writes it once sent
             await asyncio.wait([stored])  # the uploaded file is read (the caller deletes it once answered)
             after = functools.partial(_record_quietly, functools.partial(record, handed=True))
+        else:  # a failed prediction answers with an error: its run is written first
+            await record(handed=True)
     finally:
         if not stored.done():
             await asyncio.gather(stored, return_exceptions=True)

@@ -134,6 +134,23 @@ async def test_a_predict_into_an_archived_project_is_refused_before_anything_run
     assert (sorted(uploads.rglob("*")) if uploads.exists() else []) == stored_before
 
 
+@pytest.mark.slow
+async def test_a_prediction_the_runner_cannot_make_answers_422_and_its_run_is_recorded_failed(
+        served: tuple[AsyncTestClient, PredictService], weights: Path, settings: Settings) -> None:  # type: ignore[type-arg]
+    client, _ = served
+    assert (await client.post("/api/v1/models", files={"file": ("best.pt", weights.read_bytes())},
+                              data={"name": "lost"})).status_code == 201
+    for stored in (settings.artifacts_dir / "models").rglob("*.pt"):  # the weights are gone from the store
+        stored.unlink()
+    failed = await client.post("/api/v1/models/lost/predict", files={"file": ("bus.jpg", bus_jpg(), "image/jpeg")},
+                               data={"imgsz": "64", "save": "false"})
+    assert failed.status_code == 422, failed.text
+    runs = (await client.get("/api/v1/projects/predict/runs")).json()
+    assert runs["total"] == 1 and runs["items"][0]["id"] in failed.json()["detail"]  # written before the answer
+    run = await _until(client, f"/api/v1/runs/{runs['items'][0]['id']}", lambda r: r["status"] == "failed")
+    assert run["failure_cause"] == "user"
+
+
 def test_the_model_cache_keeps_the_recently_used_within_its_count_and_memory() -> None:
     cache = ModelCache(max_models=2, max_bytes=100)
     for name, size in (("a", 10), ("b", 10)):
