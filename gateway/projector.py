@@ -80,6 +80,8 @@ MISSING_RUN_RETRIES = 5
 MISSING_RUN_DELAY_S = 1.0
 EXPECTED_ROW_WAIT_S = 30.0
 """Longest the events of a run are held for the row this gateway said it is writing (`Projector.expect`)."""
+EXPECTED_PRUNE_AT = 1000
+"""With this many rows announced, those older than `EXPECTED_ROW_WAIT_S` are forgotten."""
 BACKOFF_MAX_S = 10.0
 STOP_GRACE_S = 5.0
 TRAIN_KIND = "yolo.train"
@@ -291,7 +293,10 @@ class Projector(TaskService):
         synchronous prediction writes its run after the answer): hold those events in memory until `written`
         (at most `EXPECTED_ROW_WAIT_S`), instead of handing them back to JetStream for `MISSING_RUN_DELAY_S`.
         A projector of another gateway does not know of it and defers them as for any missing row."""
-        self._expected[run_id] = time.monotonic()
+        now = time.monotonic()
+        if len(self._expected) >= EXPECTED_PRUNE_AT:  # announcements whose events never came: bounded memory
+            self._expected = {k: since for k, since in self._expected.items() if now - since < EXPECTED_ROW_WAIT_S}
+        self._expected[run_id] = now
 
     def written(self, run_id: str) -> None:
         """The row of an `expect`ed run is committed (or will not be): its held events are stored now."""
