@@ -22,7 +22,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -96,7 +96,7 @@ INLINE_MAX_BYTES = 512 * 1024
 """Images up to this size travel inside the predict request (base64 in JSON, within NATS' 1 MB payload);
 larger ones are stored first and read by the runner from the artifact store."""
 _recording: set[asyncio.Task[None]] = set()
-"""Runs being recorded after their answer (kept referenced until done)."""
+"""Runs of cancelled requests being recorded in the background (kept referenced until done)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +142,9 @@ async def predict(gw: GatewayState, ref: str, options: PredictOptions, image: Up
             await record(handed=True)
             raise
         except BaseException:  # cancelled (the client left): the runner may have the request; record it anyway
-            _in_background(record(handed=True))
+            task = asyncio.create_task(_record_quietly(functools.partial(record, handed=True)))
+            _recording.add(task)  # kept referenced until done
+            task.add_done_callback(_recording.discard)
             raise
         if reply is None:  # no runner answers predict requests: the run waits in line like any other
             await record(handed=False)
@@ -174,28 +176,16 @@ async def predict(gw: GatewayState, ref: str, options: PredictOptions, image: Up
                                       elapsed_s=round(time.monotonic() - started, 3)), after)
 
 
-def _in_background(coro: Coroutine[Any, Any, None]) -> None:
-    task = asyncio.create_task(coro)
-    _recording.add(task)
-    task.add_done_callback(_recorded)
-
-
 async def _record_quietly(record: Callable[[], Awaitable[None]]) -> None:
     try:
         await record()
-    except Exception as exc:  # noqa: BLE001 - the answer is out; the runner's events are stored unfolded
+    except Exception as exc:  # noqa: BLE001 - nobody waits for it; the runner's events are stored unfolded
         log.error("predict: recording a run failed: %r", exc)
 
 
 def _read_image(path: Path, inline: bool) -> tuple[tuple[str, int, int], bytes | None]:
     """The image's `image_info`, and its bytes when it travels inside the request (`inline`)."""
     return image_info(path), (path.read_bytes() if inline else None)
-
-
-def _recorded(task: asyncio.Task[None]) -> None:
-    _recording.discard(task)
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("predict: recording a run failed: %r", exc)
 
 
 async def _lookups(gw: GatewayState, ref: str, options: PredictOptions, caller: Caller
